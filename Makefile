@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
+# The CPU build of torch is the default; a GPU user picks another, e.g.
+#   make demo TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+EXTRAS      ?= test,bench
+DEMO_DATA   ?= data/demo
+DEMO_ARGS   ?= --studies 4 --subjects-per-study 50 --seed 0
+PYTEST_ARGS ?=
+
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.ichor-installed
+
+.PHONY: venv demo demo-data test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+demo-data: $(STAMP)
+	$(BIN)/ichor synth --out $(DEMO_DATA) $(DEMO_ARGS) --manifest-dir data_manifests/demo
+
+demo: demo-data
+	$(BIN)/ichor manifest check data_manifests/demo/*.csv
+	$(BIN)/ichor fit --config lightning_configs/pretrain_demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .ichor_cache $(DEMO_DATA)

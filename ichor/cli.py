@@ -1,0 +1,80 @@
+"""The ``ichor`` command.
+
+Trainer subcommands (``fit``, ``validate``, ``test``, ``predict``) come from a
+``LightningCLI`` subclass, so every model and datamodule argument is a YAML key.
+The other subcommands (``synth``, ``manifest``, ...) are small argparse programs
+registered in ``COMMANDS``; ``ichor --help`` lists both kinds together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+TRAINER_COMMANDS = {
+    "fit": "train a model (pre-training or a task head)",
+    "validate": "run one validation pass",
+    "test": "run one test pass",
+    "predict": "write predictions",
+}
+
+# name -> (module with `add_arguments(parser)` and `run(args) -> int`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("ichor.synth.cli", "generate a realistic multi-study synthetic CBF dataset"),
+    "manifest": ("ichor.manifest_cli", "check manifests, or build one from ASLPrep/ExploreASL derivatives"),
+}
+
+
+class IchorCLI(LightningCLI):
+    """LightningCLI with ICHOR's defaults: any LightningModule / LightningDataModule by class path."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+
+
+def _usage() -> str:
+    lines = ["usage: ichor <command> [options]   (ichor <command> --help for its options)", "", "training (Lightning CLI):"]
+    lines += [f"  {name:<10} {text}" for name, text in TRAINER_COMMANDS.items()]
+    lines += ["", "tools:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def run_command(name: str, argv: Sequence[str]) -> int:
+    """Parse ``argv`` for the tool ``name`` and run it; returns its exit status."""
+    module_name, text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"ichor {name}",
+        description=(module.__doc__ or text).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(list(argv))) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] in COMMANDS:
+        return run_command(argv[0], argv[1:])
+    if argv[0] in TRAINER_COMMANDS or argv[0].startswith("-"):
+        IchorCLI(args=argv)
+        return 0
+    print(f"ichor: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
