@@ -1,0 +1,357 @@
+"""Build a manifest from ASLPrep or ExploreASL derivatives, without touching them.
+
+ASLPrep (BIDS derivatives): ``sub-X/[ses-Y/]perf/sub-X[_ses-Y]_..._[space-Z_][desc-D_]cbf.nii.gz``,
+QC in ``*_desc-qualitycontrol_cbf.tsv`` (column ``qei_cbf``), acquisition metadata in the
+JSON sidecars, demographics in ``participants.tsv``. ExploreASL:
+``Population/qCBF_<subject>_ASL_<n>.nii[.gz]``. The layout is detected from the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ichor.manifest import OPTIONAL_COLUMNS, PATH_COLUMNS, REQUIRED_COLUMNS, TISSUE_COLUMNS
+from ichor.scans import AFFINE_ATOL_MM
+
+# ASLPrep's default output space (docs/outputs.rst); used when a scan exists in several spaces.
+DEFAULT_SPACE = "MNI152NLin2009cAsym"
+# Label for maps without a space- entity (ASL reference space in ASLPrep).
+NATIVE_SPACE = "native"
+# ASLPrep >= 0.6 writes the mean CBF as plain `_cbf`; older releases wrote `_desc-mean_cbf`.
+MEAN_DESCS = (None, "mean")
+# Folder names that are pipeline or container names, not the study's name.
+NOT_STUDY_NAMES = {"aslprep", "exploreasl", "derivatives", "population"}
+
+# JSON sidecar field -> manifest column (ASL-BIDS names). PulseSequenceType ("3D_GRASE")
+# says more about the readout than MRAcquisitionType ("3D"), so it wins when both exist.
+SIDECAR_FIELDS = {
+    "ArterialSpinLabelingType": "asl_type",
+    "PostLabelingDelay": "pld",
+    "MagneticFieldStrength": "field_strength",
+    "Manufacturer": "vendor",
+    "MRAcquisitionType": "readout",
+    "PulseSequenceType": "readout",
+}
+
+_NIFTI = re.compile(r"\.nii(\.gz)?$")
+_EXPLOREASL = re.compile(r"^qCBF_(?P<subject>.+)_ASL_(?P<run>\d+)\.nii(\.gz)?$")
+_ASLPREP_GLOB = "sub-*_cbf.nii*"
+_ASLPREP_DIRS = ("", "derivatives/aslprep")
+_EXPLOREASL_DIRS = ("Population", "derivatives/ExploreASL/Population", "ExploreASL/Population")
+
+
+class DerivativesError(ValueError):
+    """The derivatives cannot be turned into a manifest; the message says why and what to do."""
+
+
+@dataclass
+class BuildResult:
+    """What ``build_manifest`` did: the layout found, the rows written and notes for the user."""
+
+    layout: str
+    source: Path
+    rows: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def build_manifest(
+    root: str | PathLike,
+    out: str | PathLike,
+    study: str | None = None,
+    desc: str | None = None,
+    space: str | None = None,
+    overwrite: bool = False,
+) -> BuildResult:
+    """Write a manifest for the derivatives under ``root`` to ``out``; returns what was done.
+
+    ``desc`` picks an ASLPrep CBF variant (``score``, ``scrub``, ``basil``, ...; default the
+    mean map); ``space`` picks an output space (default: the only one, else
+    MNI152NLin2009cAsym). ``study`` defaults to the dataset's folder name.
+    """
+    root, out = Path(root), Path(out)
+    if out.exists() and not overwrite:
+        raise DerivativesError(f"{out} exists; pass --overwrite to replace it")
+    layout, source = detect_layout(root)
+    if layout == "aslprep":
+        rows, notes = aslprep_rows(source, desc=desc, space=space)
+    else:
+        if desc or space:
+            raise DerivativesError("--desc and --space apply to ASLPrep derivatives only")
+        rows, notes = exploreasl_rows(source)
+    rows.insert(2, "study", study or study_name(root))
+    participants = find_participants(root, source)
+    if participants is not None:
+        rows, merge_notes = merge_participants(rows, participants)
+        notes += merge_notes
+    rows = _order_columns(rows)
+    write_manifest(rows, out)
+    return BuildResult(layout, source, rows, notes)
+
+
+def detect_layout(root: Path) -> tuple[str, Path]:
+    """("aslprep" | "exploreasl", folder holding the derivatives) for a dataset or derivatives folder."""
+    if not root.is_dir():
+        raise DerivativesError(f"{root} is not a folder")
+    found = [("exploreasl", root / d) for d in _EXPLOREASL_DIRS if _exploreasl_files(root / d)]
+    found += [("aslprep", root / d) for d in _ASLPREP_DIRS if _aslprep_files(root / d)]
+    if not found:
+        searched = [f"{root / d}/sub-*/**/{_ASLPREP_GLOB} (ASLPrep)" for d in _ASLPREP_DIRS]
+        searched += [f"{root / d}/qCBF_<subject>_ASL_<n>.nii[.gz] (ExploreASL)" for d in _EXPLOREASL_DIRS]
+        raise DerivativesError("no ASLPrep or ExploreASL CBF maps found; searched:\n  " + "\n  ".join(searched))
+    if len({layout for layout, _ in found}) > 1:
+        raise DerivativesError(
+            "found both " + " and ".join(f"{layout} ({folder})" for layout, folder in found)
+            + "; pass the folder of the one you want"
+        )
+    return found[0]
+
+
+def parse_entities(name: str) -> tuple[dict[str, str], str] | None:
+    """BIDS entities and suffix of a file name, or None when it is not BIDS-shaped."""
+    parts = _NIFTI.sub("", name).removesuffix(".tsv").removesuffix(".json").split("_")
+    entities = {}
+    for part in parts[:-1]:
+        key, sep, value = part.partition("-")
+        if not sep or not value:
+            return None
+        entities[key] = value
+    return (entities, parts[-1]) if "sub" in entities else None
+
+
+def aslprep_rows(source: Path, desc: str | None = None, space: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One row per subject/session of ASLPrep CBF maps, with sidecar, QC and tissue-map columns."""
+    groups: dict[tuple[str, str], list[tuple[dict[str, str], Path]]] = defaultdict(list)
+    for path in _aslprep_files(source):
+        parsed = parse_entities(path.name)
+        if parsed:
+            entities = parsed[0]
+            groups[entities["sub"], entities.get("ses", "")].append((entities, path))
+    qc = _qc_table(source)
+    notes, ambiguous, several_spaces = [], [], defaultdict(int)
+    rows = []
+    for (subject, session), candidates in sorted(groups.items()):
+        scan = f"sub-{subject}" + (f" ses-{session}" if session else "")
+        wanted = [c for c in candidates if c[0].get("desc") == desc] if desc else _mean_maps(candidates)
+        if not wanted:
+            found = sorted({c[0].get("desc", "(none)") for c in candidates})
+            notes.append(f"skipped {scan}: no {'desc-' + desc if desc else 'mean'} CBF map (found desc: {', '.join(found)})")
+            continue
+        spaces = sorted({e.get("space", NATIVE_SPACE) for e, _ in wanted})
+        chosen = space or (spaces[0] if len(spaces) == 1 else DEFAULT_SPACE if DEFAULT_SPACE in spaces else None)
+        if chosen is None:
+            ambiguous.append(f"{scan}: spaces {', '.join(spaces)}")
+            continue
+        if len(spaces) > 1 and not space:
+            several_spaces[(chosen, ", ".join(spaces))] += 1
+        wanted = [c for c in wanted if c[0].get("space", NATIVE_SPACE) == chosen]
+        if not wanted:
+            notes.append(f"skipped {scan}: no CBF map in space {chosen} (found: {', '.join(spaces)})")
+            continue
+        if len(wanted) > 1:
+            ambiguous.append(f"{scan}: several maps ({', '.join(p.name for _, p in wanted)}); a manifest row is one subject/session")
+            continue
+        entities, path = wanted[0]
+        row = {"subject": subject, "session": session, "path": str(path.resolve())}
+        row.update(read_sidecar(path))
+        row.update(_qc_for(qc, entities))
+        row.update(_tissue_maps(source, entities, path))
+        rows.append(row)
+    if ambiguous:
+        raise DerivativesError("cannot choose one CBF map for:\n  " + "\n  ".join(ambiguous) + "\npass --space and/or --desc")
+    for (chosen, spaces), count in several_spaces.items():
+        notes.append(f"{count} scan(s) exist in several spaces ({spaces}); used {chosen} (choose with --space)")
+    if not rows:
+        raise DerivativesError(f"no usable CBF map in {source}:\n  " + "\n  ".join(notes))
+    return pd.DataFrame(rows), notes
+
+
+def exploreasl_rows(population: Path) -> tuple[pd.DataFrame, list[str]]:
+    """One row per ExploreASL qCBF map; the ASL run number ``<n>`` becomes the session."""
+    rows = []
+    for path in _exploreasl_files(population):
+        match = _EXPLOREASL.match(path.name)
+        row = {"subject": match["subject"].removeprefix("sub-"), "session": match["run"], "path": str(path.resolve())}
+        row.update(read_sidecar(path))
+        rows.append(row)
+    return pd.DataFrame(rows), []
+
+
+def read_sidecar(image: Path) -> dict[str, object]:
+    """Manifest columns from the image's JSON sidecar (same name, .json), if there is one."""
+    sidecar = image.with_name(_NIFTI.sub("", image.name) + ".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as error:
+        raise DerivativesError(f"{sidecar}: unreadable JSON sidecar ({error})") from error
+    columns = {}
+    for key, column in SIDECAR_FIELDS.items():
+        value = meta.get(key)
+        if key == "PostLabelingDelay" and isinstance(value, list):
+            # multi-delay (or one value per volume): a single number only when they agree
+            value = value[0] if value and len(set(value)) == 1 else None
+        if value is not None and value != "":
+            columns[column] = value
+    return columns
+
+
+def find_participants(root: Path, source: Path) -> Path | None:
+    """participants.tsv of the derivatives or, for ``<bids>/derivatives/<pipeline>``, of the raw dataset."""
+    folders = [root, source]
+    if source.name == "Population":  # ExploreASL keeps participant data beside Population/
+        folders.append(source.parent)
+    for folder in (root, source):
+        if folder.parent.name == "derivatives":
+            folders.append(folder.parent.parent)
+    for folder in folders:
+        for name in ("participants.tsv", "Participants.tsv"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def merge_participants(rows: pd.DataFrame, participants: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Add participants.tsv columns to the rows, matching ``participant_id`` sub-X to subject X."""
+    table = pd.read_csv(participants, sep="\t", dtype=str, keep_default_na=False)
+    if "participant_id" not in table.columns:
+        return rows, [f"{participants}: no participant_id column; not merged"]
+    table = table.replace("n/a", "")
+    reserved = set(REQUIRED_COLUMNS) | set(PATH_COLUMNS) | {"session", "manifest", "row"}
+    skipped = [c for c in table.columns if c in reserved]
+    table = table.drop(columns=skipped)
+    table["subject"] = table.pop("participant_id").str.removeprefix("sub-")
+    table = table.drop_duplicates("subject")
+    # participants.tsv describes the people; a column already filled from a sidecar keeps its value
+    overlap = [c for c in table.columns if c != "subject" and c in rows.columns]
+    merged = rows.merge(table, on="subject", how="left", suffixes=("", "_participants"))
+    for column in overlap:
+        merged[column] = merged[column].where(merged[column].notna(), merged.pop(column + "_participants"))
+    notes = [f"merged {participants} ({len(table.columns) - 1} column(s))"]
+    unmatched = int(merged["subject"].isin(table["subject"]).eq(False).sum())
+    if unmatched:
+        notes.append(f"{unmatched} row(s) have no entry in {participants.name}")
+    if skipped:
+        notes.append(f"ignored participants.tsv column(s) {', '.join(skipped)} (reserved manifest columns)")
+    return merged, notes
+
+
+def study_name(root: Path) -> str:
+    """The dataset's folder name, skipping pipeline folders (ds001/derivatives/aslprep -> ds001)."""
+    folder = root.resolve()
+    while folder.name.lower() in NOT_STUDY_NAMES and folder.parent != folder:
+        folder = folder.parent
+    return folder.name
+
+
+def write_manifest(rows: pd.DataFrame, out: Path) -> None:
+    """Write rows atomically, with path columns relative to the manifest's folder."""
+    folder = out.resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    table = rows.copy()
+    for column in PATH_COLUMNS:
+        if column in table.columns:
+            table[column] = [os.path.relpath(v, folder) if isinstance(v, str) and v else "" for v in table[column]]
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            table.to_csv(stream, index=False)
+        os.replace(temp, out)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def _aslprep_files(folder: Path) -> list[Path]:
+    """CBF maps under the subject folders (not derivatives/ or sourcedata/ below the root)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for subject in folder.glob("sub-*") if subject.is_dir()
+        for path in subject.rglob(_ASLPREP_GLOB) if _NIFTI.search(path.name) and path.is_file()
+    )
+
+
+def _exploreasl_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.glob("qCBF_*") if _EXPLOREASL.match(path.name) and path.is_file())
+
+
+def _mean_maps(candidates: list[tuple[dict[str, str], Path]]) -> list[tuple[dict[str, str], Path]]:
+    """The mean CBF maps: plain ``_cbf`` if any, else ``_desc-mean_cbf`` (older ASLPrep)."""
+    for desc in MEAN_DESCS:
+        chosen = [c for c in candidates if c[0].get("desc") == desc]
+        if chosen:
+            return chosen
+    return []
+
+
+def _scan_key(entities: dict[str, str]) -> tuple:
+    """Entities that identify the acquisition (everything but space and desc)."""
+    return tuple(sorted((k, v) for k, v in entities.items() if k not in ("space", "desc")))
+
+
+def _qc_table(source: Path) -> dict[tuple, list[tuple[dict[str, str], Path]]]:
+    table = defaultdict(list)
+    for path in source.glob("sub-*/**/sub-*_desc-qualitycontrol_cbf.tsv"):
+        parsed = parse_entities(path.name)
+        if parsed:
+            table[_scan_key(parsed[0])].append((parsed[0], path))
+    return table
+
+
+def _qc_for(qc: dict, entities: dict[str, str]) -> dict[str, float]:
+    """``qei_cbf`` from the scan's QC file (the one in the same space when there are several)."""
+    matches = sorted(qc.get(_scan_key(entities), []), key=lambda m: m[0].get("space") != entities.get("space"))
+    for _, path in matches:
+        table = pd.read_csv(path, sep="\t")
+        if "qei_cbf" in table.columns and len(table):
+            return {"qei_cbf": float(table["qei_cbf"].iloc[0])}
+    return {}
+
+
+def _tissue_maps(source: Path, entities: dict[str, str], cbf: Path) -> dict[str, str]:
+    """gm/wm/csf from ``label-{GM,WM,CSF}_probseg`` maps of the same subject on the CBF's grid.
+
+    Anatomical maps without a space- entity are in T1w space; only maps whose header grid
+    equals the CBF map's are used, since the QEI needs them voxel-aligned.
+    """
+    space = entities.get("space")
+    spaces = {space, None} if space in (None, "T1w") else {space}
+    reference = nib.load(cbf)
+    found = {}
+    for column in TISSUE_COLUMNS:
+        pattern = f"sub-{entities['sub']}_*label-{column.upper()}_probseg.nii*"
+        for path in sorted(source.glob(f"sub-{entities['sub']}/**/{pattern}")):
+            other = (parse_entities(path.name) or ({}, ""))[0]
+            if other.get("ses", entities.get("ses")) != entities.get("ses") or other.get("space") not in spaces:
+                continue
+            image = nib.load(path)
+            if image.shape[:3] == reference.shape[:3] and np.allclose(image.affine, reference.affine, atol=AFFINE_ATOL_MM):
+                found[column] = str(path.resolve())
+                break
+    return found
+
+
+def _order_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """Required columns first, then known optional ones, then the rest; drop all-empty columns."""
+    rows = rows.loc[:, [c for c in rows.columns if rows[c].map(_has_value).any()]]
+    known = [c for c in (*REQUIRED_COLUMNS[:1], "session", *REQUIRED_COLUMNS[1:], *OPTIONAL_COLUMNS) if c in rows.columns]
+    return rows[known + [c for c in rows.columns if c not in known]]
+
+
+def _has_value(value: object) -> bool:
+    return value is not None and value != "" and not (isinstance(value, float) and np.isnan(value))

@@ -1,0 +1,248 @@
+"""Per-study CSV manifests: read them for training, or check them and report every problem.
+
+A manifest lists one CBF map per row (see data_manifests/README.md). ``read_manifest(s)``
+is what the datamodule calls: it validates the table itself and raises one
+``ManifestError`` listing all structural problems, but opens no image (the datamodule has
+its own policy for bad scans). ``check_manifests`` is what ``ichor manifest check`` calls:
+it also opens every image and collects every problem instead of stopping at the first.
+Neither ever writes anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from ichor.scans import ScanError, load_cbf, load_tissue_map
+
+REQUIRED_COLUMNS = ("subject", "path", "study")
+OPTIONAL_COLUMNS = (
+    "session", "site", "vendor", "asl_type", "readout", "field_strength", "pld", "age", "sex",
+    "gm", "wm", "csf",
+)
+PATH_COLUMNS = ("path", "gm", "wm", "csf")
+TISSUE_COLUMNS = ("gm", "wm", "csf")
+# Known columns that must hold numbers (field_strength in tesla, pld in seconds, age in years).
+NUMERIC_COLUMNS = ("field_strength", "pld", "age")
+# Known columns that stay text even when every value looks like a number (subject "001").
+TEXT_COLUMNS = ("subject", "session", "study", "site", "vendor", "asl_type", "readout", "sex", *PATH_COLUMNS)
+# Columns read_manifest adds; a CSV that already has them would be ambiguous.
+ADDED_COLUMNS = ("manifest", "row")
+
+ManifestPath = str | PathLike
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the manifest and row of each problem."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a manifest; ``row`` is 1-based (first data row), None for the whole file."""
+
+    manifest: str
+    row: int | None
+    path: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.manifest if self.row is None else f"{self.manifest} row {self.row}"
+        if self.path:
+            where += f" ({self.path})"
+        return f"{where}: {self.message}"
+
+
+def read_manifest(path: ManifestPath) -> pd.DataFrame:
+    """Read and validate one manifest (see ``read_manifests``)."""
+    return read_manifests([path])
+
+
+def read_manifests(paths: Iterable[ManifestPath]) -> pd.DataFrame:
+    """Read, validate and concatenate manifests, without opening any image.
+
+    Path columns come back as absolute paths (relative ones are resolved against the
+    manifest's folder); ``manifest`` (the CSV path as given) and ``row`` (1-based) are
+    added, and ``session`` ("" when the CSV has none) is always present. Text columns hold
+    str ("" when empty); ``age``/``pld``/``field_strength`` and any other column whose
+    values are all numbers hold floats (NaN when empty). Raises
+    ManifestError listing every structural problem: unreadable CSV, missing columns, empty
+    required values, non-numeric numbers, duplicate subject/session rows, or a subject in
+    two studies.
+    """
+    frames, problems = _read_all(paths)
+    if problems:
+        raise ManifestError(_format(problems))
+    return pd.concat(frames, ignore_index=True)
+
+
+def check_manifests(
+    paths: Sequence[ManifestPath], read_images: bool = True, progress: bool = False
+) -> list[Problem]:
+    """Every problem in these manifests, in manifest and row order; an empty list means usable.
+
+    With ``read_images``, every CBF map goes through ``scans.load_cbf`` and every tissue map
+    through ``scans.load_tissue_map`` (on the CBF grid); without it, files are only checked
+    for existence. ``progress`` shows a tqdm bar over rows on stderr.
+    """
+    frames, problems = _read_all(paths)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    records = rows.to_dict("records")
+    for record in tqdm(records, desc="checking scans", unit="row", disable=not progress or not records):
+        problems += _file_problems(record, read_images)
+    order = {str(p): i for i, p in enumerate(paths)}
+    return sorted(problems, key=lambda p: (order.get(p.manifest, len(order)), p.row or 0))
+
+
+def count_rows(paths: Sequence[ManifestPath]) -> int:
+    """Data rows over all readable manifests (for the summary line of ``manifest check``)."""
+    frames, _ = _read_all(paths)
+    return sum(len(frame) for frame in frames)
+
+
+def _read_all(paths: Iterable[ManifestPath]) -> tuple[list[pd.DataFrame], list[Problem]]:
+    frames, problems = [], []
+    for path in paths:
+        frame, found = _read_table(path)
+        problems += found
+        if frame is not None:
+            frames.append(frame)
+    problems += _duplicate_problems(frames)
+    return frames, problems
+
+
+def _read_table(path: ManifestPath) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """One manifest's table with its own problems; None when it cannot be used at all."""
+    name = str(path)
+    try:
+        # utf-8-sig: spreadsheets often save a byte-order mark that would hide the first column name
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+    except FileNotFoundError:
+        return None, [Problem(name, None, None, "manifest not found")]
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        return None, [Problem(name, None, None, f"unreadable CSV ({str(error).strip()})")]
+    table.columns = [str(column).strip() for column in table.columns]
+    table = table.apply(lambda column: column.str.strip())
+
+    problems = []
+    missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
+    if missing:
+        problems.append(Problem(name, None, None, f"missing required column(s) {', '.join(missing)} (has: {', '.join(table.columns)})"))
+    taken = [column for column in ADDED_COLUMNS if column in table.columns]
+    if taken:
+        problems.append(Problem(name, None, None, f"column(s) {', '.join(taken)} are reserved (added when reading); rename them"))
+    repeated = sorted({column for column in table.columns if list(table.columns).count(column) > 1})
+    if repeated:
+        problems.append(Problem(name, None, None, f"repeated column(s) {', '.join(repeated)}"))
+    if len(table) == 0:
+        problems.append(Problem(name, None, None, "no rows"))
+    if problems:
+        return None, problems
+
+    table.insert(0, "row", range(1, len(table) + 1))
+    table.insert(0, "manifest", name)
+    for column in REQUIRED_COLUMNS:
+        for index in table.index[table[column] == ""]:
+            problems.append(_row_problem(table.loc[index], f"empty {column}"))
+    problems += _convert_numbers(table)
+    folder = Path(path).parent
+    for column in PATH_COLUMNS:
+        if column in table.columns:
+            table[column] = [_resolve(folder, value) for value in table[column]]
+    if "session" not in table.columns:
+        table["session"] = ""
+    return table, problems
+
+
+def _convert_numbers(table: pd.DataFrame) -> list[Problem]:
+    """Turn numeric columns into floats in place; report non-numbers in the known numeric ones."""
+    problems = []
+    for column in table.columns:
+        if column in TEXT_COLUMNS or column in ADDED_COLUMNS:
+            continue
+        values = pd.to_numeric(table[column].where(table[column] != ""), errors="coerce")
+        bad = table[column].ne("") & values.isna()
+        if column in NUMERIC_COLUMNS:
+            for index in table.index[bad]:
+                problems.append(_row_problem(table.loc[index], f"{column} {table.at[index, column]!r} is not a number"))
+            table[column] = values.astype(float)
+        elif not bad.any() and table[column].ne("").any():
+            table[column] = values.astype(float)
+    return problems
+
+
+def _duplicate_problems(frames: list[pd.DataFrame]) -> list[Problem]:
+    """Rows with the same subject and session, and subjects that appear in two studies."""
+    if not frames:
+        return []
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows[(rows["subject"] != "") & (rows["study"] != "")]
+    problems = []
+    first_study: dict[str, pd.Series] = {}
+    first_scan: dict[tuple[str, str, str], pd.Series] = {}
+    for _, row in rows.iterrows():
+        subject, study, session = row["subject"], row["study"], row["session"]
+        earlier = first_study.setdefault(subject, row)
+        if earlier["study"] != study:
+            problems.append(_row_problem(row, (
+                f"subject {subject!r} is also in study {earlier['study']!r} ({_where(earlier, row)}); "
+                "subject labels must be unique across studies (prefix them with the study)"
+            )))
+            continue
+        earlier = first_scan.setdefault((study, subject, session), row)
+        if earlier is not row:
+            scan = f"subject {subject!r}" + (f" session {session!r}" if session else "")
+            problems.append(_row_problem(row, f"duplicate of {_where(earlier, row)} ({scan})"))
+    return problems
+
+
+def _file_problems(record: dict, read_images: bool) -> list[Problem]:
+    """Problems with the files of one row: missing, unreadable, or not a usable map."""
+    problems = []
+    cbf = None
+    for column in PATH_COLUMNS:
+        value = record.get(column, "")
+        if not value:
+            continue
+        prefix = "" if column == "path" else f"{column} map: "
+        try:
+            if not Path(value).is_file():
+                raise ScanError(f"file not found: {value}")
+            if not read_images:
+                continue
+            if column == "path":
+                cbf = load_cbf(value)
+            else:
+                load_tissue_map(value, reference=cbf)
+        except ScanError as error:
+            problems.append(Problem(record["manifest"], record["row"], Path(value).name, prefix + str(error)))
+    return problems
+
+
+def _row_problem(row: pd.Series, message: str) -> Problem:
+    file = Path(row["path"]).name if row.get("path") else None
+    return Problem(row["manifest"], int(row["row"]), file, message)
+
+
+def _where(earlier: pd.Series, row: pd.Series) -> str:
+    if earlier["manifest"] == row["manifest"]:
+        return f"row {earlier['row']}"
+    return f"{earlier['manifest']} row {earlier['row']}"
+
+
+def _resolve(folder: Path, value: str) -> str:
+    """Absolute path for a manifest entry: relative entries are relative to the manifest's folder."""
+    if not value:
+        return ""
+    path = Path(value).expanduser()
+    return os.path.abspath(path if path.is_absolute() else folder / path)
+
+
+def _format(problems: list[Problem]) -> str:
+    count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+    return f"{count} in manifests:\n" + "\n".join(f"  {problem}" for problem in problems)

@@ -1,0 +1,66 @@
+"""Check manifests before training, or build one from ASLPrep/ExploreASL derivatives.
+
+  ichor manifest check data_manifests/demo/*.csv
+      reports every problem (missing files, duplicates, 4D series, NaNs, wrong units, ...)
+      one per line; exit status 1 when there is any. --no-images skips opening the maps.
+  ichor manifest from-bids /data/ds001/derivatives/aslprep --out data_manifests/ds001.csv
+      writes one row per subject/session with participants.tsv, sidecar and QC columns.
+
+The format is described in data_manifests/README.md. Neither command modifies its inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ichor.bids import DEFAULT_SPACE, DerivativesError, build_manifest
+from ichor.manifest import check_manifests, count_rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="action", required=True, metavar="{check,from-bids}")
+    check = commands.add_parser("check", help="report every problem in one or more manifests")
+    check.add_argument("manifests", nargs="+", metavar="MANIFEST.csv")
+    check.add_argument("--no-images", action="store_true", help="only check the tables and that files exist (fast)")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    build = commands.add_parser("from-bids", help="write a manifest for ASLPrep or ExploreASL derivatives")
+    build.add_argument("root", metavar="DIR", help="derivatives folder, or a dataset containing derivatives/aslprep or derivatives/ExploreASL")
+    build.add_argument("--out", required=True, metavar="MANIFEST.csv", help="manifest to write (paths in it are relative to its folder)")
+    build.add_argument("--study", help="study name for every row (default: the dataset's folder name)")
+    build.add_argument("--desc", help="ASLPrep CBF variant, e.g. score, scrub, basil (default: the mean CBF map)")
+    build.add_argument("--space", help=f"ASLPrep output space, or 'native' for maps without space- (default: the only one, else {DEFAULT_SPACE})")
+    build.add_argument("--overwrite", action="store_true", help="replace MANIFEST.csv if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        return _check(args)
+    return _from_bids(args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    problems = check_manifests(args.manifests, read_images=not args.no_images, progress=not (args.quiet or args.no_images))
+    for problem in problems:
+        print(problem)
+    rows = count_rows(args.manifests)
+    manifests = len({problem.manifest for problem in problems} if problems else args.manifests)
+    summary = f"in {manifests} manifest{'s' if manifests != 1 else ''}, {rows} rows checked"
+    if problems:
+        print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} {summary}")
+        return 1
+    print(f"no problems {summary}" + (" (images not opened)" if args.no_images else ""))
+    return 0
+
+
+def _from_bids(args: argparse.Namespace) -> int:
+    try:
+        result = build_manifest(args.root, args.out, study=args.study, desc=args.desc, space=args.space, overwrite=args.overwrite)
+    except DerivativesError as error:
+        print(f"ichor manifest from-bids: {error}", file=sys.stderr)
+        return 1
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {args.out}: {len(result.rows)} rows from {result.layout} derivatives in {result.source}")
+    return 0

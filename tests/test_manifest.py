@@ -1,0 +1,268 @@
+"""Manifests: reading for training, and `ichor manifest check` naming manifest, row and file of every problem."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ichor.cli import main
+from ichor.manifest import ManifestError, Problem, check_manifests, read_manifest, read_manifests
+
+AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
+
+
+def brain(seed: int = 0) -> np.ndarray:
+    """16^3 sphere of CBF values 20-70 mL/100g/min, zero outside."""
+    grid = np.indices((16, 16, 16)) - 7.5
+    inside = np.sqrt((grid**2).sum(0)) < 6.5
+    return np.where(inside, np.random.default_rng(seed).uniform(20, 70, inside.shape), 0).astype(np.float32)
+
+
+def save(path, data=None, affine=AFFINE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.Nifti1Image(brain() if data is None else data, affine).to_filename(path)
+    return path
+
+
+def write_csv(path, header, *rows):
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A good two-row manifest with relative paths, in tmp_path/m/study-01.csv."""
+    save(tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz")
+    save(tmp_path / "m" / "scans" / "sub-02_cbf.nii.gz", brain(1))
+    return write_csv(
+        tmp_path / "m" / "study-01.csv",
+        "subject,path,study,session,age,pld,field_strength,diagnosis,severity",
+        "01,scans/sub-01_cbf.nii.gz,study-01,1,71,1.8,3,AD,2",
+        "02,scans/sub-02_cbf.nii.gz,study-01,1,65.5,1.8,3,CN,",
+    )
+
+
+def only_problem(manifests, **kwargs) -> Problem:
+    problems = check_manifests(manifests, **kwargs)
+    assert len(problems) == 1, [str(p) for p in problems]
+    return problems[0]
+
+
+def add_row(manifest, row):
+    with open(manifest, "a") as stream:
+        stream.write(row + "\n")
+
+
+# ---- reading -------------------------------------------------------------------------
+
+
+def test_read_resolves_relative_and_absolute_paths_and_numbers_rows(study, tmp_path):
+    absolute = save(tmp_path / "elsewhere" / "sub-03_cbf.nii.gz")
+    add_row(study, f"03,{absolute},study-01,1,,,,,")
+    table = read_manifest(study)
+    folder = tmp_path / "m" / "scans"
+    assert table["path"].tolist() == [str(folder / "sub-01_cbf.nii.gz"), str(folder / "sub-02_cbf.nii.gz"), str(absolute)]
+    assert table["row"].tolist() == [1, 2, 3]
+    assert set(table["manifest"]) == {study}
+
+
+def test_read_keeps_labels_as_text_and_numbers_as_floats(study):
+    table = read_manifest(study)
+    assert table["subject"].tolist() == ["01", "02"]  # not 1, 2
+    assert table["age"].tolist() == [71.0, 65.5]
+    assert table["severity"].iloc[0] == 2.0 and np.isnan(table["severity"].iloc[1])
+    assert table["diagnosis"].tolist() == ["AD", "CN"]
+
+
+def test_read_manifests_concatenates_studies(study, tmp_path):
+    save(tmp_path / "b" / "x.nii.gz")
+    other = write_csv(tmp_path / "b" / "study-02.csv", "subject,path,study", "B01,x.nii.gz,study-02")
+    table = read_manifests([study, other])
+    assert table["study"].tolist() == ["study-01", "study-01", "study-02"]
+    assert table["session"].tolist() == ["1", "1", ""]  # session always present, "" when absent
+
+
+def test_read_lists_every_structural_problem_in_one_error_without_opening_images(study, tmp_path):
+    (tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz").write_text("not an image")  # not read
+    add_row(study, "01,scans/sub-02_cbf.nii.gz,study-01,1,,,,,")  # duplicate subject/session
+    add_row(study, ",scans/sub-02_cbf.nii.gz,study-01,2,old,,,,")  # empty subject, bad age
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(study)
+    message = str(caught.value)
+    assert message.startswith("3 problems")
+    assert f"{study} row 3 (sub-02_cbf.nii.gz): duplicate of row 1 (subject '01' session '1')" in message
+    assert f"{study} row 4 (sub-02_cbf.nii.gz): empty subject" in message
+    assert f"{study} row 4 (sub-02_cbf.nii.gz): age 'old' is not a number" in message
+
+
+def test_spreadsheet_byte_order_mark_and_padding_are_ignored(tmp_path):
+    save(tmp_path / "a.nii.gz")
+    manifest = tmp_path / "excel.csv"
+    manifest.write_bytes("\ufeffsubject, path ,study\n 001 , a.nii.gz ,s\n".encode("utf-8"))
+    table = read_manifest(manifest)
+    assert table.loc[0, ["subject", "path", "study"]].tolist() == ["001", str(tmp_path / "a.nii.gz"), "s"]
+
+
+# ---- check: one test per kind of problem ----------------------------------------------
+
+
+def test_good_manifest_has_no_problems_and_exits_0(study, capsys):
+    assert check_manifests([study]) == []
+    assert main(["manifest", "check", "--quiet", study]) == 0
+    assert "no problems in 1 manifest, 2 rows checked" in capsys.readouterr().out
+
+
+def test_manifest_not_found(tmp_path):
+    problem = only_problem([str(tmp_path / "nope.csv")])
+    assert str(problem) == f"{tmp_path / 'nope.csv'}: manifest not found"
+
+
+def test_unreadable_csv(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b"")
+    assert "unreadable CSV" in str(only_problem([str(manifest)]))
+    manifest.write_text('subject,path,study\n"01,a.nii.gz,s\n')  # unterminated quote
+    assert str(only_problem([str(manifest)])).startswith(f"{manifest}: unreadable CSV")
+
+
+def test_missing_required_columns(tmp_path):
+    manifest = write_csv(tmp_path / "m.csv", "subject,file", "01,a.nii.gz")
+    assert str(only_problem([manifest])) == f"{manifest}: missing required column(s) path, study (has: subject, file)"
+
+
+def test_empty_required_value(study):
+    add_row(study, "03,scans/sub-01_cbf.nii.gz,,1,,,,,")
+    assert str(only_problem([study])) == f"{study} row 3 (sub-01_cbf.nii.gz): empty study"
+
+
+def test_missing_cbf_file(study, tmp_path):
+    add_row(study, "03,scans/sub-03_cbf.nii.gz,study-01,1,,,,,")
+    problem = only_problem([study])
+    assert str(problem) == f"{study} row 3 (sub-03_cbf.nii.gz): file not found: {tmp_path / 'm' / 'scans' / 'sub-03_cbf.nii.gz'}"
+
+
+def test_missing_and_misaligned_tissue_maps(study, tmp_path):
+    save(tmp_path / "m" / "scans" / "gm.nii.gz", (brain() > 0).astype(np.float32))
+    save(tmp_path / "m" / "scans" / "wm.nii.gz", (brain() > 0).astype(np.float32), np.diag([2.0, 2, 2, 1]))
+    manifest = write_csv(
+        tmp_path / "m" / "t.csv",
+        "subject,path,study,gm,wm,csf",
+        "01,scans/sub-01_cbf.nii.gz,s,scans/gm.nii.gz,scans/wm.nii.gz,scans/csf.nii.gz",
+    )
+    lines = [str(p) for p in check_manifests([manifest])]
+    assert lines == [
+        f"{manifest} row 1 (wm.nii.gz): wm map: affine differs from the CBF map's; it must be on the CBF grid",
+        f"{manifest} row 1 (csf.nii.gz): csf map: file not found: {tmp_path / 'm' / 'scans' / 'csf.nii.gz'}",
+    ]
+
+
+def test_unreadable_image(study, tmp_path):
+    (tmp_path / "m" / "scans" / "sub-02_cbf.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    assert str(only_problem([study])).startswith(f"{study} row 2 (sub-02_cbf.nii.gz): cannot read as NIfTI")
+
+
+def test_duplicate_rows_within_a_manifest(study):
+    add_row(study, "02,scans/sub-01_cbf.nii.gz,study-01,1,,,,,")
+    assert str(only_problem([study])) == f"{study} row 3 (sub-01_cbf.nii.gz): duplicate of row 2 (subject '02' session '1')"
+
+
+def test_same_subject_in_another_session_is_not_a_duplicate(study):
+    add_row(study, "02,scans/sub-01_cbf.nii.gz,study-01,2,,,,,")
+    assert check_manifests([study]) == []
+
+
+def test_duplicate_rows_across_manifests_of_one_study(study, tmp_path):
+    other = write_csv(tmp_path / "m" / "more.csv", "subject,path,study,session", "01,scans/sub-02_cbf.nii.gz,study-01,1")
+    problem = only_problem([study, other])
+    assert str(problem) == f"{other} row 1 (sub-02_cbf.nii.gz): duplicate of {study} row 1 (subject '01' session '1')"
+
+
+def test_subject_in_two_studies(study, tmp_path):
+    other = write_csv(tmp_path / "m" / "study-02.csv", "subject,path,study", "02,scans/sub-02_cbf.nii.gz,study-02")
+    problem = only_problem([study, other])
+    assert str(problem).startswith(f"{other} row 1 (sub-02_cbf.nii.gz): subject '02' is also in study 'study-01' ({study} row 2)")
+
+
+def test_4d_series(study, tmp_path):
+    save(tmp_path / "m" / "scans" / "sub-02_cbf.nii.gz", np.stack([brain(), brain(1)], axis=-1))
+    assert str(only_problem([study])).startswith(f"{study} row 2 (sub-02_cbf.nii.gz): 4D series with 2 volumes")
+
+
+def test_non_finite_voxels(study, tmp_path):
+    data = brain()
+    data[:2] = np.nan
+    save(tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz", data)
+    assert str(only_problem([study])).startswith(f"{study} row 1 (sub-01_cbf.nii.gz): 512 non-finite voxels (NaN/Inf)")
+
+
+def test_values_in_wrong_units(study, tmp_path):
+    save(tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz", brain() / 100)  # mL/g/min
+    message = str(only_problem([study]))
+    assert message.startswith(f"{study} row 1 (sub-01_cbf.nii.gz): median of the non-zero voxels is 0.4")
+    assert "wrong units" in message
+
+
+def test_all_zero_map(study, tmp_path):
+    save(tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz", np.zeros((16, 16, 16), np.float32))
+    assert str(only_problem([study])) == f"{study} row 1 (sub-01_cbf.nii.gz): all voxels are zero (empty map)"
+
+
+def test_degenerate_affine(study, tmp_path):
+    singular = np.array([[3, 3, 0, 0], [3, 3, 0, 0], [0, 0, 4, 0], [0, 0, 0, 1.0]])
+    save(tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz", affine=singular)
+    assert str(only_problem([study])).startswith(f"{study} row 1 (sub-01_cbf.nii.gz): degenerate affine")
+
+
+@pytest.mark.parametrize("column, value", [("age", "seventy"), ("pld", "1.8s"), ("field_strength", "3T")])
+def test_non_numeric_numbers(study, column, value):
+    values = {"age": "", "pld": "", "field_strength": "", column: value}
+    add_row(study, f"03,scans/sub-01_cbf.nii.gz,study-01,2,{values['age']},{values['pld']},{values['field_strength']},,")
+    assert str(only_problem([study])) == f"{study} row 3 (sub-01_cbf.nii.gz): {column} {value!r} is not a number"
+
+
+# ---- check: all at once, read-only, CLI ---------------------------------------------------
+
+
+def test_check_reports_every_problem_and_the_cli_exits_1(study, tmp_path, capsys):
+    save(tmp_path / "m" / "scans" / "sub-02_cbf.nii.gz", brain() * 50)  # raw signal scale
+    add_row(study, "03,scans/missing.nii.gz,study-01,1,x,,,,")
+    broken = write_csv(tmp_path / "m" / "broken.csv", "subject,path", "9,a.nii.gz")
+    assert main(["manifest", "check", study, broken]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[:-1] == [
+        f"{study} row 2 (sub-02_cbf.nii.gz): " + out[0].split("): ", 1)[1],
+        f"{study} row 3 (missing.nii.gz): age 'x' is not a number",
+        f"{study} row 3 (missing.nii.gz): file not found: {tmp_path / 'm' / 'scans' / 'missing.nii.gz'}",
+        f"{broken}: missing required column(s) study (has: subject, path)",
+    ]
+    assert "median of the non-zero voxels" in out[0]
+    assert out[-1] == "4 problems in 2 manifests, 3 rows checked"
+
+
+def test_progress_bar_goes_to_stderr(study, capsys):
+    assert main(["manifest", "check", study]) == 0
+    captured = capsys.readouterr()
+    assert "checking scans" in captured.err and "checking scans" not in captured.out
+
+
+def test_no_images_checks_tables_and_existence_only(study, tmp_path, capsys):
+    data = brain()
+    data[0, 0, 0] = np.nan
+    save(tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz", data)
+    assert main(["manifest", "check", "--no-images", study]) == 0
+    (tmp_path / "m" / "scans" / "sub-02_cbf.nii.gz").unlink()
+    assert main(["manifest", "check", "--no-images", study]) == 1
+    assert "row 2 (sub-02_cbf.nii.gz): file not found" in capsys.readouterr().out
+
+
+def test_check_never_modifies_its_inputs(study, tmp_path):
+    add_row(study, "01,scans/sub-01_cbf.nii.gz,study-01,1,bad,,,,")  # problems, so nothing is "fixed"
+    files = [tmp_path / "m" / "study-01.csv", *sorted((tmp_path / "m" / "scans").iterdir())]
+    before = {f: (f.read_bytes(), os.stat(f).st_mtime_ns) for f in files}
+    listing = sorted(os.listdir(tmp_path / "m"))
+    assert main(["manifest", "check", "--quiet", study]) == 1
+    assert {f: (f.read_bytes(), os.stat(f).st_mtime_ns) for f in files} == before
+    assert sorted(os.listdir(tmp_path / "m")) == listing

@@ -1,0 +1,144 @@
+"""scans.load_cbf / load_tissue_map: every kind of unusable map is refused with a reason."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ichor.scans import CBF_MEDIAN_MAX, CBF_MEDIAN_MIN, ScanError, load_cbf, load_tissue_map
+
+AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
+
+
+def brain(size: int = 16, seed: int = 0) -> np.ndarray:
+    """A sphere of realistic CBF (20-70 mL/100g/min), zero outside, like a real derivative."""
+    grid = np.indices((size,) * 3) - (size - 1) / 2
+    inside = np.sqrt((grid**2).sum(0)) < size * 0.4
+    values = np.random.default_rng(seed).uniform(20, 70, inside.shape)
+    return np.where(inside, values, 0).astype(np.float32)
+
+
+def save(path, data, affine=AFFINE):
+    nib.Nifti1Image(np.asarray(data), affine).to_filename(path)
+    return path
+
+
+def test_good_map_loads_as_3d_float32_with_its_affine(tmp_path):
+    data = brain()
+    img = load_cbf(save(tmp_path / "cbf.nii.gz", data.astype(np.float64)))
+    assert img.shape == data.shape and img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.affine, AFFINE)
+    np.testing.assert_allclose(img.get_fdata(), data, rtol=1e-6)
+
+
+def test_trailing_singleton_volume_is_a_3d_map(tmp_path):
+    img = load_cbf(save(tmp_path / "cbf.nii", brain()[..., None]))
+    assert img.shape == (16, 16, 16)
+
+
+def test_4d_series_needs_a_volume_choice(tmp_path):
+    series = np.stack([brain(seed=0), brain(seed=1), brain(seed=2)], axis=-1)
+    path = save(tmp_path / "cbf.nii.gz", series)
+    with pytest.raises(ScanError, match=r"4D series with 3 volumes.*\"mean\""):
+        load_cbf(path)
+    np.testing.assert_allclose(load_cbf(path, volume=1).get_fdata(), series[..., 1], rtol=1e-6)
+    np.testing.assert_allclose(load_cbf(path, volume="mean").get_fdata(), series.mean(-1), rtol=1e-5)
+    with pytest.raises(ScanError, match="index in 0..2"):
+        load_cbf(path, volume=3)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ScanError, match="file not found"):
+        load_cbf(tmp_path / "nope.nii.gz")
+
+
+def test_not_a_nifti(tmp_path):
+    path = tmp_path / "cbf.nii.gz"
+    path.write_text("subject,path\n")
+    with pytest.raises(ScanError, match="cannot read as NIfTI"):
+        load_cbf(path)
+
+
+def test_truncated_gzip_is_corrupt(tmp_path):
+    path = save(tmp_path / "cbf.nii.gz", brain(32))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ScanError, match="corrupt|cannot read"):
+        load_cbf(path)
+
+
+def test_truncated_uncompressed_data_is_corrupt(tmp_path):
+    path = save(tmp_path / "cbf.nii", brain())
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 1000])
+    with pytest.raises(ScanError, match="corrupt|cannot read"):
+        load_cbf(path)
+
+
+def test_all_zero_map(tmp_path):
+    with pytest.raises(ScanError, match="all voxels are zero"):
+        load_cbf(save(tmp_path / "cbf.nii.gz", np.zeros((8, 8, 8), np.float32)))
+
+
+def test_non_finite_voxels_are_counted(tmp_path):
+    data = brain()
+    data[0, 0, :5] = np.nan
+    data[1, 1, 1] = np.inf
+    with pytest.raises(ScanError, match=r"^6 non-finite voxels \(NaN/Inf\)"):
+        load_cbf(save(tmp_path / "cbf.nii.gz", data))
+
+
+def save_with_sform(path, data, sform):
+    """Write an image whose header sform is ``sform`` verbatim (nibabel refuses degenerate ones)."""
+    save(path, data)
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[252:256] = np.array([0, 1], np.int16).tobytes()  # qform_code 0, sform_code 1: affine = sform
+    raw[280:328] = np.asarray(sform[:3], np.float32).tobytes()  # srow_x, srow_y, srow_z
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+@pytest.mark.parametrize(
+    "sform, reason",
+    [
+        (np.diag([3.0, 0.0, 4.0, 1.0]), "zero voxel size"),
+        (np.array([[3, 3, 0, 0], [0, 0, 0, 0], [0, 0, 4, 0], [0, 0, 0, 1.0]]), "singular"),
+        (np.diag([3.0, np.nan, 4.0, 1.0]), "it contains NaN/Inf"),
+    ],
+)
+def test_degenerate_affine(tmp_path, sform, reason):
+    path = save_with_sform(tmp_path / "cbf.nii.gz", brain(), sform)
+    with pytest.raises(ScanError, match=f"degenerate affine: {reason}"):
+        load_cbf(path)
+
+
+@pytest.mark.parametrize(
+    "scale, what",
+    [(1 / 100, "mL/g/min"), (1 / 6000, "mL/g/s"), (40.0, "raw signal or T1 intensities")],
+)
+def test_values_that_cannot_be_cbf_are_refused_with_the_median(tmp_path, scale, what):
+    data = brain() * scale
+    median = float(np.median(data[data != 0]))
+    assert not CBF_MEDIAN_MIN <= median <= CBF_MEDIAN_MAX, what
+    with pytest.raises(ScanError, match=f"median of the non-zero voxels is {median:.4g}.*wrong units"):
+        load_cbf(save(tmp_path / "cbf.nii.gz", data))
+
+
+def test_low_but_plausible_cbf_still_loads(tmp_path):
+    """A labelling failure (about a fifth of normal CBF) is a bad scan to rate, not a wrong unit."""
+    load_cbf(save(tmp_path / "cbf.nii.gz", brain() / 5))
+
+
+def test_tissue_map_must_be_probabilities_on_the_cbf_grid(tmp_path):
+    cbf = load_cbf(save(tmp_path / "cbf.nii.gz", brain()))
+    probability = (brain() > 0).astype(np.float32) * 0.8
+    assert load_tissue_map(save(tmp_path / "gm.nii.gz", probability), reference=cbf).shape == cbf.shape
+    with pytest.raises(ScanError, match="must lie in 0..1"):
+        load_tissue_map(save(tmp_path / "pct.nii.gz", probability * 100))
+    with pytest.raises(ScanError, match="shape .* differs"):
+        load_tissue_map(save(tmp_path / "small.nii.gz", probability[:8]), reference=cbf)
+    with pytest.raises(ScanError, match="affine differs"):
+        load_tissue_map(save(tmp_path / "moved.nii.gz", probability, np.diag([2.0, 2, 2, 1])), reference=cbf)
