@@ -1,7 +1,8 @@
 """The ``ichor`` command.
 
 Trainer subcommands (``fit``, ``validate``, ``test``, ``predict``) come from a
-``LightningCLI`` subclass, so every model and datamodule argument is a YAML key.
+``LightningCLI`` subclass (``ichor.lightning_cli.IchorCLI``), so every model and
+datamodule argument is a YAML key.
 The other subcommands (``synth``, ``manifest``, ...) are small argparse programs
 registered in ``COMMANDS``; ``ichor --help`` lists both kinds together.
 """
@@ -12,9 +13,6 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
 
 TRAINER_COMMANDS = {
     "fit": "train a model (pre-training or a task head)",
@@ -27,18 +25,13 @@ TRAINER_COMMANDS = {
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("ichor.synth.cli", "generate a realistic multi-study synthetic CBF dataset"),
     "manifest": ("ichor.manifest_cli", "check manifests, or build one from ASLPrep/ExploreASL derivatives"),
+    "preprocess": ("ichor.preprocess_cli", "build the harmonised cache of a config's data ahead of training"),
+    "export-encoder": ("ichor.export_cli", "write a checkpoint's encoder weights and metadata"),
+    "heads": ("ichor.heads_cli", "list the installed task heads, their package and arguments"),
+    "cv": ("ichor.cv_cli", "k-fold cross-validation of a task config, grouped by subject"),
+    "embed": ("ichor.embed_cli", "write pooled encoder features, one row per scan"),
+    "qei": ("ichor.qei_cli", "the automated CBF quality evaluation index (QEI) per scan"),
 }
-
-
-class IchorCLI(LightningCLI):
-    """LightningCLI with ICHOR's defaults: any LightningModule / LightningDataModule by class path."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("subclass_mode_model", True)
-        kwargs.setdefault("subclass_mode_data", True)
-        super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
 
 
 def _usage() -> str:
@@ -63,14 +56,17 @@ def run_command(name: str, argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    explicit = argv is not None
+    argv = list(argv if explicit else sys.argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
     if argv[0] in COMMANDS:
         return run_command(argv[0], argv[1:])
     if argv[0] in TRAINER_COMMANDS or argv[0].startswith("-"):
-        IchorCLI(args=argv)
+        from ichor.lightning_cli import IchorCLI  # imported here: tool commands start without Lightning
+
+        IchorCLI(args=argv if explicit else None)
         return 0
     print(f"ichor: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
     return 2

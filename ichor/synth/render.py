@@ -1,0 +1,100 @@
+"""Render one planned scan: CBF map and GM/WM/CSF probability maps on the scan's own grid.
+
+Order of operations follows the physics: true CBF on the subject's brain (base grid,
+already blurred by the readout's point spread) -> artefacts -> vendor/site scale ->
+head pose and resampling onto the delivered grid -> acquisition noise -> brain mask.
+Tissue maps go through the same pose and resampling (with the partial-volume blur of
+the delivered voxel, not the readout blur), so quality indices can use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ichor.synth import artefacts as art
+from ichor.synth.acquisition import ISOCENTRE_OFFSET, BRAIN_CENTRE_MNI, Sampler, head_pose, output_grid
+from ichor.synth.anatomy import BASE_VOXEL_MM, base_anatomy, blurred
+from ichor.synth.fields import correlated_noise, smooth_field
+from ichor.synth.physiology import REGIONAL_CORRELATION_MM, tissue_cbf
+from ichor.synth.plan import ScanPlan, SynthOptions
+from ichor.synth.protocols import MNI_SPACE, Protocol
+
+REFERENCE_GM_CBF = 60.0  # SNR is quoted for this GM CBF
+TISSUE_PV_FWHM = 0.7  # partial-volume blur of a delivered voxel, as a fraction of its size (box ~ Gaussian)
+
+
+@dataclass(frozen=True)
+class RenderedScan:
+    cbf: np.ndarray  # float32, mL/100g/min, 0 outside the brain
+    gm: np.ndarray
+    wm: np.ndarray
+    csf: np.ndarray
+    affine: np.ndarray
+
+
+def tissue_fwhm(protocol: Protocol) -> tuple[float, float, float]:
+    """Blur that turns the base-grid tissue maps into partial-volume maps of the delivered voxel."""
+    if protocol.space == MNI_SPACE:
+        return (0.0, 0.0, 0.0)
+    return tuple(round(TISSUE_PV_FWHM * v, 3) for v in protocol.out_voxel_mm)
+
+
+def warm_caches(protocols: list[Protocol]) -> None:
+    """Compute the per-process caches up front (before forking workers, so they are shared)."""
+    for protocol in protocols:
+        for name in ("gm", "wm", "csf"):
+            blurred(name, tissue_fwhm(protocol))
+        for name in ("gm", "wm", "vessel"):
+            blurred(name, protocol.psf_fwhm_mm)
+    art.edge_distance_mm()
+    art.proximal_weight()
+
+
+def base_cbf(plan: ScanPlan, options: SynthOptions, rng: np.random.Generator) -> np.ndarray:
+    """The map the scanner would see before pose, resampling and noise (base grid, site-scaled)."""
+    anatomy, p, a, s = base_anatomy(), plan.protocol, plan.artefacts, plan.subject
+    voxel = (BASE_VOXEL_MM,) * 3
+
+    def field(correlation_mm: float) -> np.ndarray:
+        return smooth_field(rng, anatomy.shape, voxel, correlation_mm)
+
+    cbf = tissue_cbf(s, blurred("gm", p.psf_fwhm_mm), blurred("wm", p.psf_fwhm_mm),
+                     field(REGIONAL_CORRELATION_MM), options.effect_scale)
+    if a.att > 0:
+        multiplier, vascular = art.transit_effects(a.att, blurred("vessel", p.psf_fwhm_mm), field(10.0))
+        cbf = cbf * multiplier + vascular
+    if a.dropout > 0:
+        cbf = cbf * art.dropout_multiplier(a.dropout, p.readout, float(rng.uniform(-0.6, 0.6)))
+    if a.labelfail > 0:
+        cbf = cbf * art.labelling_multiplier(a.labelfail, field(60.0))
+    if a.motion > 0:
+        wavelength = 2.5 * float(np.mean(p.acq_voxel_mm))
+        cbf = cbf + art.edge_artefact(a.motion, wavelength, float(rng.uniform(0, 2 * np.pi)), field(50.0))
+    return (cbf * p.scale).astype(np.float32)
+
+
+def render_scan(plan: ScanPlan, options: SynthOptions | None = None) -> RenderedScan:
+    """The scan's maps, determined by its plan alone."""
+    options = options or SynthOptions()
+    rng = plan.render_rng()
+    p, s = plan.protocol, plan.subject
+    anatomy = base_anatomy()
+    cbf = base_cbf(plan, options, rng)
+
+    isocentre = np.zeros(3) if p.space == MNI_SPACE else ISOCENTRE_OFFSET
+    pose = head_pose(plan.rotation_deg, plan.translation_mm, s.head_scale if p.space != MNI_SPACE else 1.0, isocentre)
+    shape, affine = output_grid(p, BRAIN_CENTRE_MNI + isocentre + np.asarray(plan.fov_shift_mm))
+    sample = Sampler(anatomy, pose, shape, affine)
+
+    fwhm = tissue_fwhm(p)
+    cbf, gm, wm, csf = sample(cbf, *(blurred(name, fwhm) for name in ("gm", "wm", "csf")))
+    csf += gm * s.atrophy
+    gm *= 1 - s.atrophy
+    brain = (gm + wm + csf) > 0.5
+
+    sigma = REFERENCE_GM_CBF / (p.snr * options.snr_scale) * art.noise_factor(plan.artefacts)
+    noise = correlated_noise(rng, shape, p.out_voxel_mm, p.acq_voxel_mm) * np.float32(sigma)
+    cbf = np.where(brain, cbf + noise, 0).astype(np.float32)
+    return RenderedScan(cbf, *(np.clip(m, 0, 1) for m in (gm, wm, csf)), affine=affine)
