@@ -1,0 +1,237 @@
+"""A plain 3D Vision Transformer encoder: the part of the MAE that downstream tasks keep.
+
+Design choices, for readers who know ViT/MAE:
+- Patch embedding is a ``Linear`` on patchified voxels rather than a ``Conv3d(stride=p)``.
+  The two are the same map (see :mod:`ichor.models.patching` for the voxel order), but the
+  linear form embeds only the tokens actually used: with 75 % masking and non-brain patches
+  dropped, that is a fraction of the grid.
+- No ``cls`` token: downstream pooling is the mean of brain tokens, and a token that some
+  path never uses would be an unused parameter under DDP.
+- Position embeddings are fixed 3D sin-cos tables held in a non-persistent buffer: they are
+  not in ``state_dict()``, so weights load at any input shape; :meth:`ViTEncoder3D.set_img_size`
+  regenerates them.
+- Variable token counts per scan (brain sizes differ) are padded to the longest in the batch
+  and hidden from attention with a key-padding mask passed to ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ichor.models.patching import brain_patches, grid_size, patchify
+from ichor.models.pos_embed import sincos_3d
+
+
+def init_weights(module: nn.Module) -> None:
+    """MAE initialisation: xavier-uniform linear weights, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ``ids`` (B, K) of each sample of ``x`` (B, L, C) -> (B, K, C)."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def padding_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,) token counts -> (B, size) bool, True for real tokens, False for padding."""
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def check_has_brain(counts: list[int]) -> None:
+    """A scan without a single brain patch cannot be encoded brain-only: say which one."""
+    empty = [i for i, n in enumerate(counts) if n == 0]
+    if empty:
+        raise ValueError(
+            f"batch item(s) {empty} have no brain patch (brain mask empty, or an all-zero image "
+            "when no mask is given): check the data, or lower min_brain_fraction"
+        )
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on ``F.scaled_dot_product_attention`` (flash/memory-efficient kernels)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_padding_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    grad_checkpointing: bool,
+) -> torch.Tensor:
+    """Apply ``blocks`` in turn, recomputing each in backward when checkpointing (saves activations)."""
+    for block in blocks:
+        if grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, key_padding_mask, use_reentrant=False)
+        else:
+            x = block(x, key_padding_mask)
+    return x
+
+
+class PatchEmbed3D(nn.Module):
+    """Linear embedding of patchified voxels (B, K, C*p^3) -> tokens (B, K, embed_dim)."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Linear(in_chans * patch_size**3, embed_dim)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.proj(patches)
+
+
+class ViTEncoder3D(nn.Module):
+    """3D ViT encoder over cubic patches of a (B, C, D, H, W) volume.
+
+    Args:
+        img_size: (D, H, W) input shape, each a multiple of ``patch_size``.
+        patch_size: cubic patch edge in voxels.
+        in_chans: input channels (1 for CBF).
+        embed_dim, depth, num_heads, mlp_ratio: Transformer width, blocks, heads, MLP expansion.
+        grad_checkpointing: recompute blocks in backward (less memory, about 30 % more compute).
+        min_brain_fraction: a patch counts as brain when at least this fraction of its voxels
+            are brain (and at least one is); 0 means any brain voxel.
+    """
+
+    def __init__(
+        self,
+        img_size: tuple[int, int, int],
+        patch_size: int = 16,
+        in_chans: int = 1,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        grad_checkpointing: bool = False,
+        min_brain_fraction: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.grad_checkpointing = grad_checkpointing
+        self.min_brain_fraction = min_brain_fraction
+        self.patch_embed = PatchEmbed3D(patch_size, in_chans, embed_dim)
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.set_img_size(img_size)
+        self.apply(init_weights)
+
+    def set_img_size(self, img_size: tuple[int, int, int]) -> None:
+        """Adopt a new input shape: regenerate the fixed position table (weights are unaffected)."""
+        self.grid = grid_size(img_size, self.patch_size)
+        self.img_size = tuple(int(n) for n in img_size)
+        self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
+        device = self.patch_embed.proj.weight.device
+        table = sincos_3d(self.grid, self.embed_dim).unsqueeze(0).to(device)
+        self.register_buffer("pos_embed", table, persistent=False)
+
+    @property
+    def config(self) -> dict:
+        """Constructor arguments: saved beside exported weights, ``ViTEncoder3D(**config)`` rebuilds it."""
+        return {
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+            "in_chans": self.in_chans,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "min_brain_fraction": self.min_brain_fraction,
+        }
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) -> (B, L, C*p^3), checking the shape against the position table."""
+        patches = patchify(imgs, self.patch_size)
+        if tuple(imgs.shape[2:]) != self.img_size:
+            raise ValueError(
+                f"input spatial shape {tuple(imgs.shape[2:])} differs from the model's img_size "
+                f"{self.img_size}: call set_img_size({tuple(imgs.shape[2:])}) to use the weights at this shape"
+            )
+        return patches
+
+    def embed(self, patches: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens for ``patches`` (B, K, C*p^3) sitting at grid positions ``ids`` (B, K); all if None."""
+        x = self.patch_embed(patches)
+        pos = self.pos_embed.to(x.dtype)
+        if ids is None:
+            return x + pos
+        return x + gather_tokens(pos.expand(x.shape[0], -1, -1), ids)
+
+    def forward_blocks(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Transformer blocks and the final LayerNorm."""
+        return self.norm(run_blocks(self.blocks, x, key_padding_mask, self.grad_checkpointing))
+
+    def forward_features(
+        self, imgs: torch.Tensor, brain_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a batch for downstream use.
+
+        Returns ``tokens`` (B, L, C) in grid order and ``token_mask`` (B, L) bool. Without
+        ``brain_mask`` every patch is encoded and ``token_mask`` is all True. With it, only
+        brain patches are encoded (they attend only to each other); other rows are zero and
+        False in ``token_mask``, so ``(tokens * m).sum(1) / m.sum(1)`` is the brain mean.
+        """
+        patches = self.patchify(imgs)
+        if brain_mask is None:
+            tokens = self.forward_blocks(self.embed(patches))
+            return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        token_mask = brain_patches(brain_mask, self.patch_size, self.min_brain_fraction)
+        counts = token_mask.sum(1)
+        sizes = counts.tolist()  # one host sync: the padded length must be a Python int
+        check_has_brain(sizes)
+        longest = max(sizes)
+        # Brain patches first, in grid order; the rest are padding that attention ignores.
+        ids = torch.argsort((~token_mask).to(torch.uint8), dim=1, stable=True)[:, :longest]
+        valid = padding_mask(counts, longest)
+        x = self.embed(gather_tokens(patches, ids), ids)
+        x = self.forward_blocks(x, None if min(sizes) == longest else valid)
+        x = torch.where(valid.unsqueeze(-1), x, 0.0)
+        tokens = x.new_zeros(x.shape[0], self.num_patches, x.shape[-1])
+        tokens = tokens.scatter(1, ids.unsqueeze(-1).expand_as(x), x)
+        return tokens, token_mask
+
+    def forward(self, imgs: torch.Tensor, brain_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_features(imgs, brain_mask)
