@@ -1,0 +1,282 @@
+"""The automated CBF quality evaluation index (QEI; Dolui et al., JMRI 2024) per scan, as ASLPrep computes it.
+
+  ichor qei --manifest data_manifests/*.csv --out qei.csv
+      one row per scan: subject, session, study, path, qei, rho_ss, di, neg_gm. Each manifest
+      row needs gm, wm, csf columns: tissue probability maps on the CBF map's grid.
+  ichor qei --manifest m.csv --out qei.csv --annotated-manifest m_qei.csv
+      also writes a copy of each manifest with a qei column (a new file; inputs are never modified).
+  ichor qei sub-01_cbf.nii.gz --gm gm.nii.gz --wm wm.nii.gz --csf csf.nii.gz
+      one scan: prints the QEI and its terms (and writes --out when given).
+  ichor qei ... --mni-priors
+      maps already in MNI space: the MNI152 2009 tissue priors, resampled to each map's grid,
+      replace per-scan tissue maps.
+
+QEI is in [0, 1], higher is better. rho_ss: structural similarity with a pseudo-CBF map;
+di: pooled within-tissue variance / mean GM CBF; neg_gm: fraction (0-1) of GM voxels with
+negative CBF (ASLPrep's QC table lists it x100).
+A row that fails (missing or unreadable file, tissue map on another grid, empty tissue
+mask, empty gm/wm/csf cell) is reported as "<manifest> row <n> (<file>): <what is wrong>";
+all failures are listed together on stderr, the CSV still gets every good row (and the
+annotated copy an empty qei), and the exit status is 1. A manifest that cannot be read
+at all (missing columns, duplicates; see `ichor manifest check`) stops before any scan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from ichor.manifest import TISSUE_COLUMNS, ManifestError, Problem, read_manifests
+from ichor.quality.qei import DEFAULT_THRESH, QEIError, QEIResult, compute_qei
+from ichor.scans import ScanError, load_cbf, load_tissue_map
+
+OUTPUT_COLUMNS = ("subject", "session", "study", "path", "qei", "rho_ss", "di", "neg_gm")
+ROWS_PER_TASK = 4  # rows handed to a worker at a time: few enough to keep the progress bar moving
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cbf", nargs="?", metavar="CBF.nii.gz", help="one CBF map (instead of --manifest)")
+    parser.add_argument("--manifest", nargs="+", metavar="MANIFEST.csv", help="manifests whose rows to score")
+    parser.add_argument("--gm", metavar="GM.nii.gz", help="GM probability map of CBF.nii.gz (on its grid)")
+    parser.add_argument("--wm", metavar="WM.nii.gz", help="WM probability map of CBF.nii.gz")
+    parser.add_argument("--csf", metavar="CSF.nii.gz", help="CSF probability map of CBF.nii.gz")
+    parser.add_argument(
+        "--mni-priors", action="store_true", help="maps are in MNI space: use MNI152 tissue priors (ignores gm/wm/csf)"
+    )
+    parser.add_argument(
+        "--thresh", type=float, default=DEFAULT_THRESH,
+        help=f"tissue probability above which a voxel is in a tissue mask (default {DEFAULT_THRESH}; ASLPrep 0.2.x used 0.8)",
+    )
+    parser.add_argument("--out", metavar="QEI.csv", help="CSV to write (required with --manifest)")
+    parser.add_argument(
+        "--annotated-manifest", nargs="+", metavar="OUT.csv",
+        help="copies of the manifests (one per --manifest, same order) with a qei column added; new files only",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="processes scoring scans in parallel (default 1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    usage_error = _usage_error(args)
+    if usage_error:
+        print(f"ichor qei: {usage_error}", file=sys.stderr)
+        return 2
+    if args.manifest:
+        return _run_manifests(args)
+    return _run_single(args)
+
+
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of arguments, before any file is read."""
+    if bool(args.cbf) == bool(args.manifest):
+        return "give either one CBF map or --manifest"
+    if not 0 < args.thresh < 1:
+        return f"--thresh must lie strictly between 0 and 1, got {args.thresh:g}"
+    if args.workers < 1:
+        return f"--workers must be at least 1, got {args.workers}"
+    if args.manifest:
+        if not args.out:
+            return "--out is required with --manifest"
+        if any((args.gm, args.wm, args.csf)):
+            return "--gm/--wm/--csf are for one CBF map; with --manifest the tissue maps come from its gm, wm, csf columns"
+        if args.annotated_manifest and len(args.annotated_manifest) != len(args.manifest):
+            return (
+                f"--annotated-manifest needs one output per --manifest ({len(args.manifest)}), "
+                f"got {len(args.annotated_manifest)}"
+            )
+    else:
+        if args.annotated_manifest:
+            return "--annotated-manifest needs --manifest"
+        if not args.mni_priors and not all((args.gm, args.wm, args.csf)):
+            return "one CBF map needs --gm, --wm and --csf (tissue maps on its grid), or --mni-priors"
+    inputs = {_identity(path) for path in args.manifest or []}
+    outputs = [path for path in (args.out, *(args.annotated_manifest or [])) if path]
+    for path in outputs:
+        if _identity(path) in inputs:
+            return f"refusing to write {path}: it is an input manifest (write to a new file)"
+    if len({_identity(path) for path in outputs}) < len(outputs):
+        return "--out and each --annotated-manifest must be different files"
+    return None
+
+
+def _run_single(args: argparse.Namespace) -> int:
+    tissues = None if args.mni_priors else {"gm": args.gm, "wm": args.wm, "csf": args.csf}
+    try:
+        result = _score_scan(args.cbf, tissues, args.thresh)
+    except _ScanFailure as error:
+        print(f"ichor qei: {error}", file=sys.stderr)
+        return 1
+    print(f"qei {result.qei:.4f}  rho_ss {result.rho_ss:.4f}  di {result.di:.4f}  neg_gm {result.neg_gm:.4f}")
+    if args.out:
+        row = {"subject": "", "session": "", "study": "", "path": os.path.abspath(args.cbf), **vars(result)}
+        _write_csv_atomic(pd.DataFrame([row], columns=OUTPUT_COLUMNS), args.out)
+    return 0
+
+
+def _run_manifests(args: argparse.Namespace) -> int:
+    try:
+        rows = read_manifests(args.manifest)
+    except ManifestError as error:
+        print(error, file=sys.stderr)
+        return 1
+    problems = [] if args.mni_priors else _missing_tissue_problems(rows)
+    skipped = {(p.manifest, p.row) for p in problems}
+    tasks = [
+        (record, args.mni_priors, args.thresh)
+        for record in rows.to_dict("records")
+        if (record["manifest"], record["row"]) not in skipped and (record["manifest"], None) not in skipped
+    ]
+    results: dict[tuple[str, int], QEIResult] = {}
+    bar = tqdm(total=len(tasks), desc="QEI", unit="scan", disable=args.quiet or not tasks)
+    for key, outcome in _score_all(tasks, args.workers):
+        if isinstance(outcome, Problem):
+            problems.append(outcome)
+        else:
+            results[key] = outcome
+        bar.update()
+    bar.close()
+
+    _write_csv_atomic(_result_table(rows, results), args.out)
+    for manifest, out in zip(args.manifest, args.annotated_manifest or []):
+        _write_annotated(manifest, out, results)
+
+    order = {str(path): i for i, path in enumerate(args.manifest)}
+    for problem in sorted(problems, key=lambda p: (order.get(p.manifest, len(order)), p.row or 0)):
+        print(problem, file=sys.stderr)
+    summary = f"wrote {args.out}: QEI of {len(results)} of {len(rows)} scans"
+    if problems:
+        print(f"{summary}; {len(problems)} problem{'s' if len(problems) != 1 else ''} (listed above)", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+class _ScanFailure(Exception):
+    """A scan that could not be scored: the file concerned and what is wrong with it."""
+
+    def __init__(self, file: str, message: str):
+        super().__init__(f"{file}: {message}")
+        self.file, self.message = file, message
+
+
+def _score_scan(cbf_path: str, tissues: dict[str, str] | None, thresh: float) -> QEIResult:
+    """QEI of one CBF file; ``tissues`` maps gm/wm/csf to files on its grid, or None for MNI priors."""
+    cbf = _load(load_cbf, cbf_path, "")
+    if tissues is None:
+        from ichor.quality.priors import priors_on_grid  # nilearn is slow to import; only this mode needs it
+
+        maps = priors_on_grid(cbf)
+    else:
+        maps = tuple(_load(load_tissue_map, tissues[column], f"{column} map: ", reference=cbf) for column in TISSUE_COLUMNS)
+    try:
+        return compute_qei(cbf, *maps, thresh=thresh)
+    except QEIError as error:
+        hint = " (--mni-priors needs maps in MNI space)" if tissues is None else ""
+        raise _ScanFailure(Path(cbf_path).name, f"{error}{hint}") from error
+
+
+def _load(loader, path: str, prefix: str, **kwargs):
+    try:
+        return loader(path, **kwargs)
+    except ScanError as error:
+        raise _ScanFailure(Path(path).name, prefix + str(error)) from error
+
+
+def _score_row(task: tuple[dict, bool, float]) -> tuple[tuple[str, int], QEIResult | Problem]:
+    """Score one manifest row in a worker; a failure comes back as a Problem, not an exception."""
+    record, mni_priors, thresh = task
+    key = (record["manifest"], record["row"])
+    tissues = None if mni_priors else {column: record[column] for column in TISSUE_COLUMNS}
+    try:
+        return key, _score_scan(record["path"], tissues, thresh)
+    except _ScanFailure as failure:
+        return key, Problem(record["manifest"], int(record["row"]), failure.file, failure.message)
+
+
+def _score_all(tasks: list[tuple[dict, bool, float]], workers: int) -> Iterator[tuple[tuple[str, int], QEIResult | Problem]]:
+    """Score rows in order, in this process or in a pool of ``workers`` processes."""
+    if workers == 1 or len(tasks) <= 1:
+        yield from map(_score_row, tasks)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+        yield from pool.map(_score_row, tasks, chunksize=ROWS_PER_TASK)
+
+
+def _result_table(rows: pd.DataFrame, results: dict[tuple[str, int], QEIResult]) -> pd.DataFrame:
+    """One output row per scored manifest row, in manifest order."""
+    records = []
+    for record in rows.to_dict("records"):
+        result = results.get((record["manifest"], record["row"]))
+        if result is not None:
+            records.append({**{column: record[column] for column in OUTPUT_COLUMNS[:4]}, **vars(result)})
+    return pd.DataFrame(records, columns=OUTPUT_COLUMNS)
+
+
+def _missing_tissue_problems(rows: pd.DataFrame) -> list[Problem]:
+    """Manifests without gm/wm/csf columns (one problem each) and rows with an empty one."""
+    problems = []
+    for manifest, table in rows.groupby("manifest", sort=False):
+        values = {
+            column: table[column].fillna("") if column in table else pd.Series("", index=table.index)
+            for column in TISSUE_COLUMNS
+        }
+        absent = [column for column in TISSUE_COLUMNS if (values[column] == "").all()]
+        if absent:
+            problems.append(Problem(str(manifest), None, None, (
+                f"no {', '.join(absent)} column(s): add tissue probability maps on the CBF grid, "
+                "or use --mni-priors for maps in MNI space"
+            )))
+            continue
+        for index in table.index:
+            empty = [column for column in TISSUE_COLUMNS if values[column][index] == ""]
+            if empty:
+                file = Path(table.at[index, "path"]).name
+                problems.append(Problem(str(manifest), int(table.at[index, "row"]), file, f"empty {', '.join(empty)}"))
+    return problems
+
+
+def _write_annotated(manifest: str, out: str, results: dict[tuple[str, int], QEIResult]) -> None:
+    """A copy of ``manifest`` with a qei column (empty for failed rows), its relative paths re-based on OUT's folder."""
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    table.columns = [str(column).strip() for column in table.columns]
+    source, target = Path(manifest).resolve().parent, Path(out).resolve().parent
+    for column in ("path", *TISSUE_COLUMNS):
+        if column in table.columns and source != target:
+            table[column] = [_rebase(value, source, target) for value in table[column]]
+    scored = [results.get((manifest, row)) for row in range(1, len(table) + 1)]
+    table["qei"] = [None if result is None else result.qei for result in scored]
+    _write_csv_atomic(table, out)
+
+
+def _rebase(value: str, source: Path, target: Path) -> str:
+    """A manifest path relative to ``source`` rewritten relative to ``target`` (absolute ones unchanged)."""
+    value = value.strip()
+    if not value or Path(value).expanduser().is_absolute():
+        return value
+    return os.path.relpath(os.path.abspath(source / value), target)
+
+
+def _write_csv_atomic(table: pd.DataFrame, path: str) -> None:
+    """Write via a temp file in the same folder and os.replace, so readers never see half a CSV."""
+    folder = Path(path).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{Path(path).name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as file:
+            table.to_csv(file, index=False)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _identity(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
