@@ -1,0 +1,320 @@
+"""CBFDataModule: per-study manifests in, batches of harmonised CBF maps out.
+
+``prepare_data`` (rank 0) harmonises every scan once into the cache; ``setup`` (every rank)
+finds the cached arrays, applies the bad-scan policy, splits subjects and writes the split
+table; the dataloaders read memory-mapped float16 arrays, normalise them and, for training
+only, augment them in the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from ichor.data.augment import Augmentation
+from ichor.data.cache import CacheEntry, ScanCache, read_cached
+from ichor.data.harmonise import HarmonisationSettings
+from ichor.data.splits import SPLITS, assign_splits, write_csv, write_splits
+from ichor.manifest import read_manifests
+from ichor.scans import ScanError
+
+log = logging.getLogger(__name__)
+
+Normalization = Literal["none", "scale", "zscore"]
+SPLITS_FILE = "splits.csv"
+SKIPPED_FILE = "skipped_scans.csv"
+
+
+def normalise_(images: torch.Tensor, masks: torch.Tensor, mode: Normalization, cbf_scale: float,
+               brain_mean: torch.Tensor, brain_std: torch.Tensor) -> torch.Tensor:
+    """Raw CBF (B, 1, D, H, W), 0 outside the brain -> model input, in place; the background stays 0.
+
+    ``scale`` divides by a fixed CBF value and clips to [-1, 1] (as asl-qc does): it keeps
+    absolute CBF, which carries diagnostic information. ``zscore`` standardises each scan
+    inside its brain (``brain_mean``/``brain_std`` per scan, from the cache), removing the
+    global CBF level and with it some site/vendor offsets.
+    """
+    if mode == "scale":
+        return images.mul_(1.0 / cbf_scale).clamp_(-1.0, 1.0)
+    if mode == "zscore":
+        shape = (-1,) + (1,) * (images.ndim - 1)
+        images.sub_(brain_mean.view(shape)).div_(brain_std.clamp_min(1e-6).view(shape))
+        return images.masked_fill_(~masks, 0.0)
+    if mode == "none":
+        return images
+    raise ValueError(f"normalization must be 'none', 'scale' or 'zscore', got {mode!r}")
+
+
+class CachedScans(Dataset):
+    """Cached harmonised scans with their manifest fields; optionally augmented.
+
+    Reads whole batches (``__getitems__``, used by the DataLoader): each float16 array is
+    converted straight into one batch tensor (in shared memory inside a worker), so a scan
+    is copied once instead of three times; use ``collate_batch`` as the loader's collate_fn.
+    """
+
+    def __init__(self, rows: pd.DataFrame, entries: Sequence[CacheEntry], normalization: Normalization,
+                 cbf_scale: float, augmentation: Augmentation | None = None) -> None:
+        self.entries = list(entries)
+        self.normalization, self.cbf_scale, self.augmentation = normalization, cbf_scale, augmentation
+        self.fields = {column: _field_values(rows[column]) for column in rows.columns}
+        self.brain_mean = torch.tensor([entry.brain_mean for entry in self.entries], dtype=torch.float32)
+        self.brain_std = torch.tensor([entry.brain_std for entry in self.entries], dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        """One scan: image (1, D, H, W), mask, fields."""
+        batch = self.__getitems__([index])
+        return {key: value[0] for key, value in batch.items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        """A batch: image (B, 1, D, H, W) float32, mask bool, and per-scan fields."""
+        shape = (len(indices), 1, *read_cached(self.entries[indices[0]].array_path).shape)
+        images = _batch_tensor(shape, torch.float32)
+        for slot, index in enumerate(indices):  # torch converts float16 faster than numpy
+            images[slot, 0].copy_(torch.from_numpy(read_cached(self.entries[index].array_path)))
+        masks = _batch_tensor(shape, torch.bool)
+        torch.eq(images, images, out=masks)  # brain = not NaN (NaN != NaN), in one pass
+        images.nan_to_num_(0.0)
+        rows = torch.as_tensor(indices)
+        normalise_(images, masks, self.normalization, self.cbf_scale, self.brain_mean[rows], self.brain_std[rows])
+        if self.augmentation is not None:
+            noise_levels = self._brain_std(rows)
+            for slot in range(len(indices)):
+                images[slot], masks[slot] = self.augmentation(images[slot], masks[slot], float(noise_levels[slot]))
+        fields = {column: _gather(values, indices) for column, values in self.fields.items()}
+        return {"image": images, "mask": masks, **fields}
+
+    def _brain_std(self, rows: torch.Tensor) -> torch.Tensor:
+        """The brain's standard deviation in the units of the normalised image (sets the noise level)."""
+        if self.normalization == "scale":
+            return self.brain_std[rows] / self.cbf_scale
+        return torch.ones(len(rows)) if self.normalization == "zscore" else self.brain_std[rows]
+
+
+def collate_batch(batch: dict) -> dict:
+    """collate_fn for CachedScans: ``__getitems__`` already returns a batch."""
+    return batch
+
+
+class CBFDataModule(LightningDataModule):
+    """Harmonised, cached CBF maps from per-study manifests, split by subject."""
+
+    def __init__(
+        self,
+        manifests: list[str],
+        cache_dir: str = ".ichor_cache",
+        spacing: float | tuple[float, float, float] = 2.0,
+        shape: tuple[int, int, int] = (96, 112, 96),
+        normalization: Normalization = "scale",
+        cbf_scale: float = 100.0,
+        volume: int | Literal["mean"] | None = None,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        test_studies: list[str] | None = None,
+        test_sites: list[str] | None = None,
+        stratify_by: str | None = None,
+        augment: Augmentation | None = Augmentation(),
+        on_bad_scan: Literal["error", "skip"] = "error",
+        log_dir: str | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        drop_last: bool = False,
+        progress: bool = True,
+    ) -> None:
+        """
+        Args:
+            manifests: per-study manifest CSVs.
+            cache_dir: where harmonised scans are cached (one sub-folder per harmonisation settings).
+            spacing: output voxel size in mm (one number, or x, y, z).
+            shape: output grid (x, y, z) in voxels; a multiple of the model's patch size.
+            normalization: "scale" (CBF / cbf_scale, clipped to [-1, 1]), "zscore" (per scan,
+                inside the brain) or "none" (mL/100g/min).
+            cbf_scale: the CBF value (mL/100g/min) that "scale" maps to 1.
+            volume: for 4D files: a volume index or "mean"; None refuses 4D series.
+            batch_size: scans per batch.
+            num_workers: dataloader workers, and processes building the cache.
+            seed: seed of the split and of the training shuffle.
+            val_fraction: fraction of (non-held-out) subjects for validation.
+            test_fraction: fraction of (non-held-out) subjects for test.
+            test_studies: studies that go wholly to test.
+            test_sites: sites that go wholly to test.
+            stratify_by: a label column to stratify the split by (besides study).
+            augment: training augmentation; None turns it off.
+            on_bad_scan: "error" raises listing every bad scan; "skip" drops them and writes a report.
+            log_dir: where the split table and skip report go (default: the trainer's log dir, else cache_dir).
+            pin_memory: pin batches for GPU transfer (default: when CUDA is available).
+            persistent_workers: keep dataloader workers between epochs.
+            drop_last: drop the last incomplete training batch.
+            progress: show a progress bar while building the cache.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if not manifests:
+            raise ValueError("CBFDataModule needs at least one manifest (data.manifests)")
+        if normalization not in ("none", "scale", "zscore"):
+            raise ValueError(f"normalization must be 'none', 'scale' or 'zscore', got {normalization!r}")
+        if on_bad_scan not in ("error", "skip"):
+            raise ValueError(f"on_bad_scan must be 'error' or 'skip', got {on_bad_scan!r}")
+        self.settings = HarmonisationSettings.create(spacing, shape, volume)
+        self.cache = ScanCache(cache_dir, self.settings)
+        self.datasets: dict[str, CachedScans] = {}
+        self.rows: pd.DataFrame | None = None  # kept scans, with their `split`
+        self.skipped: pd.DataFrame | None = None
+        self._known_bad: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ metadata
+    def harmonisation_settings(self) -> dict:
+        """What a model trained on these batches expects its input to be (stored with exported encoders)."""
+        settings = {**self.settings.as_dict(), "normalization": self.hparams.normalization,
+                    "cache_key": self.settings.key()}
+        if self.hparams.normalization == "scale":
+            settings["cbf_scale"] = self.hparams.cbf_scale
+        return settings
+
+    def data_summary(self) -> dict:
+        """Scans per study and split, and how many were skipped (after ``setup``)."""
+        if self.rows is None:
+            raise RuntimeError("data_summary() needs setup() first")
+        counts = self.rows.groupby(["study", "split"]).size()
+        per_study = {study: {split: int(counts.get((study, split), 0)) for split in SPLITS}
+                     for study in sorted(self.rows["study"].unique())}
+        return {
+            "scans": len(self.rows),
+            "subjects": int(self.rows["subject"].nunique()),
+            "per_split": {split: int((self.rows["split"] == split).sum()) for split in SPLITS},
+            "per_study": per_study,
+            "skipped": 0 if self.skipped is None else len(self.skipped),
+        }
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Build the cache for every scan (rank 0 only); with on_bad_scan="error", raise on bad scans."""
+        rows = read_manifests(self.hparams.manifests)
+        problems = self.problem_messages(rows, self.build_cache(rows["path"]))
+        if problems and self.hparams.on_bad_scan == "error":
+            raise ScanError(_error_message(problems))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        rows = read_manifests(self.hparams.manifests)
+        problems = self.problem_messages(rows, self.build_cache(rows["path"]))
+        if problems and self.hparams.on_bad_scan == "error":
+            raise ScanError(_error_message(problems))
+        bad = rows["path"].isin(self._known_bad)
+        self.skipped = rows.loc[bad, ["manifest", "row", "path"]].assign(reason=rows.loc[bad, "path"].map(self._known_bad))
+        rows = rows.loc[~bad].reset_index(drop=True)
+        if rows.empty:
+            raise ScanError("no usable scans: every row was skipped\n" + "\n".join(f"  {p}" for p in problems))
+        rows["split"] = assign_splits(
+            rows, self.hparams.val_fraction, self.hparams.test_fraction, self.hparams.seed,
+            self.hparams.test_studies, self.hparams.test_sites, self.hparams.stratify_by,
+        )
+        self.rows = rows
+        self._write_audit_files()
+        entries = [self.cache.lookup(path) for path in rows["path"]]
+        hp = self.hparams
+        for split in SPLITS:
+            chosen = rows.index[rows["split"] == split]
+            augmentation = hp.augment if split == "train" else None
+            self.datasets[split] = CachedScans(rows.loc[chosen].drop(columns="split"), [entries[i] for i in chosen],
+                                               hp.normalization, hp.cbf_scale, augmentation)
+        self.datasets["predict"] = CachedScans(rows.drop(columns="split"), entries, hp.normalization, hp.cbf_scale)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    # ------------------------------------------------------------------ helpers
+    def build_cache(self, paths: pd.Series) -> dict[str, str]:
+        """Build missing cache entries; {path: reason} for bad scans (those found earlier in this process are not re-read)."""
+        todo = [path for path in paths if path not in self._known_bad]
+        self._known_bad.update(self.cache.build(todo, self.hparams.num_workers, self.hparams.progress))
+        return {path: self._known_bad[path] for path in paths if path in self._known_bad}
+
+    @staticmethod
+    def problem_messages(rows: pd.DataFrame, failures: dict[str, str]) -> list[str]:
+        """'<manifest> row <n> (<file>): <what>' for every bad row, in manifest order."""
+        bad = rows[rows["path"].isin(failures)]
+        return [f"{r.manifest} row {r.row} ({Path(r.path).name}): {failures[r.path]}" for r in bad.itertuples()]
+
+    def _write_audit_files(self) -> None:
+        """Split table and skip report in the log folder, written by global rank 0 only."""
+        trainer = self.trainer
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        folder = Path(self.hparams.log_dir or (trainer.log_dir if trainer is not None and trainer.log_dir else None)
+                      or self.hparams.cache_dir)
+        write_splits(self.rows, self.rows["split"], folder / SPLITS_FILE)
+        if len(self.skipped):
+            report = write_csv(self.skipped, folder / SKIPPED_FILE)
+            log.warning("skipped %d bad scan(s) (on_bad_scan='skip'); list in %s", len(self.skipped), report)
+
+    def _loader(self, split: str) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("call setup() before asking for dataloaders")
+        hp, train = self.hparams, split == "train"
+        workers = hp.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=hp.batch_size,
+            shuffle=train,
+            drop_last=train and hp.drop_last,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory,
+            persistent_workers=workers > 0 and hp.persistent_workers,
+            generator=torch.Generator().manual_seed(hp.seed) if train else None,
+            collate_fn=collate_batch,
+        )
+
+
+def _field_values(column: pd.Series) -> torch.Tensor | list[str]:
+    """Per-scan values of one manifest column: numbers as a tensor (NaN when missing), text as str."""
+    if pd.api.types.is_integer_dtype(column):
+        return torch.tensor(column.to_numpy(dtype=np.int64))
+    if pd.api.types.is_numeric_dtype(column):
+        return torch.tensor(column.to_numpy(dtype=np.float32))
+    return ["" if pd.isna(value) else str(value) for value in column]
+
+
+def _gather(values: torch.Tensor | list[str], indices: Sequence[int]) -> torch.Tensor | list[str]:
+    if isinstance(values, torch.Tensor):
+        return values[torch.as_tensor(indices)]
+    return [values[index] for index in indices]
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in a DataLoader worker, in shared memory (no copy when sent to the trainer)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
+def _error_message(problems: list[str]) -> str:
+    count = f"{len(problems)} bad scan" + ("s" if len(problems) != 1 else "")
+    return (f"{count} (on_bad_scan='error'; fix them, or set on_bad_scan: skip to leave them out):\n"
+            + "\n".join(f"  {problem}" for problem in problems))

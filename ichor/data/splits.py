@@ -1,0 +1,110 @@
+"""Subject-level train/val/test splits, stratified, deterministic, and written down for audit.
+
+All scans of a subject go to one split, otherwise a model is validated on a brain it has
+trained on. Held-out studies or sites go wholly to test (the site-generalisation question
+the paper asks). The remaining subjects are stratified by study and, optionally, by a label
+column: they are ordered by stratum (shuffled by ``seed`` inside each) and every k-th one
+is taken (systematic sampling), so each stratum gets its share and the overall counts are
+the rounded fractions, even with strata of a few subjects.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS = ("subject", "session", "study", "site", "split", "manifest", "row", "path")
+# A numeric label with more distinct values than this is stratified by quartile instead of value.
+MAX_NUMERIC_STRATA = 10
+
+
+def assign_splits(
+    rows: pd.DataFrame,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    test_studies: Sequence[str] | None = None,
+    test_sites: Sequence[str] | None = None,
+    stratify_by: str | None = None,
+) -> pd.Series:
+    """The split ("train", "val" or "test") of every row, indexed like ``rows``."""
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0 and sum below 1")
+    _check_known(rows, "study", test_studies)
+    _check_known(rows, "site", test_sites)
+    if stratify_by is not None and stratify_by not in rows.columns:
+        raise ValueError(f"stratify_by column {stratify_by!r} is not in the manifests (columns: {', '.join(rows.columns)})")
+
+    held_out = rows["study"].isin(test_studies or [])
+    if test_sites:
+        held_out |= rows["site"].isin(test_sites)
+    held_subjects = set(rows.loc[held_out, "subject"])
+
+    subjects = rows.drop_duplicates("subject").set_index("subject")
+    subjects = subjects[~subjects.index.isin(held_subjects)]
+    strata = subjects["study"].astype(str)
+    if stratify_by is not None:
+        strata = strata + "|" + _label_strata(subjects[stratify_by])
+    rng = np.random.default_rng(seed)
+    order = pd.DataFrame({"stratum": strata.to_numpy(), "draw": rng.random(len(strata))}, index=subjects.index)
+    ordered = order.sort_values(["stratum", "draw"]).index
+
+    split_of = {subject: "test" for subject in held_subjects}
+    is_test = _systematic(len(ordered), test_fraction)
+    remaining = [subject for subject, test in zip(ordered, is_test) if not test]
+    is_val = _systematic(len(remaining), val_fraction / (1 - test_fraction))
+    split_of.update({subject: "test" for subject, test in zip(ordered, is_test) if test})
+    split_of.update({subject: "val" if val else "train" for subject, val in zip(remaining, is_val)})
+    return rows["subject"].map(split_of).rename("split")
+
+
+def write_splits(rows: pd.DataFrame, splits: pd.Series, path: str | os.PathLike) -> Path:
+    """Write one line per scan (subject, session, study, site, split, manifest, row, path) atomically."""
+    table = rows.assign(split=splits)
+    table = table[[column for column in SPLIT_COLUMNS if column in table.columns]]
+    return write_csv(table, path)
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Atomic CSV write (temp file in the same folder, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            table.to_csv(stream, index=False)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _systematic(count: int, fraction: float) -> list[bool]:
+    """Every (1/fraction)-th position, centred: round(count * fraction) positions in all."""
+    positions = np.arange(count)
+    return list(np.floor((positions + 1) * fraction + 0.5) > np.floor(positions * fraction + 0.5))
+
+
+def _label_strata(labels: pd.Series) -> pd.Series:
+    """Label values as stratum names; many-valued numbers become quartiles; missing is its own stratum."""
+    missing = labels.isna() | (labels.astype(str) == "")
+    if pd.api.types.is_numeric_dtype(labels) and labels.nunique() > MAX_NUMERIC_STRATA:
+        labels = pd.qcut(labels, 4, duplicates="drop")
+    return labels.astype(str).mask(missing, "<missing>")
+
+
+def _check_known(rows: pd.DataFrame, column: str, values: Sequence[str] | None) -> None:
+    """Held-out names must exist: a typo would silently hold out nothing."""
+    if not values:
+        return
+    present = set(rows[column]) if column in rows.columns else set()
+    unknown = [value for value in values if value not in present]
+    if unknown:
+        raise ValueError(f"test_{column}s {unknown} not found in the manifests' {column!r} column (has: {sorted(present)})")

@@ -1,0 +1,116 @@
+"""Harmonise and cache every scan listed in the manifests, before training.
+
+`ichor fit` does this itself (in prepare_data), but running it first on a CPU node, with
+many workers, keeps GPU time for training and shows every bad scan at once. Settings come
+from the `data:` section of a Lightning config (--config), from options, or both (options win);
+the cache is the one `ichor fit` with the same settings will reuse.
+
+examples:
+  ichor preprocess --config lightning_configs/pretrain_demo.yaml --workers 8
+  ichor preprocess --manifests study-01.csv study-02.csv --spacing 2 --shape 96 112 96
+  ichor preprocess --config cfg.yaml --export-nifti harmonised/   # inspect the result in a viewer
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import yaml
+
+from ichor.data.cache import read_cached
+from ichor.data.datamodule import CBFDataModule
+from ichor.manifest import ManifestError, read_manifests
+
+# The CBFDataModule arguments this command understands (the rest of a config's data section is ignored).
+CACHE_ARGUMENTS = ("manifests", "cache_dir", "spacing", "shape", "volume", "on_bad_scan")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="Lightning config whose `data:` section holds the CBFDataModule arguments")
+    parser.add_argument("--manifests", nargs="+", help="per-study manifest CSVs")
+    parser.add_argument("--cache-dir", dest="cache_dir", help="cache folder (default .ichor_cache)")
+    parser.add_argument("--spacing", type=float, nargs="+", help="output voxel size in mm: one value or three")
+    parser.add_argument("--shape", type=int, nargs=3, help="output grid in voxels (x y z)")
+    parser.add_argument("--volume", help='for 4D files: a volume index or "mean"')
+    parser.add_argument("--on-bad-scan", dest="on_bad_scan", choices=("error", "skip"),
+                        help="error (default): exit 1 listing bad scans; skip: list them and exit 0")
+    parser.add_argument("--workers", type=int, default=2, help="processes harmonising in parallel (default 2)")
+    parser.add_argument("--export-nifti", dest="export_nifti", type=Path,
+                        help="also write each harmonised map and brain mask as NIfTI under this folder")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        print(f"ichor preprocess: {error}", file=sys.stderr)
+        return 2
+    datamodule = CBFDataModule(**settings, num_workers=args.workers, progress=args.progress)
+    try:
+        rows = read_manifests(datamodule.hparams.manifests)
+        before = sum(datamodule.cache.lookup(path) is not None for path in rows["path"])
+        failures = datamodule.build_cache(rows["path"])
+    except ManifestError as error:
+        print(f"ichor preprocess: {error}", file=sys.stderr)
+        return 1
+    problems = datamodule.problem_messages(rows, failures)
+    good = len(rows) - len(problems)
+    print(f"{len(rows)} scans: {good - before} harmonised, {before} already cached, {len(problems)} bad; "
+          f"cache {datamodule.cache.folder}")
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    if args.export_nifti is not None:
+        _export(rows, datamodule, args.export_nifti)
+    return 1 if problems and datamodule.hparams.on_bad_scan == "error" else 0
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """CBFDataModule arguments from the config's data section, overridden by explicit options."""
+    settings = {}
+    if args.config is not None:
+        config = yaml.safe_load(args.config.read_text()) or {}
+        data = config.get("data") or {}
+        data = data.get("init_args", data)
+        settings = {key: value for key, value in data.items() if key in CACHE_ARGUMENTS}
+    for key in CACHE_ARGUMENTS:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    if "spacing" in settings and isinstance(settings["spacing"], list):
+        spacing = settings["spacing"]
+        settings["spacing"] = spacing[0] if len(spacing) == 1 else tuple(spacing)
+    if "shape" in settings:
+        settings["shape"] = tuple(settings["shape"])
+    if isinstance(settings.get("volume"), str) and settings["volume"].lstrip("-").isdigit():
+        settings["volume"] = int(settings["volume"])
+    if not settings.get("manifests"):
+        raise ValueError("no manifests: give --manifests, or --config with data.manifests")
+    return settings
+
+
+def _export(rows, datamodule: CBFDataModule, folder: Path) -> None:
+    """Harmonised CBF (mL/100g/min) and brain mask as NIfTI, named after study, subject and session."""
+    for row in rows.itertuples():
+        entry = datamodule.cache.lookup(row.path)
+        if entry is None:
+            continue
+        values = np.asarray(read_cached(entry.array_path), dtype=np.float32)
+        mask = ~np.isnan(values)
+        stem = f"sub-{row.subject}" + (f"_ses-{row.session}" if row.session else "")
+        out = folder / row.study
+        out.mkdir(parents=True, exist_ok=True)
+        _save_atomic(nib.Nifti1Image(np.nan_to_num(values), entry.affine), out / f"{stem}_harmonised_cbf.nii.gz")
+        _save_atomic(nib.Nifti1Image(mask.astype(np.uint8), entry.affine), out / f"{stem}_harmonised_mask.nii.gz")
+    print(f"wrote harmonised NIfTIs under {folder}")
+
+
+def _save_atomic(image: nib.Nifti1Image, path: Path) -> None:
+    temp = path.with_name(f".{os.getpid()}.{path.name}")  # keeps the .nii.gz suffix nibabel needs
+    nib.save(image, temp)
+    os.replace(temp, path)

@@ -1,0 +1,147 @@
+"""CBFDataModule on a synthetic multi-study dataset: batches, grid alignment, normalisation, splits, augmentation."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch import LightningDataModule
+
+from ichor.data import Augmentation, CBFDataModule
+from ichor.synth import generate_dataset
+
+SMALL = {"spacing": 4.0, "shape": (48, 56, 48), "num_workers": 0, "progress": False}
+NO_AUGMENT = {**SMALL, "augment": None}
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return [str(path) for path in generate_dataset(root, n_studies=4, subjects_per_study=4, seed=0, progress=False)]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def datamodule(manifests, cache_dir, **kwargs) -> CBFDataModule:
+    dm = CBFDataModule(manifests, cache_dir=cache_dir, **{**NO_AUGMENT, "batch_size": 4, **kwargs})
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def all_scans(dm: CBFDataModule) -> dict:
+    """Every scan (predict split) in one batch."""
+    dataset = dm.datasets["predict"]
+    return torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
+
+
+def test_batches_have_images_masks_and_manifest_fields(manifests, cache_dir):
+    dm = datamodule(manifests, cache_dir)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].dtype == torch.float32 and batch["image"].shape == (4, 1, 48, 56, 48)
+    assert batch["mask"].dtype == torch.bool and batch["mask"].shape == (4, 1, 48, 56, 48)
+    for field in ("subject", "session", "study", "site", "path", "manifest"):
+        assert isinstance(batch[field], list) and len(batch[field]) == 4
+    assert batch["row"].dtype == torch.int64
+    numeric = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dtype == torch.float32 and v.ndim == 1]
+    assert "age" in numeric  # numeric manifest columns come as tensors
+    assert (batch["image"][~batch["mask"]] == 0).all()
+    assert len(dm.datasets["predict"]) == 16
+    summary = dm.data_summary()
+    assert summary["scans"] == 16 and summary["skipped"] == 0 and set(summary["per_study"]) == {
+        "study-01", "study-02", "study-03", "study-04"}
+    settings = json.loads(json.dumps(dm.harmonisation_settings()))
+    assert settings["shape"] == [48, 56, 48] and settings["spacing"] == [4.0, 4.0, 4.0]
+    assert settings["orientation"] == "RAS" and settings["normalization"] == "scale"
+
+
+def test_studies_with_different_geometry_are_aligned_on_one_grid(manifests, cache_dir):
+    """Synthetic studies differ in orientation, voxel size and FOV; after harmonisation brains overlap."""
+    scans = all_scans(datamodule(manifests, cache_dir))
+    masks = scans["mask"][:, 0].numpy()
+    studies = np.array(scans["study"])
+    middle = (np.array(masks.shape[1:]) - 1) / 2
+    study_masks = []
+    for study in np.unique(studies):
+        for mask in masks[studies == study]:
+            assert np.all(np.abs(np.argwhere(mask).mean(0) - middle) <= 1.0), study  # centred brains
+        study_masks.append(masks[studies == study].mean(0) >= 0.5)
+    for other in study_masks[1:]:
+        dice = 2 * (study_masks[0] & other).sum() / (study_masks[0].sum() + other.sum())
+        assert dice > 0.9
+
+
+def test_normalisations(manifests, cache_dir):
+    raw = all_scans(datamodule(manifests, cache_dir, normalization="none"))
+    scaled = all_scans(datamodule(manifests, cache_dir, normalization="scale", cbf_scale=100.0))
+    zscored = all_scans(datamodule(manifests, cache_dir, normalization="zscore"))
+    brain = raw["mask"]
+    assert raw["image"][brain].median() > 10  # mL/100g/min
+    torch.testing.assert_close(scaled["image"], (raw["image"] / 100).clamp(-1, 1))
+    for image, mask in zip(zscored["image"], zscored["mask"]):
+        assert abs(image[mask].mean()) < 0.02 and abs(image[mask].std() - 1) < 0.02
+        assert (image[~mask] == 0).all()
+
+
+def test_same_seed_same_split_and_same_batches(manifests, cache_dir, tmp_path):
+    first = datamodule(manifests, cache_dir, seed=5, log_dir=str(tmp_path / "a"))
+    second = datamodule(manifests, cache_dir, seed=5, log_dir=str(tmp_path / "b"))
+    other = datamodule(manifests, cache_dir, seed=6, log_dir=str(tmp_path / "c"))
+    assert first.rows["split"].equals(second.rows["split"])
+    assert not first.rows["split"].equals(other.rows["split"])
+    for a, b in zip(first.train_dataloader(), second.train_dataloader()):
+        assert a["subject"] == b["subject"] and torch.equal(a["image"], b["image"])
+    table = pd.read_csv(tmp_path / "a" / "splits.csv")
+    assert len(table) == 16 and table.groupby("subject")["split"].nunique().max() == 1
+
+
+def test_held_out_study_is_wholly_test(manifests, cache_dir):
+    dm = datamodule(manifests, cache_dir, test_studies=["study-03"], test_fraction=0.0, val_fraction=0.25)
+    test_batch = next(iter(dm.test_dataloader()))
+    assert set(test_batch["study"]) == {"study-03"} and len(dm.datasets["test"]) == 4
+    assert dm.data_summary()["per_study"]["study-03"] == {"train": 0, "val": 0, "test": 4}
+
+
+def test_augmentation_only_in_training(manifests, cache_dir):
+    strong = Augmentation(flip_p=1.0, intensity_p=1.0, noise_p=1.0)
+    plain = datamodule(manifests, cache_dir)
+    augmented = datamodule(manifests, cache_dir, augment=strong)
+    for split in ("val", "test", "predict"):
+        assert torch.equal(augmented.datasets[split][0]["image"], plain.datasets[split][0]["image"])
+    item, original = augmented.datasets["train"][0], plain.datasets["train"][0]
+    assert not torch.equal(item["image"], original["image"])
+    assert torch.equal(item["mask"], original["mask"].flip(1))  # the flip moved the mask too
+    assert (item["image"][~item["mask"]] == 0).all()
+
+
+def test_flip_is_left_right_and_affine_moves_the_mask():
+    mask = torch.zeros(1, 8, 6, 4, dtype=torch.bool)
+    mask[:, :3] = True  # left part of the head (RAS axis 0 runs left -> right)
+    image = mask.float() * 0.5
+    flipped, flipped_mask = Augmentation(flip_p=1, intensity_p=0, noise_p=0)(image, mask, 0.1)
+    assert flipped_mask[:, 5:].all() and not flipped_mask[:, :5].any() and torch.equal(flipped > 0, flipped_mask)
+    torch.manual_seed(0)
+    big = torch.zeros(1, 20, 20, 20, dtype=torch.bool)
+    big[:, 5:15, 5:15, 5:15] = True
+    moved, moved_mask = Augmentation(flip_p=0, affine_p=1, intensity_p=0, noise_p=0, shift_voxels=3)(big * 0.5, big, 0.1)
+    assert abs(int(moved_mask.sum()) - 1000) < 250 and torch.allclose(moved[moved_mask], torch.tensor(0.5))
+
+
+def test_configurable_from_yaml_like_the_lightning_cli():
+    """The `data:` section of `ichor fit --config` (subclass mode: class_path + init_args)."""
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    config = parser.parse_string(
+        "data:\n  class_path: ichor.data.CBFDataModule\n  init_args:\n    manifests: [a.csv]\n    spacing: 4.0\n"
+        "    shape: [48, 56, 48]\n    normalization: zscore\n    augment: {flip_p: 0.0, noise_p: 0.5}\n"
+        "    on_bad_scan: skip\n    volume: mean\n"
+    )
+    dm = parser.instantiate(config).data
+    assert isinstance(dm, CBFDataModule) and dm.settings.shape == (48, 56, 48)
+    assert dm.hparams.augment == Augmentation(flip_p=0.0, noise_p=0.5)
+    assert dm.harmonisation_settings()["normalization"] == "zscore" and dm.settings.volume == "mean"
