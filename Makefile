@@ -5,13 +5,16 @@ PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS      ?= test,bench
+EXTRAS      ?= test
 DEMO_DATA   ?= data/demo
 DEMO_ARGS   ?= --studies 4 --subjects-per-study 50 --seed 0
 PYTEST_ARGS ?=
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.ichor-installed
+
+DEMO_STAMP := $(DEMO_DATA)/.complete
+DEMO_RUN   := runs/pretrain_demo
 
 .PHONY: venv demo demo-data test bench clean
 
@@ -24,17 +27,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
-demo-data: $(STAMP)
-	$(BIN)/ichor synth --out $(DEMO_DATA) $(DEMO_ARGS) --manifest-dir data_manifests/demo
+demo-data: $(DEMO_STAMP)
 
-demo: demo-data
+# Generated once; `make clean` (or deleting $(DEMO_DATA)) makes it anew.
+$(DEMO_STAMP): | $(STAMP)
+	$(BIN)/ichor synth --out $(DEMO_DATA) $(DEMO_ARGS) --manifest-dir data_manifests/demo --overwrite
+	touch $@
+
+demo: $(DEMO_STAMP)
 	$(BIN)/ichor manifest check data_manifests/demo/*.csv
 	$(BIN)/ichor fit --config lightning_configs/pretrain_demo.yaml
+	$(BIN)/ichor export-encoder $(DEMO_RUN)/checkpoints/last.ckpt --out $(DEMO_RUN)/encoder --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:

@@ -18,12 +18,21 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 
 from ichor.data.augment import Augmentation
 from ichor.data.cache import CacheEntry, ScanCache, read_cached
 from ichor.data.harmonise import HarmonisationSettings
-from ichor.data.splits import SPLITS, assign_splits, write_csv, write_splits
+from ichor.data.splits import (
+    SPLITS,
+    UNLABELLED,
+    UNLISTED,
+    assign_splits,
+    labelled_rows,
+    read_split_file,
+    write_csv,
+    write_splits,
+)
 from ichor.manifest import read_manifests
 from ichor.scans import ScanError
 
@@ -108,6 +117,22 @@ def collate_batch(batch: dict) -> dict:
     return batch
 
 
+class EpochShuffle(RandomSampler):
+    """A shuffle that is a function of (seed, epoch): a resumed run sees the same order.
+
+    Lightning calls ``set_epoch`` at every epoch start; under DDP it replaces this sampler
+    (a RandomSampler) with a DistributedSampler, which is seeded the same way.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int) -> None:
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+
+
 class CBFDataModule(LightningDataModule):
     """Harmonised, cached CBF maps from per-study manifests, split by subject."""
 
@@ -128,6 +153,9 @@ class CBFDataModule(LightningDataModule):
         test_studies: list[str] | None = None,
         test_sites: list[str] | None = None,
         stratify_by: str | None = None,
+        target: str | None = None,
+        target_values: list | None = None,
+        split_file: str | None = None,
         augment: Augmentation | None = Augmentation(),
         on_bad_scan: Literal["error", "skip"] = "error",
         log_dir: str | None = None,
@@ -153,7 +181,14 @@ class CBFDataModule(LightningDataModule):
             test_fraction: fraction of (non-held-out) subjects for test.
             test_studies: studies that go wholly to test.
             test_sites: sites that go wholly to test.
-            stratify_by: a label column to stratify the split by (besides study).
+            stratify_by: a label column to stratify the split by (besides study); defaults to ``target``.
+            target: the label column of a downstream task: rows without a value (or with one
+                outside ``target_values``) are left out of train/val/test, counted in the log
+                and in ``data_summary()["unlabelled"]``, and still predicted.
+            target_values: the label values to keep (e.g. ``[CN, AD]`` for a binary task).
+            split_file: CSV with columns ``subject,split`` (train/val/test) that replaces the
+                random split (``ichor cv`` writes one per fold); subjects it does not list are
+                left out and counted.
             augment: training augmentation; None turns it off.
             on_bad_scan: "error" raises listing every bad scan; "skip" drops them and writes a report.
             log_dir: where the split table and skip report go (default: the trainer's log dir, else cache_dir).
@@ -170,6 +205,8 @@ class CBFDataModule(LightningDataModule):
             raise ValueError(f"normalization must be 'none', 'scale' or 'zscore', got {normalization!r}")
         if on_bad_scan not in ("error", "skip"):
             raise ValueError(f"on_bad_scan must be 'error' or 'skip', got {on_bad_scan!r}")
+        # The object itself: under LightningCLI, hparams hold the config's plain dict instead.
+        self.augment = augment
         self.settings = HarmonisationSettings.create(spacing, shape, volume)
         self.cache = ScanCache(cache_dir, self.settings)
         self.datasets: dict[str, CachedScans] = {}
@@ -199,6 +236,8 @@ class CBFDataModule(LightningDataModule):
             "per_split": {split: int((self.rows["split"] == split).sum()) for split in SPLITS},
             "per_study": per_study,
             "skipped": 0 if self.skipped is None else len(self.skipped),
+            "unlabelled": int((self.rows["split"] == UNLABELLED).sum()),
+            "unlisted": int((self.rows["split"] == UNLISTED).sum()),
         }
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -221,17 +260,14 @@ class CBFDataModule(LightningDataModule):
         rows = rows.loc[~bad].reset_index(drop=True)
         if rows.empty:
             raise ScanError("no usable scans: every row was skipped\n" + "\n".join(f"  {p}" for p in problems))
-        rows["split"] = assign_splits(
-            rows, self.hparams.val_fraction, self.hparams.test_fraction, self.hparams.seed,
-            self.hparams.test_studies, self.hparams.test_sites, self.hparams.stratify_by,
-        )
+        rows["split"] = self._assign_splits(rows)
         self.rows = rows
         self._write_audit_files()
         entries = [self.cache.lookup(path) for path in rows["path"]]
         hp = self.hparams
         for split in SPLITS:
             chosen = rows.index[rows["split"] == split]
-            augmentation = hp.augment if split == "train" else None
+            augmentation = self.augment if split == "train" else None
             self.datasets[split] = CachedScans(rows.loc[chosen].drop(columns="split"), [entries[i] for i in chosen],
                                                hp.normalization, hp.cbf_scale, augmentation)
         self.datasets["predict"] = CachedScans(rows.drop(columns="split"), entries, hp.normalization, hp.cbf_scale)
@@ -261,13 +297,36 @@ class CBFDataModule(LightningDataModule):
         bad = rows[rows["path"].isin(failures)]
         return [f"{r.manifest} row {r.row} ({Path(r.path).name}): {failures[r.path]}" for r in bad.itertuples()]
 
+    def _assign_splits(self, rows: pd.DataFrame) -> pd.Series:
+        """train/val/test per row; rows left out of the task get ``unlabelled`` or ``unlisted``."""
+        hp = self.hparams
+        split = pd.Series("", index=rows.index, dtype=object)
+        usable = pd.Series(True, index=rows.index)
+        if hp.target is not None:
+            usable = labelled_rows(rows, hp.target, hp.target_values)
+            split[~usable] = UNLABELLED
+            if (~usable).any():
+                log.warning("left out %d scan(s) without a usable %r label (still predicted)", int((~usable).sum()), hp.target)
+        if hp.split_file is not None:
+            split[usable] = read_split_file(hp.split_file, rows.loc[usable, "subject"])
+        else:
+            split[usable] = assign_splits(
+                rows.loc[usable], hp.val_fraction, hp.test_fraction, hp.seed,
+                hp.test_studies, hp.test_sites, hp.stratify_by or hp.target,
+            )
+        unlisted = int((split == UNLISTED).sum())
+        if unlisted:
+            log.warning("left out %d scan(s) whose subject is not in split_file %s", unlisted, hp.split_file)
+        return split
+
     def _write_audit_files(self) -> None:
         """Split table and skip report in the log folder, written by global rank 0 only."""
         trainer = self.trainer
+        # `trainer.log_dir` is a collective (a broadcast) under DDP: every rank must ask for it.
+        trainer_dir = trainer.log_dir if trainer is not None else None
         if trainer is not None and not trainer.is_global_zero:
             return
-        folder = Path(self.hparams.log_dir or (trainer.log_dir if trainer is not None and trainer.log_dir else None)
-                      or self.hparams.cache_dir)
+        folder = Path(self.hparams.log_dir or trainer_dir or self.hparams.cache_dir)
         write_splits(self.rows, self.rows["split"], folder / SPLITS_FILE)
         if len(self.skipped):
             report = write_csv(self.skipped, folder / SKIPPED_FILE)
@@ -281,12 +340,11 @@ class CBFDataModule(LightningDataModule):
         return DataLoader(
             self.datasets[split],
             batch_size=hp.batch_size,
-            shuffle=train,
+            sampler=EpochShuffle(self.datasets[split], hp.seed) if train else None,
             drop_last=train and hp.drop_last,
             num_workers=workers,
             pin_memory=torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory,
             persistent_workers=workers > 0 and hp.persistent_workers,
-            generator=torch.Generator().manual_seed(hp.seed) if train else None,
             collate_fn=collate_batch,
         )
 

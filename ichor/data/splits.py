@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 SPLITS = ("train", "val", "test")
+UNLABELLED = "unlabelled"  # rows without a usable target: predicted, never trained or scored
+UNLISTED = "unlisted"  # rows whose subject a split file does not list
 SPLIT_COLUMNS = ("subject", "session", "study", "site", "split", "manifest", "row", "path")
 # A numeric label with more distinct values than this is stratified by quartile instead of value.
 MAX_NUMERIC_STRATA = 10
@@ -62,6 +64,34 @@ def assign_splits(
     split_of.update({subject: "test" for subject, test in zip(ordered, is_test) if test})
     split_of.update({subject: "val" if val else "train" for subject, val in zip(remaining, is_val)})
     return rows["subject"].map(split_of).rename("split")
+
+
+def labelled_rows(rows: pd.DataFrame, target: str, values: Sequence | None = None) -> pd.Series:
+    """True where ``target`` has a value (and, with ``values``, one of them)."""
+    if target not in rows.columns:
+        manifests = ", ".join(sorted(set(map(str, rows["manifest"]))))
+        raise ValueError(f"target column {target!r} is not in the manifests ({manifests}); columns: {', '.join(rows.columns)}")
+    column = rows[target]
+    labelled = column.notna() & (column.astype(str).str.strip() != "")
+    if values is not None:
+        labelled &= column.astype(str).isin([str(v) for v in values])
+    return labelled
+
+
+def read_split_file(path: str | os.PathLike, subjects: pd.Series) -> pd.Series:
+    """The split of each of ``subjects`` from a ``subject,split`` CSV; unlisted subjects get ``UNLISTED``."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"subject", "split"} - set(table.columns)
+    if missing:
+        raise ValueError(f"split file {path}: missing column(s) {', '.join(sorted(missing))}")
+    bad = table.loc[~table["split"].isin(SPLITS)]
+    if len(bad):
+        row = bad.index[0] + 1
+        raise ValueError(f"split file {path} row {row}: split {bad['split'].iloc[0]!r} is not one of {', '.join(SPLITS)}")
+    duplicated = table.loc[table["subject"].duplicated(), "subject"]
+    if len(duplicated):
+        raise ValueError(f"split file {path}: subject {duplicated.iloc[0]!r} is listed twice")
+    return subjects.map(table.set_index("subject")["split"]).fillna(UNLISTED)
 
 
 def write_splits(rows: pd.DataFrame, splits: pd.Series, path: str | os.PathLike) -> Path:
