@@ -1,0 +1,158 @@
+"""Encoder weights with their metadata: export from a pre-training checkpoint, load for downstream use.
+
+An export is a folder with ``encoder.safetensors`` (encoder weights only) and ``encoder.json``
+(everything needed to use them: architecture, patch, input shape, voxel spacing, intensity
+normalisation, data summary, pre-training settings). Loading checks that metadata, and the
+decoder is stripped in exactly one place, :func:`encoder_state_from_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import ichor
+from ichor.models import ViTEncoder3D, build_mae
+from ichor.pretrain.module import DATA_RECORD_KEY
+
+FORMAT = "ichor-encoder"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "encoder.safetensors"
+METADATA_FILE = "encoder.json"
+REQUIRED_METADATA = ("format", "format_version", "architecture", "img_size", "harmonisation")
+
+# Keys of MAEPretrainer's state dict: "mae.encoder.*" is the encoder, "mae.*" else is the decoder.
+ENCODER_PREFIX = "mae.encoder."
+DECODER_PREFIX = "mae."
+
+
+class WeightsError(ValueError):
+    """An export or checkpoint that cannot give a usable encoder; the message says why."""
+
+
+def encoder_state_from_checkpoint(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Keep the encoder's weights (prefix stripped) and drop the decoder's; anything else is an error.
+
+    This is the only place where decoder weights are discarded, so that nothing is silently
+    ignored by a ``strict=False`` load elsewhere.
+    """
+    encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIX)}
+    unknown = [k for k in state_dict if not k.startswith(DECODER_PREFIX)]
+    if not encoder or unknown:
+        raise WeightsError(
+            f"{source} is not an MAEPretrainer checkpoint: "
+            + (f"unexpected keys {unknown[:5]}" if unknown else f"no '{ENCODER_PREFIX}*' keys")
+        )
+    return encoder
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise WeightsError(f"{path}: checkpoint not found")
+    # Lightning checkpoints hold loop and callback state besides tensors: load only checkpoints you trust.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "state_dict" not in checkpoint or hparams.get("img_size") is None:
+        raise WeightsError(f"{path}: not a Lightning checkpoint of an ichor MAEPretrainer run")
+    return checkpoint
+
+
+def _metadata_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    hp = checkpoint["hyper_parameters"]
+    record = checkpoint.get(DATA_RECORD_KEY, {})
+    with torch.device("meta"):  # architecture only: no memory, no init cost
+        mae = build_mae(
+            hp["model"], img_size=tuple(hp["img_size"]), patch_size=hp["patch_size"],
+            mask_ratio=hp["mask_ratio"], **(hp.get("model_kwargs") or {}),
+        )
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "ichor_version": ichor.__version__,
+        "preset": hp["model"],
+        "architecture": {k: v for k, v in mae.encoder.config.items() if k != "img_size"},
+        "img_size": list(hp["img_size"]),
+        "harmonisation": record.get("harmonisation", {}),
+        "data_summary": record.get("data_summary", {}),
+        "pretraining": {
+            "checkpoint": str(path),
+            "epoch": checkpoint.get("epoch"),
+            "global_step": checkpoint.get("global_step"),
+            **{k: hp.get(k) for k in ("mask_ratio", "norm_pix_loss", "brain_aware", "base_lr", "seed")},
+        },
+    }
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write ``encoder.safetensors`` and ``encoder.json`` from an MAEPretrainer checkpoint."""
+    checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
+    target = out_dir / WEIGHTS_FILE
+    if target.exists() and not overwrite:
+        raise WeightsError(f"{target} exists: pass overwrite=True (--overwrite) to replace it")
+    checkpoint = _read_checkpoint(checkpoint_path)
+    metadata = _metadata_from_checkpoint(checkpoint_path, checkpoint)
+    state = encoder_state_from_checkpoint(checkpoint["state_dict"], str(checkpoint_path))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().contiguous() for k, v in state.items()}
+    _atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    _atomic_write(
+        out_dir / METADATA_FILE,
+        lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n"),
+    )
+    return out_dir
+
+
+def read_metadata(export_dir: str | Path) -> dict[str, Any]:
+    """The checked ``encoder.json`` of an export folder."""
+    path = Path(export_dir) / METADATA_FILE
+    if not path.is_file():
+        raise WeightsError(f"{path}: not found; is {export_dir} an `ichor export-encoder` folder?")
+    metadata = json.loads(path.read_text())
+    missing = [k for k in REQUIRED_METADATA if k not in metadata]
+    if missing:
+        raise WeightsError(f"{path}: missing metadata {missing}")
+    if metadata["format"] != FORMAT or metadata["format_version"] > FORMAT_VERSION:
+        raise WeightsError(
+            f"{path}: format {metadata['format']!r} v{metadata['format_version']} is not readable by "
+            f"ichor {ichor.__version__} ({FORMAT!r} up to v{FORMAT_VERSION})"
+        )
+    return metadata
+
+
+def load_encoder(source: str | Path, img_size: tuple[int, int, int] | None = None) -> tuple[ViTEncoder3D, dict[str, Any]]:
+    """Build the encoder of an export folder or an MAEPretrainer checkpoint, with its metadata.
+
+    ``img_size`` other than the pre-training shape regenerates the fixed position embeddings
+    (weights are shape-independent); it must still be a multiple of the patch size.
+    """
+    source = Path(source)
+    if source.is_dir():
+        metadata = read_metadata(source)
+        state = load_file(str(source / WEIGHTS_FILE))
+    else:
+        checkpoint = _read_checkpoint(source)
+        metadata = _metadata_from_checkpoint(source, checkpoint)
+        state = encoder_state_from_checkpoint(checkpoint["state_dict"], str(source))
+    encoder = ViTEncoder3D(img_size=tuple(metadata["img_size"]), **metadata["architecture"])
+    encoder.load_state_dict(state, strict=True)
+    if img_size is not None and tuple(img_size) != encoder.img_size:
+        encoder.set_img_size(tuple(img_size))
+    return encoder, metadata
