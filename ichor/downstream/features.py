@@ -1,0 +1,89 @@
+"""Pooled encoder features per scan, for analyses outside ICHOR (sklearn, R, statistics).
+
+Scans are harmonised with the encoder's own settings (its metadata: spacing, grid,
+normalisation), so the features are computed on the input the encoder was trained on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ichor.data import CBFDataModule
+from ichor.data.splits import write_csv
+from ichor.downstream.pooling import Pooling, encode
+from ichor.weights import WeightsError, load_encoder
+
+ID_COLUMNS = ("subject", "session", "study", "path")
+DATA_SETTINGS = ("spacing", "shape", "normalization")
+
+
+def datamodule_for_encoder(metadata: dict, manifests: list[str], source: str, **kwargs) -> CBFDataModule:
+    """A CBFDataModule that harmonises and normalises scans as the encoder's pre-training data was."""
+    settings = metadata.get("harmonisation") or {}
+    missing = [key for key in DATA_SETTINGS if key not in settings]
+    if missing:
+        raise WeightsError(f"encoder {source} metadata lacks harmonisation {missing}: cannot prepare scans for it")
+    extra = {key: settings[key] for key in ("cbf_scale", "volume") if key in settings}
+    return CBFDataModule(manifests, spacing=tuple(settings["spacing"]), shape=tuple(settings["shape"]),
+                         normalization=settings["normalization"], augment=None, val_fraction=0.0,
+                         test_fraction=0.0, **extra, **kwargs)
+
+
+@torch.inference_mode()
+def embed_scans(encoder_path: str, manifests: list[str], batch_size: int = 8, pooling: Pooling = "brain_mean",
+                cache_dir: str = ".ichor_cache", num_workers: int = 0, on_bad_scan: str = "error",
+                device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+    """One row per usable scan, in manifest order: identity columns, then features f000, f001, ..."""
+    encoder, metadata = load_encoder(encoder_path)
+    encoder = encoder.to(device).eval()
+    with tempfile.TemporaryDirectory() as audit:  # split table of a datamodule that does not split
+        datamodule = datamodule_for_encoder(metadata, manifests, encoder_path, cache_dir=cache_dir,
+                                            batch_size=batch_size, num_workers=num_workers, on_bad_scan=on_bad_scan,
+                                            log_dir=audit, persistent_workers=False, progress=progress)
+        datamodule.prepare_data()
+        datamodule.setup("predict")
+    identity: dict[str, list] = {column: [] for column in ID_COLUMNS if column in datamodule.rows.columns}
+    features = []
+    for batch in tqdm(datamodule.predict_dataloader(), desc="embedding", unit="batch", disable=not progress):
+        pooled = encode(encoder, batch["image"].to(device), batch["mask"].to(device), pooling)
+        features.append(pooled.float().cpu())
+        for column, values in identity.items():
+            value = batch[column]
+            values.extend(value.tolist() if isinstance(value, torch.Tensor) else value)
+    matrix = torch.cat(features).numpy()
+    width = max(3, len(str(matrix.shape[1] - 1)))  # f000 ... f767 for ViT-B
+    names = [f"f{i:0{width}d}" for i in range(matrix.shape[1])]
+    return pd.concat([pd.DataFrame(identity), pd.DataFrame(matrix, columns=names)], axis=1)
+
+
+def check_output(out: str | os.PathLike) -> Path:
+    """The output path, refused before any work when its format cannot be written."""
+    out = Path(out)
+    if out.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{out}: the output must end in .csv or .parquet")
+    if out.suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise RuntimeError(f"{out}: writing Parquet needs pyarrow (pip install pyarrow), or write .csv")
+    return out
+
+
+def write_table(table: pd.DataFrame, out: str | os.PathLike) -> Path:
+    """Atomic CSV, or Parquet (``.parquet``, needs pyarrow)."""
+    out = check_output(out)
+    if out.suffix == ".parquet":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            table.to_parquet(temp, index=False)
+            os.replace(temp, out)
+        finally:
+            Path(temp).unlink(missing_ok=True)
+        return out
+    return write_csv(table, out)

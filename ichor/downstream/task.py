@@ -1,0 +1,237 @@
+"""``DownstreamTask``: a pre-trained encoder, a pooling and a plugin head, as one LightningModule.
+
+Three modes answer the questions a paper's results table asks:
+- ``linear_probe``: how good are the frozen features? The encoder is frozen and kept in
+  eval mode (``train()`` is overridden, the classic linear-probe bug being a frozen encoder
+  left in train mode), features pass a ``BatchNorm1d(affine=False)`` and a linear head.
+- ``finetune``: everything trains, with layer-wise lr decay (0.75 by default).
+- ``scratch``: the same architecture with random weights, trained like ``finetune``
+  without decay: the baseline that says what pre-training bought.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from ichor.downstream.lrd import param_groups_lrd
+from ichor.downstream.plugins import resolve_head
+from ichor.downstream.pooling import Pooling, check_pooling, encode
+from ichor.models import ViTEncoder3D
+from ichor.pretrain.optim import param_groups_weight_decay, warmup_cosine
+from ichor.weights import WeightsError, load_encoder
+
+Mode = Literal["linear_probe", "finetune", "scratch"]
+MODES = ("linear_probe", "finetune", "scratch")
+# Manifest fields copied into every prediction row, when the batch has them.
+ID_COLUMNS = ("subject", "session", "study", "path")
+# Harmonisation keys that must agree between pre-training and downstream data.
+CHECKED_SETTINGS = ("spacing", "normalization", "cbf_scale", "orientation")
+
+
+def check_harmonisation(encoder_settings: dict, data_settings: dict, source: str) -> None:
+    """Refuse data harmonised differently from the encoder's pre-training data (spacing, intensity scale)."""
+    if not encoder_settings:
+        rank_zero_warn(f"encoder {source} records no harmonisation settings: cannot check the data against them")
+        return
+    problems = []
+    for key in CHECKED_SETTINGS:
+        if key not in encoder_settings or key not in data_settings:
+            continue
+        expected, got = encoder_settings[key], data_settings[key]
+        same = (len(expected) == len(got) and all(math.isclose(float(a), float(b), rel_tol=1e-4) for a, b in zip(expected, got))
+                if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple)) else expected == got)
+        if not same:
+            problems.append(f"{key}: encoder {expected!r}, data {got!r}")
+    if problems:
+        raise WeightsError(
+            f"encoder {source} was pre-trained on data harmonised differently from data.init_args "
+            f"({'; '.join(problems)}): set the data's {', '.join(p.split(':')[0] for p in problems)} "
+            "to the encoder's values (see its encoder.json, key 'harmonisation')"
+        )
+
+
+class DownstreamTask(LightningModule):
+    """Classification/regression (or any plugin head) on top of a pre-trained 3D ViT encoder.
+
+    Args:
+        encoder: an ``ichor export-encoder`` folder, or a Lightning checkpoint of an MAE run.
+        target: the manifest column to predict.
+        head: head name (``ichor heads`` lists them) or class path ``package.module.Class``.
+        head_args: the head's constructor arguments; those learnt from the training scans
+            (class names, target scale) are filled in at setup and saved with the checkpoint.
+        mode: "linear_probe", "finetune" or "scratch" (see the module docstring).
+        pooling: "brain_mean" (mean of brain tokens), "mean" (all tokens) or "max" (brain tokens).
+        lr: peak learning rate of the head (and, in finetune, of the last encoder block / layer_decay).
+        layer_decay: finetune lr ratio between consecutive encoder layers.
+        weight_decay: AdamW decay of weights (never of norms and biases).
+        betas: AdamW betas.
+        warmup_epochs: linear warm-up, then cosine decay to ``min_lr_factor * lr``.
+        min_lr_factor: final lr as a fraction of the peak.
+        grad_checkpointing: recompute encoder blocks in backward (finetune/scratch memory).
+        figures: log a confusion matrix / scatter plot to TensorBoard at each validation epoch end.
+    """
+
+    def __init__(
+        self,
+        encoder: str,
+        target: str,
+        head: str = "classification",
+        head_args: dict[str, Any] | None = None,
+        mode: Mode = "linear_probe",
+        pooling: Pooling = "brain_mean",
+        lr: float = 1e-3,
+        layer_decay: float = 0.75,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 1.0,
+        min_lr_factor: float = 0.0,
+        grad_checkpointing: bool = False,
+        figures: bool = True,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        check_pooling(pooling)
+        self.save_hyperparameters()
+        self.head_class = resolve_head(head)  # fail at config time, not after caching the data
+        self.encoder: ViTEncoder3D | None = None
+        self.head: nn.Module | None = None
+        self.feature_norm: nn.Module = nn.Identity()
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ model
+    def setup(self, stage: str) -> None:
+        """Build encoder and head once the datamodule (input grid, training labels) is known."""
+        if self.head is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        settings = datamodule.harmonisation_settings() if hasattr(datamodule, "harmonisation_settings") else {}
+        self.configure_encoder(settings)
+        self.configure_head(self.training_targets(datamodule))
+
+    def configure_encoder(self, data_settings: dict) -> None:
+        hp = self.hparams
+        shape = tuple(data_settings["shape"]) if "shape" in data_settings else None
+        encoder, metadata = load_encoder(hp.encoder, img_size=shape)
+        if data_settings:
+            check_harmonisation(metadata.get("harmonisation", {}), data_settings, hp.encoder)
+        if hp.mode == "scratch":
+            encoder = ViTEncoder3D(img_size=encoder.img_size, **metadata["architecture"])
+        encoder.grad_checkpointing = hp.grad_checkpointing
+        if hp.mode == "linear_probe":
+            encoder.requires_grad_(False)
+            self.feature_norm = nn.BatchNorm1d(encoder.embed_dim, affine=False, eps=1e-6)
+        self.encoder = encoder
+        self.train(self.training)  # puts a frozen encoder in eval mode
+
+    def configure_head(self, train_targets: list) -> None:
+        hp = self.hparams
+        args = self.head_class.complete_args(dict(hp.head_args or {}), train_targets)
+        self.head = self.head_class(self.encoder.embed_dim, **args)
+        hp.head_args = args  # saved in the checkpoint: prediction rebuilds the same head
+        self.train_metrics = self.head.metrics().clone(prefix="train/")
+        self.val_metrics = self.head.metrics().clone(prefix="val/")
+        self.test_metrics = self.head.metrics().clone(prefix="test/")
+
+    def training_targets(self, datamodule: Any) -> list:
+        """Target values of the training scans (for class names, weights, standardisation)."""
+        rows = getattr(datamodule, "rows", None)
+        if rows is None:
+            return []
+        target = self.hparams.target
+        if target not in rows.columns:
+            raise ValueError(f"target column {target!r} is not in the manifests (columns: {', '.join(map(str, rows.columns))})")
+        train = rows[rows["split"] == "train"] if "split" in rows.columns else rows
+        return train[target].tolist()
+
+    def train(self, mode: bool = True) -> DownstreamTask:
+        """As ``nn.Module.train``, but a linear probe's encoder stays in eval mode (dropout off, fixed statistics)."""
+        super().train(mode)
+        if self.hparams.mode == "linear_probe" and self.encoder is not None:
+            self.encoder.eval()
+        return self
+
+    # ------------------------------------------------------------------ steps
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Pooled encoder features (B, embed_dim); no graph through a frozen encoder."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.hparams.mode != "linear_probe"):
+            return encode(self.encoder, batch["image"], batch.get("mask"), self.hparams.pooling)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.head(self.feature_norm(self.features(batch)))
+
+    def _targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        target = self.hparams.target
+        if target not in batch:
+            raise ValueError(f"target column {target!r} is not in the batch; manifest columns are {', '.join(batch)}")
+        return self.head.prepare_targets(batch[target]).to(self.device)
+
+    def _shared_step(self, batch: dict[str, Any], split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        outputs = self(batch)
+        targets = self._targets(batch)
+        loss = self.head.loss(outputs, targets)
+        size = len(targets)
+        self.log(f"{split}/loss", loss, batch_size=size, on_epoch=True, on_step=split == "train",
+                 prog_bar=True, sync_dist=split != "train")
+        metrics = getattr(self, f"{split}_metrics")
+        metrics.update(*self.head.metric_inputs(outputs.detach(), targets))
+        self.log_dict(metrics, batch_size=size, on_epoch=True, on_step=False)
+        return loss, outputs, targets
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")[0]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, outputs, targets = self._shared_step(batch, "val")
+        if self.hparams.figures:
+            self._val_outputs.append((outputs.detach().float().cpu(), targets.cpu()))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, list]:
+        """One row per scan: identity columns, the true target when known, the head's predictions."""
+        rows = {column: _as_list(batch[column]) for column in ID_COLUMNS if column in batch}
+        if self.hparams.target in batch:
+            rows[self.hparams.target] = _as_list(batch[self.hparams.target])
+        rows.update(self.head.predictions(self(batch)))
+        return rows
+
+    def on_validation_epoch_end(self) -> None:
+        outputs, self._val_outputs = self._val_outputs, []
+        if not outputs or self.trainer.sanity_checking or not isinstance(self.logger, TensorBoardLogger):
+            return
+        import matplotlib.pyplot as plt
+
+        predicted, true = torch.cat([o for o, _ in outputs]), torch.cat([t for _, t in outputs])
+        for name, figure in self.head.figures(predicted, true).items():
+            self.logger.experiment.add_figure(f"val/{name}", figure, global_step=self.global_step)
+            plt.close(figure)
+
+    # -------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.mode == "finetune":
+            groups = param_groups_lrd(self, hp.lr, hp.weight_decay, self.encoder.depth, hp.layer_decay)
+        else:
+            groups = param_groups_weight_decay(self, hp.weight_decay)
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr, betas=tuple(hp.betas))
+        trainer = self.trainer
+        total = max(1, int(trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, trainer.max_epochs or 1))
+        warmup = min(total - 1, int(hp.warmup_epochs * steps_per_epoch)) if total > 1 else 0
+        schedule = LambdaLR(optimizer, lambda step: warmup_cosine(step, max(warmup, 1), total, hp.min_lr_factor))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _as_list(values: Any) -> list:
+    return values.tolist() if isinstance(values, torch.Tensor) else list(values)
+

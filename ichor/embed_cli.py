@@ -1,0 +1,50 @@
+"""Write pooled encoder features, one row per scan (subject, session, study, path, f000, f001, ...).
+
+Scans are harmonised with the encoder's own settings (from its encoder.json), so features
+come from the grid and intensity scale the encoder was pre-trained on. Example:
+
+  ichor embed --encoder runs/pretrain_demo/encoder --manifest data_manifests/demo/study-01.csv --out features.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ichor.downstream.features import check_output, embed_scans, write_table
+from ichor.downstream.pooling import POOLINGS
+from ichor.scans import ScanError
+from ichor.weights import WeightsError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", required=True, help="`ichor export-encoder` folder, or an MAE checkpoint")
+    parser.add_argument("--manifest", nargs="+", required=True, help="manifest CSV(s)")
+    parser.add_argument("--out", required=True, help="output table: .csv, or .parquet (needs pyarrow)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--pooling", choices=POOLINGS, default="brain_mean", help="how tokens become one vector")
+    parser.add_argument("--cache-dir", default=".ichor_cache", help="harmonised-scan cache (shared with training)")
+    parser.add_argument("--num-workers", type=int, default=0, help="processes for caching and loading")
+    parser.add_argument("--on-bad-scan", choices=("error", "skip"), default="error")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        check_output(args.out)
+        table = embed_scans(args.encoder, args.manifest, args.batch_size, args.pooling, args.cache_dir,
+                            args.num_workers, args.on_bad_scan, args.device, progress=not args.no_progress)
+        path = write_table(table, args.out)
+    except (WeightsError, ScanError, RuntimeError, ValueError) as error:
+        print(f"ichor embed: {error}", file=sys.stderr)
+        return 1
+    features = sum(1 for column in table.columns if column.startswith("f") and column[1:].isdigit())
+    print(f"{len(table)} scans x {features} features written to {path}")
+    return 0

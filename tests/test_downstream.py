@@ -1,0 +1,127 @@
+"""DownstreamTask: frozen linear probe, layer-wise lr decay, metadata checks, shipped configs, predictions CSV."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from test_downstream_support import DATA_ARGS, HARMONISATION, make_dataset, make_encoder
+
+from ichor.cli import main
+from ichor.data import CBFDataModule
+from ichor.downstream import DownstreamTask
+from ichor.downstream.lrd import param_groups_lrd
+from ichor.weights import WeightsError, load_encoder
+
+CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("downstream")
+    return {"manifests": make_dataset(root / "data"), "encoder": str(make_encoder(root)), "cache": str(root / "cache")}
+
+
+def datamodule(setting, **kwargs) -> CBFDataModule:
+    return CBFDataModule(setting["manifests"], cache_dir=setting["cache"], **{**DATA_ARGS, **kwargs})
+
+
+def built_task(setting, **kwargs) -> DownstreamTask:
+    """A task with encoder and head built as setup() would, without a trainer."""
+    task = DownstreamTask(setting["encoder"], "diagnosis", **kwargs)
+    task.configure_encoder(HARMONISATION)
+    task.configure_head(["CN", "AD", "CN"])
+    return task
+
+
+def trainer(tmp_path, **kwargs) -> Trainer:
+    return Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, **kwargs)
+
+
+def test_linear_probe_keeps_the_encoder_frozen_and_in_eval_mode(setting, tmp_path):
+    task = DownstreamTask(setting["encoder"], "diagnosis", mode="linear_probe", lr=0.1)
+    trainer(tmp_path, max_epochs=2, limit_val_batches=1).fit(task, datamodule=datamodule(setting))
+    reference, _ = load_encoder(setting["encoder"])
+    for key, value in reference.state_dict().items():
+        assert torch.equal(task.encoder.state_dict()[key], value), key  # weights unchanged by training
+    assert not any(p.requires_grad for p in task.encoder.parameters())
+    assert task.global_step == 4 and task.head.fc.weight.abs().sum() > 0
+    task.train()  # what a loop does before training: the encoder must stay in eval mode
+    assert task.training and task.head.training and task.feature_norm.training
+    assert not any(module.training for module in task.encoder.modules())
+    assert isinstance(task.feature_norm, torch.nn.BatchNorm1d) and not task.feature_norm.affine
+    assert task.hparams.head_args["classes"] == ["AD", "CN"]  # inferred from the training labels, saved
+    features = torch.randn(4, task.encoder.embed_dim)
+    assert task.head(task.feature_norm(features)).shape == (4, 2)
+
+
+def test_finetune_layer_decay_groups(setting):
+    task = built_task(setting, mode="finetune", lr=1e-3, layer_decay=0.75)
+    depth = task.encoder.depth
+    groups = param_groups_lrd(task, 1e-3, 0.05, depth, 0.75)
+    lr_of = {name: group["lr"] for group in groups for name in group["names"]}
+    assert lr_of["head.fc.weight"] == pytest.approx(1e-3) and lr_of["encoder.norm.weight"] == pytest.approx(1e-3)
+    block_lr = [lr_of[f"encoder.blocks.{i}.attn.qkv.weight"] for i in range(depth)]
+    assert lr_of["encoder.patch_embed.proj.weight"] == pytest.approx(1e-3 * 0.75 ** (depth + 1))
+    for shallow, deep in zip([lr_of["encoder.patch_embed.proj.weight"], *block_lr], [*block_lr, 1e-3]):
+        assert shallow / deep == pytest.approx(0.75)  # deeper layers learn faster, by 1/0.75 per layer
+    decay = {name: group["weight_decay"] for group in groups for name in group["names"]}
+    assert decay["encoder.blocks.0.attn.qkv.weight"] == 0.05 and decay["encoder.blocks.0.attn.qkv.bias"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(task.parameters()))
+    probe = built_task(setting, mode="linear_probe")
+    trainable = [n for n, p in probe.named_parameters() if p.requires_grad]
+    assert trainable == ["head.fc.weight", "head.fc.bias"]
+
+
+def test_scratch_is_the_same_architecture_with_new_weights(setting):
+    scratch, pretrained = built_task(setting, mode="scratch"), built_task(setting, mode="finetune")
+    shapes = {k: v.shape for k, v in scratch.encoder.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in pretrained.encoder.state_dict().items()}
+    assert not torch.equal(scratch.encoder.blocks[0].attn.qkv.weight, pretrained.encoder.blocks[0].attn.qkv.weight)
+    assert all(p.requires_grad for p in scratch.encoder.parameters())
+
+
+def test_data_harmonised_differently_from_the_encoder_is_refused(setting, tmp_path):
+    task = DownstreamTask(setting["encoder"], "diagnosis")
+    with pytest.raises(WeightsError, match=r"spacing: encoder \[4.0, 4.0, 4.0\], data \[2.0, 2.0, 2.0\].*set the data's spacing"):
+        task.configure_encoder({**HARMONISATION, "spacing": [2.0, 2.0, 2.0]})
+    with pytest.raises(WeightsError, match="normalization: encoder 'scale', data 'zscore'"):
+        trainer(tmp_path, fast_dev_run=1).fit(task, datamodule=datamodule(setting, normalization="zscore"))
+    # another grid at the same spacing is fine: position embeddings follow the data
+    task.configure_encoder({**HARMONISATION, "shape": [24, 16, 16]})
+    assert task.encoder.img_size == (24, 16, 16) and task.encoder.pos_embed.shape[1] == 3 * 2 * 2
+
+
+def config_args(setting, tmp_path, name: str) -> list[str]:
+    """Run a shipped config on the test data and encoder, writing under tmp_path."""
+    return ["--config", str(CONFIGS / name), f"--model.init_args.encoder={setting['encoder']}",
+            f"--data.init_args.manifests=[{','.join(setting['manifests'])}]",
+            f"--data.init_args.cache_dir={setting['cache']}", "--data.init_args.spacing=4.0",
+            "--data.init_args.shape=[16,16,16]", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
+            "--data.init_args.val_fraction=0.25", "--data.init_args.test_fraction=0.25",
+            "--data.init_args.progress=false", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+
+
+@pytest.mark.parametrize("name", ["probe_diagnosis.yaml", "finetune_diagnosis.yaml", "probe_quality.yaml"])
+def test_shipped_configs_run(setting, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *config_args(setting, tmp_path, name), "--trainer.fast_dev_run=1"]) == 0
+
+
+def test_predict_writes_one_row_per_scan(setting, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config writes under runs/ relative to the working directory
+    args = config_args(setting, tmp_path, "probe_diagnosis.yaml")
+    assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
+    checkpoint = tmp_path / "runs/probe_diagnosis/checkpoints/best.ckpt"
+    assert main(["predict", *args, f"--ckpt_path={checkpoint}"]) == 0
+    predictions = pd.read_csv(tmp_path / "runs/probe_diagnosis/predictions.csv")
+    manifest = pd.concat([pd.read_csv(m) for m in setting["manifests"]], ignore_index=True)
+    assert list(predictions.columns) == ["subject", "session", "study", "path", "diagnosis", "prediction", "prob_AD", "prob_CN"]
+    assert predictions["subject"].tolist() == manifest["subject"].tolist()
+    assert predictions["diagnosis"].tolist() == manifest["diagnosis"].tolist()
+    assert set(predictions["prediction"]) <= {"AD", "CN"}
+    assert ((predictions["prob_AD"] + predictions["prob_CN"]) - 1).abs().max() < 1e-5
+    assert not list(tmp_path.glob("runs/probe_diagnosis/.predictions.csv.*"))  # no temp file left behind

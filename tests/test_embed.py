@@ -1,0 +1,56 @@
+"""`ichor embed`: one row per scan in manifest order, features computed on the encoder's grid."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_downstream_support import make_dataset, make_encoder
+
+from ichor.cli import main
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed")
+    return {"manifests": make_dataset(root / "data", studies=2, subjects=3), "encoder": str(make_encoder(root)),
+            "cache": str(root / "cache")}
+
+
+def embed(setting, out, *extra) -> int:
+    return main(["embed", "--encoder", setting["encoder"], "--manifest", *setting["manifests"], "--out", str(out),
+                 "--cache-dir", setting["cache"], "--no-progress", *extra])
+
+
+def test_one_row_per_scan_in_manifest_order(setting, tmp_path):
+    assert embed(setting, tmp_path / "f.csv", "--batch-size", "4") == 0
+    table = pd.read_csv(tmp_path / "f.csv")
+    manifest = pd.concat([pd.read_csv(m) for m in setting["manifests"]], ignore_index=True)
+    features = [c for c in table.columns if c.startswith("f")]
+    assert list(table.columns[:4]) == ["subject", "session", "study", "path"]
+    assert features == [f"f{i:03d}" for i in range(96)] and table.shape == (6, 4 + 96)
+    assert table["subject"].tolist() == manifest["subject"].tolist()
+    assert [p.rsplit("/", 1)[-1] for p in table["path"]] == manifest["path"].tolist()
+    assert np.isfinite(table[features].to_numpy()).all()
+    # a scan's features do not depend on its batch: batch size 1 gives the same rows
+    assert embed(setting, tmp_path / "one.csv", "--batch-size", "1") == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "one.csv")[features], table[features], atol=1e-5)
+    # different scans give different features (AD and CN scans differ in CBF level)
+    assert np.abs(table.loc[0, features].to_numpy() - table.loc[1, features].to_numpy()).max() > 1e-3
+    assert embed(setting, tmp_path / "max.csv", "--pooling", "max") == 0
+    assert not np.allclose(pd.read_csv(tmp_path / "max.csv")[features], table[features])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow is installed")
+def test_parquet_without_pyarrow_is_a_clear_error(setting, tmp_path, capsys):
+    assert embed(setting, tmp_path / "f.parquet") == 1
+    assert "pyarrow" in capsys.readouterr().err and not (tmp_path / "f.parquet").exists()
+
+
+def test_encoder_without_harmonisation_settings_is_refused(setting, tmp_path, capsys):
+    encoder = make_encoder(tmp_path, harmonisation={"orientation": "RAS"})
+    assert main(["embed", "--encoder", str(encoder), "--manifest", *setting["manifests"], "--out",
+                 str(tmp_path / "f.csv"), "--no-progress"]) == 1
+    assert "lacks harmonisation ['spacing', 'shape', 'normalization']" in capsys.readouterr().err
+    assert json.loads((encoder / "encoder.json").read_text())["harmonisation"] == {"orientation": "RAS"}
