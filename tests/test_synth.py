@@ -19,8 +19,10 @@ from ichor.scans import load_cbf, load_tissue_map
 from ichor.synth import MANIFEST_COLUMNS, SynthOptions, generate_dataset, manifest_text, plan_dataset, render_scan
 from ichor.synth.anatomy import base_anatomy, region_map
 from ichor.synth.artefacts import Artefacts
+from ichor.quality import compute_qei
 from ichor.synth.physiology import GM_RANGE, RATIO_RANGE, WM_RANGE, tissue_cbf
 from ichor.synth.protocols import MNI_SPACE
+from ichor.synth.rating import RATING_LEVELS, SNR_GOOD, latent_quality, rating
 
 SEVERITIES = ("att_severity", "labelfail_severity", "motion_severity", "dropout_severity")
 N_STUDIES, N_SUBJECTS = 4, 6
@@ -118,6 +120,10 @@ def test_labels_and_severities_agree_between_manifest_and_sidecar(table):
         assert truth["diagnosis"] == row.diagnosis and truth["age"] == pytest.approx(row.age)
         for name in SEVERITIES:
             assert truth["severity"][name.removesuffix("_severity")] == pytest.approx(getattr(row, name))
+        assert truth["rating"] == pytest.approx(row.rating, abs=1e-4)
+        assert RATING_LEVELS.index(truth["rating_level"]) == round(3 * row.rating)
+    levels = 3 * table["rating"].to_numpy()
+    assert np.allclose(levels, np.round(levels), atol=1e-3) and set(np.round(levels)) <= {0, 1, 2, 3}
 
 
 def test_class_mix_is_exact_per_study():
@@ -185,6 +191,42 @@ def test_recorded_artefact_changes_the_map(artefact):
         assert b.cbf[low_frontal].mean() < 0.9 * a.cbf[low_frontal].mean()
 
 
+def scan_qei(scan) -> float:
+    """QEI of a rendered scan with its own tissue maps (what `ichor qei` computes from the files)."""
+    return compute_qei(*(nib.Nifti1Image(getattr(scan, m), scan.affine) for m in ("cbf", "gm", "wm", "csf")))
+
+
+def test_labelling_failure_lowers_snr_and_turns_territories_negative():
+    """Real failed labelling is low CBF *and* low SNR with negative voxels, so QEI sees it (domain.md)."""
+    plan = plan_dataset(1, 1, seed=4)[0].scans[0]  # study-01: native 3D GRASE
+    scans = {s: render_scan(dataclasses.replace(plan, artefacts=Artefacts(labelfail=s))) for s in (0.0, 0.3, 0.9)}
+    clean, brain = scans[0.0], scans[0.0].cbf != 0
+    gm = clean.gm > 0.7
+    relative_noise = {s: np.std(scan.cbf[brain] - clean.cbf[brain]) / scan.cbf[gm].mean() for s, scan in scans.items() if s}
+    assert relative_noise[0.9] > 5 * relative_noise[0.3]
+    quality = {s: scan_qei(scan) for s, scan in scans.items()}
+    assert quality[0.0].qei > quality[0.3].qei > quality[0.9].qei
+    assert quality[0.3].neg_gm == 0 and quality[0.9].neg_gm > 0.05  # negative after 5 mm smoothing: whole territories
+    assert quality[0.9].qei < 0.7
+
+
+def test_ratings_follow_artefacts_and_snr_on_four_levels():
+    good_snr, clean = SNR_GOOD, Artefacts()
+    assert rating(latent_quality(clean, good_snr, 0.0)) == 1.0
+    assert rating(latent_quality(clean, good_snr / 3, 0.0)) < 1.0  # a noisy protocol costs a level
+    levels = [rating(latent_quality(Artefacts(labelfail=s), good_snr, 0.0)) for s in (0.0, 0.3, 0.55, 0.8)]
+    assert levels == [1.0, 2 / 3, 1 / 3, 0.0]  # unacceptable, poor, average, excellent, as severity rises
+    assert rating(latent_quality(Artefacts(dropout=0.3), good_snr, 0.0)) == 1.0  # mild dropout: still excellent
+    # the shipped demo plan has every level, most scans average or excellent; rater noise moves some
+    plans = [scan for study in plan_dataset(4, 50, seed=0) for scan in study.scans]
+    counts = pd.Series([p.rating for p in plans]).value_counts()
+    assert sorted(counts.index) == [0, 1 / 3, 2 / 3, 1] and counts[2 / 3] + counts[1] > 0.6 * len(plans)
+    exact = [scan for study in plan_dataset(4, 50, seed=0, options=SynthOptions(rater_noise=0)) for scan in study.scans]
+    assert all(rating(round(latent_quality(p.artefacts, p.protocol.snr, 0.0), 3)) == p.rating for p in exact)
+    assert sum(a.rating != b.rating for a, b in zip(plans, exact)) > 10
+    assert [p.artefacts for p in plans] == [p.artefacts for p in exact]  # the rater draw comes last
+
+
 def test_same_seed_same_bytes_whatever_the_workers_and_other_seed_differs(tmp_path):
     hashes = []
     for name, seed, workers in (("a", 3, 1), ("b", 3, 2), ("c", 4, 1)):
@@ -236,6 +278,8 @@ def test_invalid_options_are_refused():
         SynthOptions(class_mix=(("PD", 1.0),))
     with pytest.raises(ValueError, match="at least 1 study"):
         plan_dataset(0, 3)
+    with pytest.raises(ValueError, match="rater_noise"):
+        SynthOptions(rater_noise=-0.1)
 
 
 def test_cli_help_documents_every_knob(capsys):
@@ -244,9 +288,11 @@ def test_cli_help_documents_every_knob(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for knob in ("--out", "--studies", "--subjects-per-study", "--seed", "--workers", "--manifest-dir",
-                 "--manifests-only", "--class-mix", "--artefact-rate", "--effect-scale", "--snr-scale", "--overwrite"):
+                 "--manifests-only", "--class-mix", "--artefact-rate", "--effect-scale", "--snr-scale",
+                 "--rater-noise", "--overwrite"):
         assert knob in text
-    assert text.count("(default:") >= 11
+    assert text.count("(default:") >= 12
+    assert "unacceptable, poor, average or" in text and "rating" in text  # the rating model is documented
 
 
 def test_cli_refuses_non_empty_out_unless_overwrite(tmp_path, capsys):

@@ -2,9 +2,10 @@
 
 Modules, in the order data flows: ``anatomy`` (MNI152 tissue maps, regions), ``physiology``
 (subject CBF, disease patterns), ``protocols`` (one site/protocol per study), ``plan``
-(every per-scan random draw), ``artefacts``, ``acquisition`` (grids, pose, resampling),
-``fields`` (smooth random fields, correlated noise), ``render`` (one scan's maps),
-``output`` (deterministic writing), ``generate`` (the dataset), ``cli``.
+(every per-scan random draw), ``artefacts``, ``rating`` (simulated expert quality ratings),
+``acquisition`` (grids, pose, resampling), ``fields`` (smooth random fields, correlated
+noise), ``render`` (one scan's maps), ``output`` (deterministic writing), ``generate``
+(the dataset), ``cli``.
 """
 
 from ichor.synth.generate import MANIFEST_COLUMNS, generate_dataset, manifest_text, write_manifests

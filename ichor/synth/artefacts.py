@@ -3,8 +3,11 @@
 - arterial transit (att): label still in arteries at the PLD -> bright curvilinear
   intravascular signal, low tissue CBF in distal / watershed territories; likelier at
   short PLD, in older subjects and in small-vessel disease;
-- labelling failure (labelfail): globally low CBF, uneven between arterial territories,
-  so noise dominates and many voxels go negative;
+- labelling failure (labelfail): globally low CBF, uneven between arterial territories;
+  the label/control pairs are unstable too, so the noise grows with severity while the
+  signal shrinks (SNR falls steeply), and from moderate severity on the worst-labelled
+  territories go negative (a label/control subtraction error, e.g. magnetisation-transfer
+  imbalance, larger than what little perfusion signal is left);
 - motion (motion): label/control mismatch at the brain boundary -> bright/dark rims and
   ringing, plus extra noise;
 - susceptibility dropout (dropout): signal loss in orbitofrontal and inferior temporal
@@ -29,6 +32,8 @@ ARTEFACTS = ("att", "labelfail", "motion", "dropout")
 BASE_RATE = {"att": 0.2, "labelfail": 0.06, "motion": 0.18, "dropout": 0.3}
 VASCULAR_PEAK = 400.0  # mL/100g/min of (unblurred) intravascular signal at full severity
 EDGE_PEAK = 60.0  # mL/100g/min of label/control mismatch at the brain edge at full severity
+NEGATIVE_ONSET = 0.4  # labelling-failure severity above which whole territories can go negative (unverified)
+NEGATIVE_PEAK = 12.0  # mL/100g/min of negative subtraction error per territory SD at full severity (unverified)
 
 
 @dataclass(frozen=True)
@@ -116,13 +121,27 @@ def edge_artefact(severity: float, wavelength_mm: float, phase: float, sidedness
     return EDGE_PEAK * severity * (rim + ringing)
 
 
-def labelling_multiplier(severity: float, territory: np.ndarray) -> np.ndarray | float:
-    """Global loss of label, uneven between territories (``territory`` smooth, unit SD)."""
+def labelling_failure(severity: float, territory: np.ndarray) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """(multiplier, additive CBF) of a labelling failure; ``territory`` is smooth, unit SD.
+
+    The multiplier is the global, territory-uneven loss of label. Above
+    ``NEGATIVE_ONSET`` severity, territories that lost most label (``territory`` below
+    its mean) also get a negative subtraction error, so negative voxels survive the 5 mm
+    smoothing of the QEI, as in real failed scans.
+    """
     if severity <= 0:
-        return 1.0
-    return (1 - 0.8 * severity) * np.clip(1 + 0.35 * severity * territory, 0.3, 1.6)
+        return 1.0, 0.0
+    multiplier = (1 - 0.8 * severity) * np.clip(1 + 0.35 * severity * territory, 0.3, 1.6)
+    excess = max(0.0, (severity - NEGATIVE_ONSET) / (1 - NEGATIVE_ONSET))
+    if excess == 0:
+        return multiplier, 0.0
+    return multiplier, -NEGATIVE_PEAK * excess * np.clip(-territory, 0, 2) * base_anatomy().brain
 
 
 def noise_factor(artefacts: Artefacts) -> float:
-    """How much more noise the artefacts bring (unstable label/control pairs)."""
-    return 1 + 1.0 * artefacts.labelfail + 1.5 * artefacts.motion
+    """How much more noise the artefacts bring (unstable label/control pairs).
+
+    Labelling failure grows it quadratically: a mildly weak label is a quantification
+    problem, a failed one leaves subtraction noise with little perfusion signal under it.
+    """
+    return 1 + 1.0 * artefacts.labelfail + 2.0 * artefacts.labelfail**2 + 1.5 * artefacts.motion

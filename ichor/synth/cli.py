@@ -5,7 +5,10 @@ readout, field strength, PLD, resolution, orientation, native or MNI space). Sub
 are controls (CN) or have one of three perfusion patterns: Alzheimer-like (AD),
 behavioural-variant frontotemporal (FTD), small-vessel disease (SVD). Scans carry
 artefacts with recorded severities: arterial transit (att), labelling failure
-(labelfail), motion (motion) and susceptibility dropout (dropout).
+(labelfail), motion (motion) and susceptibility dropout (dropout). Each scan also gets a
+simulated expert quality rating (column `rating`): unacceptable, poor, average or
+excellent, stored as 0, 1/3, 2/3, 1, from its severities, its protocol's SNR and a
+rater's error (model under --rater-noise).
 
 Writes OUT/dataset_description.json and, per study, OUT/study-NN/manifest.csv with
 sub-<label>/sub-<label>_cbf.nii.gz (mL/100 g/min), its JSON sidecar, and
@@ -25,6 +28,7 @@ from pathlib import Path
 from ichor.synth.generate import generate_dataset
 from ichor.synth.physiology import DEFAULT_CLASS_MIX, DIAGNOSES
 from ichor.synth.plan import SynthOptions
+from ichor.synth.rating import DEFAULT_RATER_NOISE, rating_model
 
 GENERATOR_NAME = "ichor synth"
 
@@ -72,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--effect-scale", type=float, default=1.0,
         help="multiplier on disease effect sizes; 1 = 10-25%% regional hypoperfusion (default: %(default)s)")
     add("--snr-scale", type=float, default=1.0, help="multiplier on every protocol's SNR (default: %(default)s)")
+    add("--rater-noise", type=float, default=DEFAULT_RATER_NOISE,
+        help=f"SD of the simulated rater's error e: {rating_model()}; 0 = a rater who sees only the "
+             "recorded artefacts and SNR (default: %(default)s)")
     add("--overwrite", action="store_true",
         help="write into a non-empty OUT; the study folders of an earlier `ichor synth` dataset there "
              "are removed first, nothing else is (default: off)")
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         for study in _previous_studies(out):
             shutil.rmtree(study)
     try:
-        options = SynthOptions(args.class_mix, args.artefact_rate, args.effect_scale, args.snr_scale)
+        options = SynthOptions(args.class_mix, args.artefact_rate, args.effect_scale, args.snr_scale, args.rater_noise)
         manifests = generate_dataset(out, args.studies, args.subjects_per_study, seed=args.seed, workers=args.workers,
                                      manifest_dir=args.manifest_dir, progress=not args.no_progress,
                                      options=options, manifests_only=args.manifests_only)

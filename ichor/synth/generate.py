@@ -26,12 +26,13 @@ import ichor
 from ichor.synth.output import keep_mantissa_bits, save_nifti_gz, write_json, write_text
 from ichor.synth.plan import ScanPlan, StudyPlan, SynthOptions, plan_dataset
 from ichor.synth.protocols import MNI_SPACE
+from ichor.synth.rating import RATING_LEVELS, rating_level
 from ichor.synth.render import render_scan, warm_caches
 
 MANIFEST_COLUMNS = (
     "subject", "session", "path", "study", "site", "vendor", "asl_type", "readout", "field_strength", "pld",
     "age", "sex", "diagnosis", "att_severity", "labelfail_severity", "motion_severity", "dropout_severity",
-    "space", "gm", "wm", "csf", "disease_stage",
+    "space", "gm", "wm", "csf", "disease_stage", "rating",
 )
 TISSUES = ("GM", "WM", "CSF")
 CBF_MANTISSA_BITS = 12
@@ -68,6 +69,7 @@ def sidecar(plan: ScanPlan) -> dict:
             "study": plan.study, "site": plan.site, "subject": plan.label, "session": plan.session,
             **plan.subject.as_dict(),
             "severity": plan.artefacts.as_dict(),
+            "quality": plan.quality, "rating": plan.rating, "rating_level": RATING_LEVELS[rating_level(plan.quality)],
             "head_rotation_deg": list(plan.rotation_deg), "head_translation_mm": list(plan.translation_mm),
             "site_scale": round(p.scale, 4),
         },
@@ -90,6 +92,7 @@ def manifest_rows(study: StudyPlan, prefix: str = "") -> list[dict[str, str]]:
             "labelfail_severity": f"{a.labelfail:.3f}", "motion_severity": f"{a.motion:.3f}",
             "dropout_severity": f"{a.dropout:.3f}", "space": p.space, "gm": prefix + files["gm"],
             "wm": prefix + files["wm"], "csf": prefix + files["csf"], "disease_stage": f"{s.stage:.3f}",
+            "rating": f"{plan.rating:.4f}",
         })
     return rows
 

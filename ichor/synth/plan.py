@@ -4,6 +4,8 @@ Each scan's draws come from its own ``SeedSequence(seed, spawn_key=(study, subje
 (rendering uses ``(..., 1)``), so a scan's metadata and volumes never depend on the number
 of workers, on the order scans are rendered, or on whether volumes are rendered at all.
 Only the diagnosis allocation is a study-level draw, so each study gets the exact class mix.
+The simulated expert rating (``rating``) is the last draw of a scan's metadata, so adding
+it left every earlier draw as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from ichor.synth.artefacts import Artefacts, draw_artefacts
 from ichor.synth.physiology import DEFAULT_CLASS_MIX, DIAGNOSES, Subject, draw_subject
 from ichor.synth.protocols import MNI_SPACE, Protocol, study_protocol
+from ichor.synth.rating import DEFAULT_RATER_NOISE, latent_quality, rating
 
 META, RENDER = 0, 1  # last element of a scan's spawn key
 
@@ -27,6 +30,7 @@ class SynthOptions:
     artefact_rate: float = 1.0  # multiplies every artefact's presence probability
     effect_scale: float = 1.0  # multiplies every disease effect
     snr_scale: float = 1.0  # multiplies every protocol's SNR
+    rater_noise: float = DEFAULT_RATER_NOISE  # SD of the simulated rater's error on the latent quality (rating.py)
 
     def __post_init__(self) -> None:
         unknown = [name for name, _ in self.class_mix if name not in DIAGNOSES]
@@ -34,13 +38,14 @@ class SynthOptions:
             raise ValueError(f"unknown diagnosis {unknown} in class mix; known: {', '.join(DIAGNOSES)}")
         if any(weight < 0 for _, weight in self.class_mix) or sum(w for _, w in self.class_mix) <= 0:
             raise ValueError(f"class mix weights must be >= 0 and not all 0, got {dict(self.class_mix)}")
-        for name in ("artefact_rate", "effect_scale", "snr_scale"):
-            if getattr(self, name) < 0 or (name == "snr_scale" and self.snr_scale == 0):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("artefact_rate", "effect_scale", "snr_scale", "rater_noise"):
+            value = getattr(self, name)
+            if value < 0 or (name == "snr_scale" and value == 0):
+                raise ValueError(f"{name} must be {'> 0' if name == 'snr_scale' else '>= 0'}, got {value}")
 
     def as_dict(self) -> dict:
         return {"class_mix": dict(self.class_mix), "artefact_rate": self.artefact_rate,
-                "effect_scale": self.effect_scale, "snr_scale": self.snr_scale}
+                "effect_scale": self.effect_scale, "snr_scale": self.snr_scale, "rater_noise": self.rater_noise}
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class ScanPlan:
     rotation_deg: tuple[float, float, float]
     translation_mm: tuple[float, float, float]
     fov_shift_mm: tuple[float, float, float]
+    quality: float  # the simulated rater's latent quality (rating.py)
+    rating: float  # 0, 1/3, 2/3 or 1: unacceptable, poor, average, excellent
     session: str = "01"
 
     def render_rng(self) -> np.random.Generator:
@@ -95,9 +102,10 @@ def plan_scan(seed: int, study_index: int, subject_index: int, protocol: Protoco
     rotation = rng.normal(0, rot_sd, 3)
     translation = rng.normal(0, shift_sd, 3)
     fov_shift = rng.normal(0, 4.0, 3)
+    quality = round(latent_quality(artefacts, protocol.snr * options.snr_scale, options.rater_noise * rng.normal()), 3)
     return ScanPlan(seed, study_index, subject_index, study_id(study_index), f"site-{study_index + 1:02d}",
                     subject_label(study_index, subject_index), protocol, subject, artefacts,
-                    _rounded(rotation), _rounded(translation), _rounded(fov_shift))
+                    _rounded(rotation), _rounded(translation), _rounded(fov_shift), quality, rating(quality))
 
 
 def _rounded(values: np.ndarray) -> tuple[float, float, float]:

@@ -68,7 +68,8 @@ def base_cbf(plan: ScanPlan, options: SynthOptions, rng: np.random.Generator) ->
     if a.dropout > 0:
         cbf = cbf * art.dropout_multiplier(a.dropout, p.readout, float(rng.uniform(-0.6, 0.6)))
     if a.labelfail > 0:
-        cbf = cbf * art.labelling_multiplier(a.labelfail, field(60.0))
+        multiplier, negative = art.labelling_failure(a.labelfail, field(60.0))
+        cbf = cbf * multiplier + negative
     if a.motion > 0:
         wavelength = 2.5 * float(np.mean(p.acq_voxel_mm))
         cbf = cbf + art.edge_artefact(a.motion, wavelength, float(rng.uniform(0, 2 * np.pi)), field(50.0))
