@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from os import PathLike
@@ -21,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from ichor.atomic import write_csv
 from ichor.manifest import OPTIONAL_COLUMNS, PATH_COLUMNS, REQUIRED_COLUMNS, TISSUE_COLUMNS
 from ichor.scans import AFFINE_ATOL_MM
 
@@ -263,14 +263,7 @@ def write_manifest(rows: pd.DataFrame, out: Path) -> None:
     for column in PATH_COLUMNS:
         if column in table.columns:
             table[column] = [os.path.relpath(v, folder) if isinstance(v, str) and v else "" for v in table[column]]
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            table.to_csv(stream, index=False)
-        os.replace(temp, out)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    write_csv(table, out)
 
 
 def _aslprep_files(folder: Path) -> list[Path]:

@@ -14,7 +14,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import nibabel as nib
 import numpy as np
 import yaml
 
+from ichor.atomic import atomic_path
 from ichor.data.cache import read_cached
 from ichor.data.datamodule import CBFDataModule
 from ichor.manifest import ManifestError, read_manifests
@@ -111,6 +111,5 @@ def _export(rows, datamodule: CBFDataModule, folder: Path) -> None:
 
 
 def _save_atomic(image: nib.Nifti1Image, path: Path) -> None:
-    temp = path.with_name(f".{os.getpid()}.{path.name}")  # keeps the .nii.gz suffix nibabel needs
-    nib.save(image, temp)
-    os.replace(temp, path)
+    with atomic_path(path) as temp:
+        nib.save(image, temp)

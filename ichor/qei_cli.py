@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from ichor.atomic import write_csv
 from ichor.manifest import TISSUE_COLUMNS, ManifestError, Problem, read_manifests
 from ichor.quality.qei import DEFAULT_THRESH, QEIError, QEIResult, compute_qei
 from ichor.scans import ScanError, load_cbf, load_tissue_map
@@ -117,7 +117,7 @@ def _run_single(args: argparse.Namespace) -> int:
     print(f"qei {result.qei:.4f}  rho_ss {result.rho_ss:.4f}  di {result.di:.4f}  neg_gm {result.neg_gm:.4f}")
     if args.out:
         row = {"subject": "", "session": "", "study": "", "path": os.path.abspath(args.cbf), **vars(result)}
-        _write_csv_atomic(pd.DataFrame([row], columns=OUTPUT_COLUMNS), args.out)
+        write_csv(pd.DataFrame([row], columns=OUTPUT_COLUMNS), args.out)
     return 0
 
 
@@ -144,7 +144,7 @@ def _run_manifests(args: argparse.Namespace) -> int:
         bar.update()
     bar.close()
 
-    _write_csv_atomic(_result_table(rows, results), args.out)
+    write_csv(_result_table(rows, results), args.out)
     for manifest, out in zip(args.manifest, args.annotated_manifest or []):
         _write_annotated(manifest, out, results)
 
@@ -253,7 +253,7 @@ def _write_annotated(manifest: str, out: str, results: dict[tuple[str, int], QEI
             table[column] = [_rebase(value, source, target) for value in table[column]]
     scored = [results.get((manifest, row)) for row in range(1, len(table) + 1)]
     table["qei"] = [None if result is None else result.qei for result in scored]
-    _write_csv_atomic(table, out)
+    write_csv(table, out)
 
 
 def _rebase(value: str, source: Path, target: Path) -> str:
@@ -262,20 +262,6 @@ def _rebase(value: str, source: Path, target: Path) -> str:
     if not value or Path(value).expanduser().is_absolute():
         return value
     return os.path.relpath(os.path.abspath(source / value), target)
-
-
-def _write_csv_atomic(table: pd.DataFrame, path: str) -> None:
-    """Write via a temp file in the same folder and os.replace, so readers never see half a CSV."""
-    folder = Path(path).resolve().parent
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{Path(path).name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            table.to_csv(file, index=False)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _identity(path: str) -> str:

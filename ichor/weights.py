@@ -9,8 +9,6 @@ decoder is stripped in exactly one place, :func:`encoder_state_from_checkpoint`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ichor
+from ichor.atomic import atomic_path, write_text
 from ichor.models import ViTEncoder3D, build_mae
 from ichor.pretrain.module import DATA_RECORD_KEY
 
@@ -89,18 +88,6 @@ def _metadata_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> dict[st
     }
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write ``encoder.safetensors`` and ``encoder.json`` from an MAEPretrainer checkpoint."""
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
@@ -112,11 +99,9 @@ def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: 
     state = encoder_state_from_checkpoint(checkpoint["state_dict"], str(checkpoint_path))
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous() for k, v in state.items()}
-    _atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-    _atomic_write(
-        out_dir / METADATA_FILE,
-        lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n"),
-    )
+    with atomic_path(target) as temp:
+        save_file(tensors, str(temp), metadata={"format": FORMAT})
+    write_text(out_dir / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return out_dir
 
 

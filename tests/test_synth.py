@@ -15,11 +15,11 @@ import pytest
 
 from ichor.cli import main
 from ichor.manifest import read_manifest
+from ichor.quality import compute_qei
 from ichor.scans import load_cbf, load_tissue_map
 from ichor.synth import MANIFEST_COLUMNS, SynthOptions, generate_dataset, manifest_text, plan_dataset, render_scan
 from ichor.synth.anatomy import base_anatomy, region_map
 from ichor.synth.artefacts import Artefacts
-from ichor.quality import compute_qei
 from ichor.synth.physiology import GM_RANGE, RATIO_RANGE, WM_RANGE, tissue_cbf
 from ichor.synth.protocols import MNI_SPACE
 from ichor.synth.rating import RATING_LEVELS, SNR_GOOD, latent_quality, rating

@@ -8,7 +8,14 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, PearsonCorrCoef, R2Score, SpearmanCorrCoef
+from torchmetrics import (
+    MeanAbsoluteError,
+    MeanSquaredError,
+    MetricCollection,
+    PearsonCorrCoef,
+    R2Score,
+    SpearmanCorrCoef,
+)
 
 from ichor.downstream.plugins import TaskHead
 

@@ -25,7 +25,6 @@ import json
 import mmap
 import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ichor.atomic import write_bytes
 from ichor.data.harmonise import HarmonisationSettings, harmonise
 from ichor.scans import ScanError, load_cbf
 
@@ -103,7 +103,7 @@ class ScanCache:
         if not todo:
             return {}
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.folder / "settings.json", json.dumps(self.settings.as_dict(), indent=2).encode())
+        write_bytes(self.folder / "settings.json", json.dumps(self.settings.as_dict(), indent=2).encode())
         bar = _progress(len(todo), progress)
         failures: dict[str, str] = {}
         if workers > 0 and len(todo) > 1:
@@ -137,7 +137,7 @@ def build_entry(path: str, settings: HarmonisationSettings, folder: str) -> str 
         return "no brain voxels left after resampling (map smaller than one output voxel?)"
     stored = np.ascontiguousarray(np.where(scan.mask, values, np.float16(np.nan)))  # C order: read_cached maps it
     buffer = _npy_bytes(stored)
-    _write_atomic(Path(folder) / f"{key}.npy", buffer)
+    write_bytes(Path(folder) / f"{key}.npy", buffer)
     meta = {
         "source": os.path.abspath(path),
         "affine": scan.affine.tolist(),
@@ -145,7 +145,7 @@ def build_entry(path: str, settings: HarmonisationSettings, folder: str) -> str 
         "brain_mean": float(brain.mean()),
         "brain_std": float(brain.std()),
     }
-    _write_atomic(Path(folder) / f"{key}.json", json.dumps(meta).encode())
+    write_bytes(Path(folder) / f"{key}.json", json.dumps(meta).encode())
     return None
 
 
@@ -162,18 +162,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     stream = io.BytesIO()
     np.save(stream, array)
     return stream.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _progress(total: int, enabled: bool):

@@ -11,12 +11,13 @@ the rounded fractions, even with strata of a few subjects.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ichor.atomic import write_csv
 
 SPLITS = ("train", "val", "test")
 UNLABELLED = "unlabelled"  # rows without a usable target: predicted, never trained or scored
@@ -99,21 +100,6 @@ def write_splits(rows: pd.DataFrame, splits: pd.Series, path: str | os.PathLike)
     table = rows.assign(split=splits)
     table = table[[column for column in SPLIT_COLUMNS if column in table.columns]]
     return write_csv(table, path)
-
-
-def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Atomic CSV write (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            table.to_csv(stream, index=False)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _systematic(count: int, fraction: float) -> list[bool]:

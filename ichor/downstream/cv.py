@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ichor.data.splits import write_csv
+from ichor.atomic import write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -187,20 +186,6 @@ def markdown(results: pd.DataFrame, summary: pd.DataFrame) -> str:
     for row in results.itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Atomic text write (temp file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def fold_test_rows(rows: pd.DataFrame, fold: Fold) -> pd.DataFrame:

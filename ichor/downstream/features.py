@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ichor.atomic import atomic_path, write_csv
 from ichor.data import CBFDataModule
-from ichor.data.splits import write_csv
 from ichor.downstream.pooling import Pooling, encode
 from ichor.weights import WeightsError, load_encoder
 
@@ -77,13 +77,7 @@ def write_table(table: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Atomic CSV, or Parquet (``.parquet``, needs pyarrow)."""
     out = check_output(out)
     if out.suffix == ".parquet":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
+        with atomic_path(out) as temp:
             table.to_parquet(temp, index=False)
-            os.replace(temp, out)
-        finally:
-            Path(temp).unlink(missing_ok=True)
         return out
     return write_csv(table, out)

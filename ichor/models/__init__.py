@@ -1,7 +1,7 @@
 """3D ViT encoder and masked autoencoder for CBF maps, in plain PyTorch."""
 
 from ichor.models.flops import mae_flops
-from ichor.models.mae import Masking, MaskedAutoencoderViT3D
+from ichor.models.mae import MaskedAutoencoderViT3D, Masking
 from ichor.models.patching import brain_patches, patchify, unpatchify
 from ichor.models.pos_embed import sincos_3d
 from ichor.models.presets import (

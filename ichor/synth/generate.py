@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 import ichor
-from ichor.synth.output import keep_mantissa_bits, save_nifti_gz, write_json, write_text
+from ichor.atomic import write_text
+from ichor.synth.output import keep_mantissa_bits, save_nifti_gz, write_json
 from ichor.synth.plan import ScanPlan, StudyPlan, SynthOptions, plan_dataset
 from ichor.synth.protocols import MNI_SPACE
 from ichor.synth.rating import RATING_LEVELS, rating_level

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ichor.synth import artefacts as art
-from ichor.synth.acquisition import ISOCENTRE_OFFSET, BRAIN_CENTRE_MNI, Sampler, head_pose, output_grid
+from ichor.synth.acquisition import BRAIN_CENTRE_MNI, ISOCENTRE_OFFSET, Sampler, head_pose, output_grid
 from ichor.synth.anatomy import BASE_VOXEL_MM, base_anatomy, blurred
 from ichor.synth.fields import correlated_noise, smooth_field
 from ichor.synth.physiology import REGIONAL_CORRELATION_MM, tissue_cbf

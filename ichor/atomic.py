@@ -1,0 +1,58 @@
+"""Atomic file writes: a temporary file in the target's folder, then one rename.
+
+Readers (and a run killed half-way) never see half a file, and an existing file is only
+ever replaced whole. Every writer in ICHOR goes through here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's own default is 0o600
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it becomes ``path``, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # ".<random>.<name>": hidden, and ends like the target so writers that go by suffix (.nii.gz) work.
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=f".{path.name}")
+    os.close(handle)
+    try:
+        yield Path(temp)
+        os.chmod(temp, FILE_MODE)
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike, **to_csv) -> Path:
+    """``table.to_csv`` (without the index unless asked), atomically."""
+    to_csv.setdefault("index", False)
+    with atomic_path(path) as temp:
+        table.to_csv(temp, **to_csv)
+    return Path(path)
