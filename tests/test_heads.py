@@ -6,12 +6,12 @@ import sys
 
 import pytest
 import torch
+from ichor_heads.classification import ClassificationHead
+from ichor_heads.regression import RegressionHead
 from test_downstream_support import DATA_ARGS, make_dataset, make_encoder
 
 from ichor.cli import main
 from ichor.downstream import HeadError, TaskHead, installed_heads, resolve_head
-from ichor_heads.classification import ClassificationHead
-from ichor_heads.regression import RegressionHead
 
 EXTERNAL_HEAD = '''
 import torch
@@ -91,7 +91,7 @@ def test_external_head_is_found_and_trains(tmp_path):
     data = [f"--data.{key}={str(value).replace('(', '[').replace(')', ']') if value is not None else 'null'}"
             for key, value in DATA_ARGS.items()]
     fit = ["fit", "--model=ichor.downstream.DownstreamTask", f"--model.encoder={encoder}", "--model.target=age",
-           "--model.head=age", "--model.head_args={hidden: 8}", "--data=ichor.data.CBFDataModule",
+           "--model.head=age", "--model.head_args={hidden: 8}", "--data=ichor.data.CBFDataModule", "--data.target=age",
            f"--data.manifests=[{','.join(manifests)}]", f"--data.cache_dir={tmp_path / 'cache'}", *data,
            "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path / 'logs'}",
            "--trainer.enable_progress_bar=false"]
