@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 import ichor
 from ichor.atomic import atomic_path, write_text
-from ichor.models import ViTEncoder3D, build_mae
-from ichor.pretrain.module import DATA_RECORD_KEY
+from ichor.models import ViTEncoder3D
+from ichor.pretrain.base import DATA_RECORD_KEY, ENCODER_RECORD_KEY
 
 FORMAT = "ichor-encoder"
 FORMAT_VERSION = 1
@@ -26,28 +26,27 @@ WEIGHTS_FILE = "encoder.safetensors"
 METADATA_FILE = "encoder.json"
 REQUIRED_METADATA = ("format", "format_version", "architecture", "img_size", "harmonisation")
 
-# Keys of MAEPretrainer's state dict: "mae.encoder.*" is the encoder, "mae.*" else is the decoder.
-ENCODER_PREFIX = "mae.encoder."
-DECODER_PREFIX = "mae."
+# Checkpoints of every ichor.pretrain.base.Pretrainer carry an encoder record (ENCODER_RECORD_KEY):
+# method, state-dict prefix of the encoder and its constructor arguments. Every other
+# state-dict entry belongs to the pretext task (decoder, projector).
 
 
 class WeightsError(ValueError):
     """An export or checkpoint that cannot give a usable encoder; the message says why."""
 
 
-def encoder_state_from_checkpoint(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Keep the encoder's weights (prefix stripped) and drop the decoder's; anything else is an error.
+def encoder_state_from_checkpoint(
+    state_dict: dict[str, torch.Tensor], record: dict[str, Any], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Keep the encoder's weights (prefix stripped) and drop the pretext task's (decoder, projector).
 
-    This is the only place where decoder weights are discarded, so that nothing is silently
+    This is the only place where pretext weights are discarded, so that nothing is silently
     ignored by a ``strict=False`` load elsewhere.
     """
-    encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIX)}
-    unknown = [k for k in state_dict if not k.startswith(DECODER_PREFIX)]
-    if not encoder or unknown:
-        raise WeightsError(
-            f"{source} is not an MAEPretrainer checkpoint: "
-            + (f"unexpected keys {unknown[:5]}" if unknown else f"no '{ENCODER_PREFIX}*' keys")
-        )
+    prefix = record["prefix"]
+    encoder = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not encoder:
+        raise WeightsError(f"{source}: no '{prefix}*' keys for the {record['method']} encoder its record names")
     return encoder
 
 
@@ -56,34 +55,30 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise WeightsError(f"{path}: checkpoint not found")
     # Lightning checkpoints hold loop and callback state besides tensors: load only checkpoints you trust.
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    hparams = checkpoint.get("hyper_parameters", {})
-    if "state_dict" not in checkpoint or hparams.get("img_size") is None:
-        raise WeightsError(f"{path}: not a Lightning checkpoint of an ichor MAEPretrainer run")
+    if "state_dict" not in checkpoint or ENCODER_RECORD_KEY not in checkpoint:
+        raise WeightsError(f"{path}: not a Lightning checkpoint of an ichor pre-training run (no encoder record)")
     return checkpoint
 
 
 def _metadata_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
-    hp = checkpoint["hyper_parameters"]
-    record = checkpoint.get(DATA_RECORD_KEY, {})
-    with torch.device("meta"):  # architecture only: no memory, no init cost
-        mae = build_mae(
-            hp["model"], img_size=tuple(hp["img_size"]), patch_size=hp["patch_size"],
-            mask_ratio=hp["mask_ratio"], **(hp.get("model_kwargs") or {}),
-        )
+    record = checkpoint[ENCODER_RECORD_KEY]
+    data = checkpoint.get(DATA_RECORD_KEY, {})
+    architecture = {k: v for k, v in record["config"].items() if k != "img_size"}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "ichor_version": ichor.__version__,
-        "preset": hp["model"],
-        "architecture": {k: v for k, v in mae.encoder.config.items() if k != "img_size"},
-        "img_size": list(hp["img_size"]),
-        "harmonisation": record.get("harmonisation", {}),
-        "data_summary": record.get("data_summary", {}),
+        "preset": record["preset"],
+        "architecture": architecture,
+        "img_size": list(record["config"]["img_size"]),
+        "harmonisation": data.get("harmonisation", {}),
+        "data_summary": data.get("data_summary", {}),
         "pretraining": {
+            "method": record["method"],
             "checkpoint": str(path),
             "epoch": checkpoint.get("epoch"),
             "global_step": checkpoint.get("global_step"),
-            **{k: hp.get(k) for k in ("mask_ratio", "norm_pix_loss", "brain_aware", "base_lr", "seed")},
+            **record["pretraining"],
         },
     }
 
@@ -96,7 +91,7 @@ def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: 
         raise WeightsError(f"{target} exists: pass overwrite=True (--overwrite) to replace it")
     checkpoint = _read_checkpoint(checkpoint_path)
     metadata = _metadata_from_checkpoint(checkpoint_path, checkpoint)
-    state = encoder_state_from_checkpoint(checkpoint["state_dict"], str(checkpoint_path))
+    state = encoder_state_from_checkpoint(checkpoint["state_dict"], checkpoint[ENCODER_RECORD_KEY], str(checkpoint_path))
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous() for k, v in state.items()}
     with atomic_path(target) as temp:
@@ -135,7 +130,7 @@ def load_encoder(source: str | Path, img_size: tuple[int, int, int] | None = Non
     else:
         checkpoint = _read_checkpoint(source)
         metadata = _metadata_from_checkpoint(source, checkpoint)
-        state = encoder_state_from_checkpoint(checkpoint["state_dict"], str(source))
+        state = encoder_state_from_checkpoint(checkpoint["state_dict"], checkpoint[ENCODER_RECORD_KEY], str(source))
     encoder = ViTEncoder3D(img_size=tuple(metadata["img_size"]), **metadata["architecture"])
     encoder.load_state_dict(state, strict=True)
     if img_size is not None and tuple(img_size) != encoder.img_size:

@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 
 from ichor.pretrain import MAEPretrainer
-from ichor.pretrain.module import DATA_RECORD_KEY
 from ichor.weights import export_encoder
 
 SHAPE = (16, 16, 16)
@@ -61,7 +60,9 @@ def make_encoder(root: Path, harmonisation: dict | None = None) -> Path:
     """An exported untrained mae_vit_micro encoder (patch 8) for SHAPE, with ``harmonisation`` metadata."""
     torch.manual_seed(0)
     module = MAEPretrainer(model="mae_vit_micro", img_size=SHAPE, patch_size=8)
-    checkpoint = root / "pretrain.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0,
-                "global_step": 0, DATA_RECORD_KEY: {"harmonisation": harmonisation or HARMONISATION}}, checkpoint)
-    return export_encoder(checkpoint, root / "encoder")
+    module.data_record = {"harmonisation": harmonisation or HARMONISATION}
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0,
+                  "global_step": 0}
+    module.on_save_checkpoint(checkpoint)  # the data and encoder records Lightning's checkpointing adds
+    torch.save(checkpoint, root / "pretrain.ckpt")
+    return export_encoder(root / "pretrain.ckpt", root / "encoder")

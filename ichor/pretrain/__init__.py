@@ -1,5 +1,8 @@
-"""MAE pre-training: the LightningModule, its optimiser recipe and its pictures."""
+"""Self-supervised pre-training: MAE (ICHOR's method), SimCLR and Models Genesis on one backbone."""
 
+from ichor.pretrain.base import Pretrainer
+from ichor.pretrain.genesis import GenesisPretrainer
 from ichor.pretrain.module import MAEPretrainer
+from ichor.pretrain.simclr import SimCLRPretrainer
 
-__all__ = ["MAEPretrainer"]
+__all__ = ["GenesisPretrainer", "MAEPretrainer", "Pretrainer", "SimCLRPretrainer"]

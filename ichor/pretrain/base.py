@@ -174,14 +174,17 @@ class Pretrainer(LightningModule):
         name = next(name for name, module in self.named_modules() if module is encoder)
         config = dict(encoder.config)
         config["img_size"] = list(config["img_size"])
-        hp = self.hparams
         return {
             "method": self.method,
             "prefix": f"{name}.",
-            "preset": hp.model,
+            "preset": self.hparams.model,
             "config": config,
-            "pretraining": {k: hp.get(k) for k in (*self.recorded_hparams, "base_lr", "seed")},
+            "pretraining": self.pretraining_record(),
         }
+
+    def pretraining_record(self) -> dict[str, Any]:
+        """How the encoder was pre-trained, as plain (JSON) values: copied into ``encoder.json`` on export."""
+        return {k: self.hparams.get(k) for k in (*self.recorded_hparams, "base_lr", "seed")}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[DATA_RECORD_KEY] = self.data_record

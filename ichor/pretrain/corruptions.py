@@ -61,7 +61,7 @@ class GenesisCorruption:
         def coin(probability: float) -> torch.Tensor:
             return torch.rand(b, generator=generator, device=device) < probability
 
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             x = local_pixel_shuffling(images, masks, coin(self.shuffle_p), self.shuffle_block, self.shuffle_fraction, generator)
             x = nonlinear_transformation(x, masks, coin(self.nonlinear_p), coin(self.invert_p), generator)
             painted, outpaint = coin(self.paint_p), coin(self.outpaint_p)
@@ -149,7 +149,8 @@ def random_cubes(
     return region[:, None]
 
 
-def _paint(images, masks, region, apply, generator) -> torch.Tensor:
+def _paint(images: torch.Tensor, masks: torch.Tensor, region: torch.Tensor, apply: torch.Tensor,
+           generator: torch.Generator) -> torch.Tensor:
     """Replace ``region`` of the brain with uniform noise over the scan's brain range, for scans in ``apply``."""
     low, high = brain_range(images, masks)
     noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
@@ -157,11 +158,13 @@ def _paint(images, masks, region, apply, generator) -> torch.Tensor:
     return torch.where(region & masks & _per_scan(apply), noise, images)
 
 
-def inpainting(images, masks, apply, count: int, size: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+def inpainting(images: torch.Tensor, masks: torch.Tensor, apply: torch.Tensor, count: int,
+                size: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
     """Noise inside 1 to ``count`` random cubes (Models Genesis: edges 1/6 to 1/3 of the grid)."""
     return _paint(images, masks, random_cubes(images, count, size, generator), apply, generator)
 
 
-def outpainting(images, masks, apply, count: int, size: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+def outpainting(images: torch.Tensor, masks: torch.Tensor, apply: torch.Tensor, count: int,
+                 size: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
     """Noise outside 1 to ``count`` random cubes (Models Genesis: edges 3/7 to 4/7 of the grid)."""
     return _paint(images, masks, ~random_cubes(images, count, size, generator), apply, generator)

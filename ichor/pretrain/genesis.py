@@ -9,6 +9,7 @@ the pretext task differs from the MAE.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import torch
@@ -68,7 +69,6 @@ class GenesisPretrainer(Pretrainer):
     """
 
     method: ClassVar[str] = "genesis"
-    recorded_hparams: ClassVar[tuple[str, ...]] = ("decoder_depth",)
 
     def __init__(
         self,
@@ -112,6 +112,9 @@ class GenesisPretrainer(Pretrainer):
 
     def encoder_network(self) -> ViTEncoder3D:
         return self.encoder
+
+    def pretraining_record(self) -> dict[str, Any]:
+        return {**super().pretraining_record(), "corruption": asdict(self.corruption)}
 
     def restore(self, corrupted: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """The predicted original (B, C, D, H, W) of a corrupted batch."""

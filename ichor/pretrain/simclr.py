@@ -13,6 +13,7 @@ back-propagates its own anchors, and DDP averages the gradients).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import torch
@@ -120,6 +121,9 @@ class SimCLRPretrainer(Pretrainer):
 
     def encoder_network(self) -> ViTEncoder3D:
         return self.encoder
+
+    def pretraining_record(self) -> dict[str, Any]:
+        return {**super().pretraining_record(), "augmentation": asdict(self.augmentation)}
 
     def embed(self, images: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """Projections (B, projection_dim) of the brain-token means."""

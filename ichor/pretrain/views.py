@@ -55,8 +55,12 @@ class ViewAugmentation:
     def __call__(
         self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One random view of every scan: (B, 1, D, H, W) images and bool brain masks in, same out."""
-        with torch.no_grad():
+        """One random view of every scan: (B, 1, D, H, W) images and bool brain masks in, same out.
+
+        Runs in the input's precision even under autocast (the blur's normalised convolution
+        divides by small sums).
+        """
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             views, view_masks = random_resized_crop(images, masks, self, generator)
             factor = self._draw(views, self.intensity_p, generator, lambda u: torch.exp((2 * u - 1) * math.log1p(self.intensity_range)), 1.0)
             views = views * factor.view(-1, 1, 1, 1, 1)
