@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cv": ("ichor.cv_cli", "k-fold cross-validation of a task config, grouped by subject"),
     "embed": ("ichor.embed_cli", "write pooled encoder features, one row per scan"),
     "qei": ("ichor.qei_cli", "the automated CBF quality evaluation index (QEI) per scan"),
+    "benchmark": ("ichor.benchmark_cli", "compare pre-training methods over tasks, label budgets and folds"),
 }
 
 

@@ -1,0 +1,133 @@
+"""The benchmark's YAML schema: which encoders to pre-train, which tasks, modes, label budgets and folds.
+
+One file describes a whole comparison (MAE vs SimCLR vs Genesis vs scratch vs a regional-mean
+baseline), so that the paper's table is re-made by one command. Config paths are relative to
+the current directory, like ``ichor fit --config``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+MODES = ("linear_probe", "finetune")
+CLASSIFICATION_METRICS = ("balanced_accuracy", "auroc")
+REGRESSION_METRICS = ("mae", "rmse", "pearson", "spearman", "r2")
+
+
+@dataclass
+class TaskSpec:
+    """One downstream task: the manifest column it predicts and the configs that train it.
+
+    ``probe_config`` trains ``linear_probe``; ``finetune_config`` trains ``finetune`` and
+    ``scratch`` (its monitor, lr and head settings are the task's own).
+    """
+
+    name: str
+    target: str
+    head: str
+    metric: str
+    probe_config: str
+    finetune_config: str
+    target_values: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        known = CLASSIFICATION_METRICS if self.head == "classification" else REGRESSION_METRICS
+        if self.head in ("classification", "regression") and self.metric not in known:
+            raise ValueError(f"task {self.name!r}: metric {self.metric!r} is not one of {', '.join(known)} "
+                             f"(the {self.head} head's test metrics)")
+
+    @property
+    def is_classification(self) -> bool:
+        return self.head == "classification"
+
+    def config(self, mode: str) -> str:
+        return self.probe_config if mode == "linear_probe" else self.finetune_config
+
+
+@dataclass
+class PretrainSpec:
+    """One pre-training method: its config and overrides for it alone (e.g. a larger model)."""
+
+    config: str
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchmarkConfig:
+    """Everything ``ichor benchmark`` runs.
+
+    Args:
+        pretrain: method name -> pre-training config (``mae: lightning_configs/pretrain_demo.yaml``),
+            or -> ``{config: ..., overrides: [...]}`` for overrides of that method alone.
+        tasks: the downstream tasks.
+        modes: adaptation modes run for every pre-trained encoder.
+        scratch: also train the finetune architecture from random weights, once per task.
+        baseline: also fit logistic/linear regression on regional mean CBF (GM, WM, brain halves).
+        budgets: fractions of each fold's training subjects that keep their labels.
+        folds: number of subject-grouped folds; ignored with ``by_study`` (each study held out).
+        epochs: max_epochs per stage (``pretrain``, ``linear_probe``, ``finetune``, ``scratch``).
+        overrides: Lightning CLI overrides for every run (data, trainer), e.g. manifests.
+        pretrain_overrides / task_overrides: overrides for pre-training runs / downstream runs only.
+    """
+
+    pretrain: dict[str, PretrainSpec]
+    tasks: list[TaskSpec]
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    scratch: bool = True
+    baseline: bool = True
+    budgets: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    folds: int = 5
+    by_study: bool = False
+    val_fraction: float = 0.2
+    seed: int = 0
+    epochs: dict[str, int] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    pretrain_overrides: list[str] = field(default_factory=list)
+    task_overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.pretrain:
+            raise ValueError("benchmark config: `pretrain` names no method")
+        self.pretrain = {method: spec if isinstance(spec, PretrainSpec) else
+                         PretrainSpec(spec) if isinstance(spec, str) else PretrainSpec(**spec)
+                         for method, spec in self.pretrain.items()}
+        if {"scratch", "regional_mean"} & set(self.pretrain):
+            raise ValueError("benchmark config: `scratch` and `regional_mean` are reserved names, not pre-training methods")
+        if not self.tasks:
+            raise ValueError("benchmark config: `tasks` is empty")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad:
+            raise ValueError(f"benchmark config: mode(s) {', '.join(bad)} not one of {', '.join(MODES)}")
+        bad = [b for b in self.budgets if not 0 < b <= 1]
+        if bad:
+            raise ValueError(f"benchmark config: label budgets must be in (0, 1], got {bad}")
+        unknown = set(self.epochs) - {"pretrain", "linear_probe", "finetune", "scratch"}
+        if unknown:
+            raise ValueError(f"benchmark config: epochs has unknown stage(s) {', '.join(sorted(unknown))}")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark config: task names repeat: {names}")
+
+
+def load_config(path: str | os.PathLike, extra: dict | None = None) -> BenchmarkConfig:
+    """Read and check a benchmark YAML; ``extra`` keys replace the file's (tests, command-line options)."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a benchmark config is a mapping, got {type(raw).__name__}")
+    raw.update(extra or {})
+    allowed = {f.name for f in fields(BenchmarkConfig)}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    try:
+        tasks = [TaskSpec(**task) for task in raw.get("tasks", [])]
+        return BenchmarkConfig(**{**raw, "tasks": tasks})
+    except TypeError as error:
+        raise ValueError(f"{path}: {error}") from error
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error

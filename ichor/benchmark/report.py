@@ -1,0 +1,86 @@
+"""The benchmark's outputs: per-fold CSV, summary CSV + Markdown (mean ± std over folds), one figure per task.
+
+The summary has one row per (task, method, mode, budget): the task's chosen metric as
+``metric``/``mean``/``std``, and every test metric as ``<name>_mean``/``<name>_std`` columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ichor.atomic import atomic_path, write_csv, write_text
+from ichor.benchmark.config import BenchmarkConfig
+from ichor.downstream.cv import summarise
+
+KEYS = ["task", "method", "mode", "budget"]
+
+
+def summary_table(results: pd.DataFrame, cfg: BenchmarkConfig) -> pd.DataFrame:
+    """One row per (task, method, mode, budget), in run order."""
+    primary = {task.name: task.metric for task in cfg.tasks}
+    rows = []
+    for key, group in results.groupby(KEYS, sort=False):
+        stats = summarise(group.dropna(axis=1, how="all")).set_index("metric")
+        row = dict(zip(KEYS, key), n_train=float(group["n_train"].mean()), folds=len(group))
+        metric = primary[row["task"]]
+        row.update(metric=metric, mean=stats["mean"].get(metric, float("nan")), std=stats["std"].get(metric, float("nan")))
+        for name, values in stats.iterrows():
+            row[f"{name}_mean"], row[f"{name}_std"] = values["mean"], values["std"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(summary: pd.DataFrame) -> str:
+    """Per task: rows method/mode, columns label budgets, cells mean ± std of the task's metric."""
+    lines = ["# ICHOR benchmark", ""]
+    for task, table in summary.groupby("task", sort=False):
+        metric, budgets = table["metric"].iloc[0], sorted(table["budget"].unique())
+        lines += [f"## {task} ({metric}, mean ± std over folds)", "",
+                  "| method | mode | " + " | ".join(f"{b:g} of labels" for b in budgets) + " |",
+                  "| --- | --- |" + " --- |" * len(budgets)]
+        for (method, mode), runs in table.groupby(["method", "mode"], sort=False):
+            cells = runs.set_index("budget")
+            lines.append(f"| {method} | {mode} | " + " | ".join(
+                f"{cells.loc[b, 'mean']:.3f} ± {cells.loc[b, 'std']:.3f}" if b in cells.index else "" for b in budgets) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def task_figure(summary: pd.DataFrame, task: str, path: Path) -> Path:
+    """Metric vs label budget, one line (with ± std bars) per method and mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summary[summary["task"] == task]
+    figure, axes = plt.subplots(figsize=(5, 4))
+    for (method, mode), runs in table.groupby(["method", "mode"], sort=False):
+        runs = runs.sort_values("budget")
+        label = method if mode in (method, "baseline") else f"{method} ({mode})"
+        axes.errorbar(runs["budget"], runs["mean"], yerr=runs["std"].fillna(0), marker="o", capsize=3, label=label)
+    axes.set_xscale("log")
+    axes.minorticks_off()
+    axes.set_xticks(sorted(table["budget"].unique()), [f"{b:g}" for b in sorted(table["budget"].unique())])
+    axes.set_xlabel("fraction of training labels")
+    axes.set_ylabel(table["metric"].iloc[0])
+    axes.set_title(task)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    with atomic_path(path) as temp:
+        figure.savefig(temp, dpi=120, format="png")
+    plt.close(figure)
+    return path
+
+
+def write_report(results: pd.DataFrame, cfg: BenchmarkConfig, out: Path) -> pd.DataFrame:
+    """benchmark_folds.csv, benchmark_summary.csv, benchmark_summary.md and figures/<task>.png under ``out``."""
+    summary = summary_table(results, cfg)
+    write_csv(results, out / "benchmark_folds.csv")
+    write_csv(summary, out / "benchmark_summary.csv")
+    write_text(out / "benchmark_summary.md", markdown(summary))
+    for task in summary["task"].unique():
+        task_figure(summary, task, out / "figures" / f"{task}.png")
+    return summary

@@ -1,0 +1,33 @@
+"""Benchmark pre-training methods: pre-train each once, then probe / fine-tune on every task,
+label budget and fold, beside training from scratch and a regional-mean-CBF linear baseline.
+
+  ichor benchmark --config lightning_configs/benchmark_demo.yaml --out runs/benchmark_demo
+
+OUT gets pretrain/<method>/encoder (reused if present: a stopped run restarts without
+re-pre-training), <task>/<method>/<mode>/budget-<b>/<fold>/ (split file, logs, checkpoints),
+benchmark_folds.csv, benchmark_summary.csv, benchmark_summary.md (mean ± std over folds) and
+figures/<task>.png (metric vs label budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="benchmark YAML (see lightning_configs/benchmark_demo.yaml)")
+    parser.add_argument("--out", default="runs/benchmark", help="output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ichor.benchmark import load_config, run_benchmark
+
+    try:
+        run_benchmark(load_config(args.config), args.out)
+    except ValueError as error:
+        print(f"ichor benchmark: {error}", file=sys.stderr)
+        return 1
+    print((Path(args.out) / "benchmark_summary.md").read_text())
+    return 0
