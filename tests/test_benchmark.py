@@ -131,3 +131,15 @@ def test_label_budgets_are_nested_stratified_and_keep_every_class():
     assert len(trained[0.5]) == len(trained[1.0]) // 2
     labels = rows.set_index("subject")["diagnosis"]
     assert set(labels[list(trained[0.05])]) == {"CN", "AD", "FTD"}  # at least one subject per class
+
+
+@pytest.mark.parametrize("name", ["benchmark_demo.yaml", "benchmark_full.yaml"])
+def test_shipped_benchmark_configs_load_and_point_at_shipped_configs(name):
+    """The shipped benchmark configs parse, and every config they name is one the repo ships."""
+    config = load_config(CONFIGS / name)
+    named = [Path(spec if isinstance(spec, str) else spec["config"] if isinstance(spec, dict) else spec.config)
+             for spec in config.pretrain.values()]
+    named += [Path(p) for task in config.tasks for p in (task.probe_config, task.finetune_config)]
+    assert config.tasks and named
+    for path in named:
+        assert (CONFIGS.parent / path).is_file(), path
