@@ -3,15 +3,17 @@ label budget and fold, beside training from scratch and a regional-mean-CBF line
 
   ichor benchmark --config lightning_configs/benchmark_demo.yaml --out runs/benchmark_demo
 
-OUT gets pretrain/<method>/encoder (reused if present: a stopped run restarts without
-re-pre-training), <task>/<method>/<mode>/budget-<b>/<fold>/ (split file, logs, checkpoints),
-benchmark_folds.csv, benchmark_summary.csv, benchmark_summary.md (mean ± std over folds) and
-figures/<task>.png (metric vs label budget).
+OUT gets pretrain/<method>/encoder and <task>/<method>/<mode>/budget-<b>/<fold>/ (split file,
+logs, checkpoints, result.json); both are reused when present, so a stopped benchmark restarts
+where it stopped (delete a folder to run that part again). The results are
+benchmark_folds.csv, benchmark_summary.csv, benchmark_summary.md (mean ± std over folds or
+held-out studies) and figures/<task>.png (metric vs label budget).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -24,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ichor.benchmark import load_config, run_benchmark
 
+    logger = logging.getLogger("ichor.benchmark")  # one line per run: where a long benchmark has got to
+    if not logger.handlers:
+        progress = logging.StreamHandler()
+        progress.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        logger.addHandler(progress)
+    logger.setLevel(logging.INFO)
     try:
         run_benchmark(load_config(args.config), args.out)
     except ValueError as error:

@@ -9,70 +9,130 @@ import yaml
 
 from ichor.benchmark import load_config, run_benchmark
 from ichor.benchmark.baseline import scan_features
+from ichor.manifest import read_manifests
 
 CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
 
 
-def small_benchmark(tmp_path, manifests) -> Path:
-    """A test-sized benchmark: MAE and SimCLR, 1 epoch each stage, 2 folds, budgets 0.5 and 1.
+def small_benchmark(tmp_path, manifests) -> dict:
+    """The shipped demo benchmark, test-sized: 4 studies of 4 subjects, micro ViTs, 1 epoch a stage.
 
-    The task is sex (8 F, 8 M): with 2 classes of 3 training subjects a half budget really
-    halves them (a budget keeps at least one subject per class, so 4 diagnoses would not shrink).
+    Its methods, modes, budgets and leave-one-study-out folds are the shipped file's; of its
+    tasks, one diagnosis against controls (the other two differ only in ``target_values``) and
+    the quality rating (regression). Each study has one subject of each diagnosis, so a held-out
+    study tests one CN and one AD scan, and the other three studies give two of each to train
+    (and one of each to validate): half the labels (budget 0.5) keep one of each.
     """
-    config = {
-        "pretrain": {"mae": str(CONFIGS / "pretrain_demo.yaml"), 
-                     "simclr": {"config": str(CONFIGS / "pretrain_simclr_demo.yaml"),
-                                "overrides": ["--model.init_args.projection_dim=32"]}},
-        "tasks": [{"name": "sex", "target": "sex", "head": "classification", "metric": "balanced_accuracy",
-                   "probe_config": str(CONFIGS / "probe_diagnosis.yaml"),
-                   "finetune_config": str(CONFIGS / "finetune_diagnosis.yaml")}],
-        "budgets": [0.5, 1.0], "folds": 2, "val_fraction": 0.25,
-        "epochs": {"pretrain": 1, "linear_probe": 1, "finetune": 1, "scratch": 1},
-        "overrides": [f"--data.init_args.manifests=[{','.join(map(str, manifests))}]",
+    shipped = load_config(CONFIGS / "benchmark_demo.yaml")
+    repo = CONFIGS.parent  # the shipped file's paths are relative to the repository; the test runs elsewhere
+    tasks = [dict(task.__dict__, config=str(repo / task.config)) for task in shipped.tasks if task.name in ("AD", "quality")]
+    return {
+        "pretrain": {method: {"config": str(repo / spec.config), "overrides": spec.overrides}
+                     for method, spec in shipped.pretrain.items()},
+        "tasks": [dict(task, metric="mae") if task["head"] == "regression" else task for task in tasks],
+        "budgets": [0.5, 1.0],
+        "epochs": {"pretrain": 1, "finetune": 1, "scratch": 1},
+        "overrides": [*shipped.overrides,
+                      f"--data.init_args.manifests=[{','.join(map(str, manifests))}]",
                       f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.spacing=6.0",
                       "--data.init_args.shape=[32,48,32]", "--data.init_args.num_workers=0",
-                      "--data.init_args.batch_size=2", "--data.init_args.progress=false",
-                      "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-                      "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2"],
-        "pretrain_overrides": ["--model.init_args.model=mae_vit_micro"],
+                      "--data.init_args.batch_size=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2"],
     }
-    path = tmp_path / "benchmark.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.mark.slow
-def test_benchmark_runs_every_method_mode_budget_and_fold(tmp_path, monkeypatch, synthetic_manifests):
+def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(tmp_path, monkeypatch, synthetic_manifests):
     monkeypatch.chdir(tmp_path)  # the shipped configs write runs/ relative to the CWD
     out = tmp_path / "bench"
-    run_benchmark(load_config(small_benchmark(tmp_path, synthetic_manifests)), out)
+    cfg = load_config(CONFIGS / "benchmark_demo.yaml", small_benchmark(tmp_path, synthetic_manifests))
+    run_benchmark(cfg, out)
 
     summary = pd.read_csv(out / "benchmark_summary.csv")
-    expected = {("sex", method, mode, budget) for budget in (0.5, 1.0)
-                for method, mode in [("mae", "linear_probe"), ("mae", "finetune"), ("simclr", "linear_probe"),
-                                     ("simclr", "finetune"), ("scratch", "scratch"), ("regional_mean", "baseline")]}
+    pairs = [(method, mode) for method in ("mae", "simclr", "genesis") for mode in ("linear_probe", "finetune")]
+    pairs += [("scratch", "scratch"), ("regional_mean", "baseline")]
+    expected = {(task, method, mode, budget) for task in ("AD", "quality") for budget in (0.5, 1.0) for method, mode in pairs}
     keys = list(summary[["task", "method", "mode", "budget"]].itertuples(index=False, name=None))
     assert len(keys) == len(expected) and set(keys) == expected  # one row each
-    assert (summary["metric"] == "balanced_accuracy").all() and (summary["folds"] == 2).all()
+    assert (summary["folds"] == 4).all()  # one per held-out study
     assert np.isfinite(summary["mean"]).all()
+    assert set(summary.loc[summary["task"] == "AD", "metric"]) == {"auroc"}
+
+    # Leave-one-study-out: each fold tests one whole study, and trains on none of its subjects.
+    folds = pd.read_csv(out / "benchmark_folds.csv")
+    studies = {"study-01", "study-02", "study-03", "study-04"}
+    assert set(folds["fold"]) == studies
+    rows = read_manifests(synthetic_manifests).set_index("subject")
+    for fold in studies:
+        split = pd.read_csv(out / "AD/mae/finetune/budget-1" / fold / "split_file.csv").set_index("subject")["split"]
+        assert set(split[split == "test"].index) == set(rows.index[(rows["study"] == fold) & rows["diagnosis"].isin(["CN", "AD"])])
+        assert (rows.loc[split[split != "test"].index, "study"] != fold).all()
+        assert set(rows.loc[split.index, "diagnosis"]) == {"CN", "AD"}  # target_values keeps AD and controls only
 
     # The label budget halves the training subjects; validation and test subjects stay the same.
-    for method, mode in [("mae", "linear_probe"), ("regional_mean", "baseline")]:
-        rows = summary[(summary["method"] == method) & (summary["mode"] == mode)].set_index("budget")
-        assert rows.loc[0.5, "n_train"] < 0.75 * rows.loc[1.0, "n_train"]
-    for fold in ("fold-1", "fold-2"):
-        half, full = (pd.read_csv(out / "sex/mae/finetune" / f"budget-{b}" / fold / "split_file.csv")
-                      for b in ("0.5", "1"))
-        assert set(half["subject"]) < set(full["subject"])
-        held = [table[table["split"] != "train"].reset_index(drop=True) for table in (half, full)]
-        assert held[0].equals(held[1])
-        used = pd.read_csv(next((out / "sex/mae/finetune/budget-0.5" / fold).rglob("splits.csv")))
-        trained = set(used.loc[used["split"] == "train", "subject"])  # what the datamodule really trained on
-        assert trained == set(half.loc[half["split"] == "train", "subject"])
+    for method, mode in [("mae", "linear_probe"), ("genesis", "finetune"), ("regional_mean", "baseline")]:
+        runs = summary[(summary["task"] == "AD") & (summary["method"] == method) & (summary["mode"] == mode)].set_index("budget")
+        assert runs.loc[0.5, "n_train"] == runs.loc[1.0, "n_train"] / 2
+    half, full = (pd.read_csv(out / "AD/simclr/finetune" / f"budget-{b}" / "study-02" / "split_file.csv") for b in ("0.5", "1"))
+    assert set(half["subject"]) < set(full["subject"])
+    held = [table[table["split"] != "train"].reset_index(drop=True) for table in (half, full)]
+    assert held[0].equals(held[1])
+    used = pd.read_csv(next((out / "AD/simclr/finetune/budget-0.5/study-02").rglob("splits.csv")))
+    trained = set(used.loc[used["split"] == "train", "subject"])  # what the datamodule really trained on
+    assert trained == set(half.loc[half["split"] == "train", "subject"])
 
-    assert (out / "pretrain/mae/encoder/encoder.json").is_file() and (out / "pretrain/simclr/encoder/encoder.json").is_file()
-    assert (out / "figures/sex.png").stat().st_size > 0
-    assert "| regional_mean | baseline |" in (out / "benchmark_summary.md").read_text()
+    for method in ("mae", "simclr", "genesis"):
+        assert (out / "pretrain" / method / "encoder/encoder.json").is_file()
+    assert (out / "figures/AD.png").stat().st_size > 0 and (out / "figures/quality.png").stat().st_size > 0
+    table = (out / "benchmark_summary.md").read_text()
+    assert "## AD (auroc, mean ± std over held-out studies)" in table and "| regional_mean | baseline |" in table
+
+    # Run again into the same folder: nothing is pre-trained or fine-tuned again, the table is the same.
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr("ichor.benchmark.run.run_fold", no_training)
+    encoder_time = (out / "pretrain/mae/encoder/encoder.json").stat().st_mtime_ns
+    again = run_benchmark(cfg, out)
+    assert (out / "pretrain/mae/encoder/encoder.json").stat().st_mtime_ns == encoder_time
+    pd.testing.assert_frame_equal(again, folds, check_dtype=False)
+
+
+def test_a_finished_run_is_reused_only_for_the_same_arguments_and_split(tmp_path, monkeypatch):
+    from ichor.benchmark.run import resumable_fold
+    from ichor.downstream.cv import Fold
+
+    calls = []
+
+    def fake_run_fold(args, fold, folder):
+        calls.append(args)
+        return {"fold": fold.name, "test/auroc": 0.5 + len(calls)}
+
+    monkeypatch.setattr("ichor.benchmark.run.run_fold", fake_run_fold)
+    fold = Fold("study-01", pd.DataFrame({"subject": ["a", "b", "c"], "split": ["train", "val", "test"]}))
+    first = resumable_fold(["--trainer.max_epochs=2"], fold, tmp_path)
+    assert resumable_fold(["--trainer.max_epochs=2"], fold, tmp_path) == first and len(calls) == 1
+    assert resumable_fold(["--trainer.max_epochs=3"], fold, tmp_path)["test/auroc"] == 2.5  # other settings: run again
+    other = Fold("study-01", fold.splits.assign(split=["train", "train", "test"]))
+    resumable_fold(["--trainer.max_epochs=3"], other, tmp_path)
+    assert len(calls) == 3  # another split: run again
+
+
+def test_probe_features_must_cover_every_scan(monkeypatch):
+    """A scan the encoder could not embed stops the benchmark, naming its manifest row and file."""
+    from types import SimpleNamespace
+
+    from ichor.benchmark.run import encoder_features
+
+    embedded = pd.DataFrame({"subject": ["a"], "path": ["/d/a.nii.gz"], "f000": [0.1], "f001": [0.2]})
+    monkeypatch.setattr("ichor.downstream.features.embed_scans", lambda *args, **kwargs: embedded)
+    rows = pd.DataFrame({"path": ["/d/a.nii.gz", "/d/b.nii.gz"], "manifest": "study.csv", "row": [1, 2]})
+    data = SimpleNamespace(manifests=["study.csv"], batch_size=2, cache_dir="c", num_workers=0, on_bad_scan="skip")
+    model = SimpleNamespace(hparams=SimpleNamespace(pooling="brain_mean"))
+    base = SimpleNamespace(datamodule=SimpleNamespace(hparams=data), model=model)
+    with pytest.raises(ValueError, match=r"study.csv row 2 \(/d/b.nii.gz\): no encoder features \(1 scan"):
+        encoder_features("encoder", rows, base)
+    rows = rows.iloc[:1]
+    assert encoder_features("encoder", rows, base).loc["/d/a.nii.gz"].tolist() == [0.1, 0.2]
 
 
 def test_regional_features_split_the_brain_in_world_coordinates():
@@ -94,8 +154,7 @@ def test_config_errors_name_the_file_and_the_problem(tmp_path):
     path.write_text(yaml.safe_dump({"pretrain": {"mae": "x.yaml"}, "tasks": [], "budgets": [0.5]}))
     with pytest.raises(ValueError, match="bad.yaml: benchmark config: `tasks` is empty"):
         load_config(path)
-    task = {"name": "q", "target": "rating", "head": "regression", "metric": "auroc", "probe_config": "p.yaml",
-            "finetune_config": "f.yaml"}
+    task = {"name": "q", "target": "rating", "head": "regression", "metric": "auroc", "config": "f.yaml"}
     path.write_text(yaml.safe_dump({"pretrain": {"mae": "x.yaml"}, "tasks": [task]}))
     with pytest.raises(ValueError, match="metric 'auroc' is not one of mae, rmse"):
         load_config(path)
@@ -139,7 +198,7 @@ def test_shipped_benchmark_configs_load_and_point_at_shipped_configs(name):
     config = load_config(CONFIGS / name)
     named = [Path(spec if isinstance(spec, str) else spec["config"] if isinstance(spec, dict) else spec.config)
              for spec in config.pretrain.values()]
-    named += [Path(p) for task in config.tasks for p in (task.probe_config, task.finetune_config)]
+    named += [Path(task.config) for task in config.tasks]
     assert config.tasks and named
     for path in named:
         assert (CONFIGS.parent / path).is_file(), path

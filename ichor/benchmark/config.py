@@ -3,6 +3,11 @@
 One file describes a whole comparison (MAE vs SimCLR vs Genesis vs scratch vs a regional-mean
 baseline), so that the paper's table is re-made by one command. Config paths are relative to
 the current directory, like ``ichor fit --config``.
+
+``linear_probe`` is the classic linear evaluation of frozen features: each encoder embeds every
+scan once, and the same standardised logistic (ridge) regression as the regional-mean baseline
+is fitted on each fold's training scans - only the features differ, so the comparison is of
+representations, not of optimisers. ``finetune`` trains the task's Lightning config end to end.
 """
 
 from __future__ import annotations
@@ -20,18 +25,19 @@ REGRESSION_METRICS = ("mae", "rmse", "pearson", "spearman", "r2")
 
 @dataclass
 class TaskSpec:
-    """One downstream task: the manifest column it predicts and the configs that train it.
+    """One downstream task: the manifest column it predicts and the config that trains it.
 
-    ``probe_config`` trains ``linear_probe``; ``finetune_config`` trains ``finetune`` and
-    ``scratch`` (its monitor, lr and head settings are the task's own).
+    ``config`` is a ``DownstreamTask`` config run as ``finetune`` and as ``scratch`` (its
+    monitor, lr and head settings are the task's own); its data section also says which scans
+    the linear probe embeds (manifests, cache, pooling). ``target_values`` keeps only scans with
+    one of these values, e.g. ``[CN, AD]`` for AD against controls out of a 4-class column.
     """
 
     name: str
     target: str
     head: str
     metric: str
-    probe_config: str
-    finetune_config: str
+    config: str
     target_values: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -43,9 +49,6 @@ class TaskSpec:
     @property
     def is_classification(self) -> bool:
         return self.head == "classification"
-
-    def config(self, mode: str) -> str:
-        return self.probe_config if mode == "linear_probe" else self.finetune_config
 
 
 @dataclass
@@ -69,7 +72,7 @@ class BenchmarkConfig:
         baseline: also fit logistic/linear regression on regional mean CBF (GM, WM, brain halves).
         budgets: fractions of each fold's training subjects that keep their labels.
         folds: number of subject-grouped folds; ignored with ``by_study`` (each study held out).
-        epochs: max_epochs per stage (``pretrain``, ``linear_probe``, ``finetune``, ``scratch``).
+        epochs: max_epochs per Lightning stage (``pretrain``, ``finetune``, ``scratch``).
         overrides: Lightning CLI overrides for every run (data, trainer), e.g. manifests.
         pretrain_overrides / task_overrides: overrides for pre-training runs / downstream runs only.
     """
@@ -105,7 +108,7 @@ class BenchmarkConfig:
         bad = [b for b in self.budgets if not 0 < b <= 1]
         if bad:
             raise ValueError(f"benchmark config: label budgets must be in (0, 1], got {bad}")
-        unknown = set(self.epochs) - {"pretrain", "linear_probe", "finetune", "scratch"}
+        unknown = set(self.epochs) - {"pretrain", "finetune", "scratch"}
         if unknown:
             raise ValueError(f"benchmark config: epochs has unknown stage(s) {', '.join(sorted(unknown))}")
         names = [t.name for t in self.tasks]

@@ -1,13 +1,18 @@
 """Run a benchmark: pre-train each method once, then every task x method x mode x budget x fold.
 
 Pre-training goes through the method's own config (``IchorCLI`` fit), and its last checkpoint
-is exported with ``ichor.weights.export_encoder``; an encoder already exported under OUT is
-reused, so an interrupted benchmark restarts without re-pre-training. Every downstream run is
-``ichor.downstream.cv.run_fold`` on a split file: the folds are planned once per task
+is exported with ``ichor.weights.export_encoder``. The folds are planned once per task
 (subject-grouped, stratified, or one study held out at a time) and are the same for every
 method, so methods are compared on identical test subjects. A label budget keeps a stratified
-fraction of each fold's training subjects and leaves the others out of the split file
-(validation and test subjects are unchanged).
+fraction of each fold's training subjects (validation and test subjects are unchanged).
+
+``linear_probe`` and the regional-mean baseline fit one linear model per fold on per-scan
+features (frozen encoder embeddings, regional mean CBF); ``finetune`` and ``scratch`` are
+``ichor.downstream.cv.run_fold`` Lightning runs on a split file.
+
+Everything finished is kept under OUT: an encoder already exported is reused, and so is a
+fine-tuning run whose ``result.json`` records the same arguments and split, so an interrupted
+benchmark restarts where it stopped.
 """
 
 from __future__ import annotations
@@ -16,18 +21,25 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ichor.benchmark.baseline import fit_and_score, regional_features
+from ichor.atomic import write_text
+from ichor.benchmark.baseline import regional_features
 from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
+from ichor.benchmark.linear import fit_and_score
 from ichor.downstream.cv import Fold, run_fold, subject_folds, target_strata
+
+if TYPE_CHECKING:
+    from ichor.lightning_cli import IchorCLI
 
 log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
 BASELINE = "regional_mean"
+RESULT_FILE = "result.json"
 
 
 def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed: int = 0) -> Fold:
@@ -63,6 +75,7 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
     if (encoder / METADATA_FILE).is_file():
         log.info("benchmark: reusing the %s encoder in %s", method, encoder)
         return encoder
+    log.info("benchmark: pre-training %s (%s)", method, spec.config)
     args = ["--config", spec.config, *cfg.overrides, *cfg.pretrain_overrides, *_epochs(cfg, "pretrain"), *spec.overrides]
     cli = IchorCLI(args=args, run=False)
     trainer = cli.trainer
@@ -84,7 +97,7 @@ def _epochs(cfg: BenchmarkConfig, stage: str) -> list[str]:
 
 def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) -> list[str]:
     """Lightning CLI arguments of one downstream run (without its split file)."""
-    args = ["--config", task.config(mode), *cfg.overrides, *cfg.task_overrides, *_epochs(cfg, mode),
+    args = ["--config", task.config, *cfg.overrides, *cfg.task_overrides, *_epochs(cfg, mode),
             f"--model.init_args.encoder={encoder}", f"--model.init_args.mode={mode}",
             f"--model.init_args.target={task.target}", f"--model.init_args.head={task.head}",
             f"--data.init_args.target={task.target}"]
@@ -93,16 +106,40 @@ def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) ->
     return args
 
 
-def task_rows(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.DataFrame, int | str | None]:
-    """The task's labelled manifest rows (as its config's datamodule reads them) and its 4D volume choice."""
+def task_setup(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.DataFrame, IchorCLI]:
+    """The task's labelled manifest rows (as its config's datamodule reads them) and its parsed config."""
     from ichor.data.splits import labelled_rows
     from ichor.lightning_cli import IchorCLI
     from ichor.manifest import read_manifests
 
-    base = IchorCLI(args=task_args(task, "linear_probe", encoder, cfg), run=False)
+    base = IchorCLI(args=task_args(task, "finetune", encoder, cfg), run=False)
     rows = read_manifests(base.datamodule.hparams.manifests)
     rows = rows.loc[labelled_rows(rows, task.target, task.target_values)].reset_index(drop=True)
-    return rows, base.datamodule.hparams.volume
+    return rows, base
+
+
+def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI) -> pd.DataFrame:
+    """Frozen, pooled features of every row's scan (indexed by CBF path), harmonised as ``base``'s data.
+
+    Every row must have its features: the methods are compared on identical scans, so a scan
+    the datamodule could not use stops the benchmark with its manifest row and file named.
+    """
+    import torch
+
+    from ichor.downstream.features import embed_scans
+
+    data = base.datamodule.hparams
+    table = embed_scans(str(encoder), list(data.manifests), batch_size=data.batch_size,
+                        pooling=base.model.hparams.pooling, cache_dir=data.cache_dir, num_workers=data.num_workers,
+                        on_bad_scan=data.on_bad_scan, device="cuda" if torch.cuda.is_available() else "cpu",
+                        progress=False)
+    features = table.drop_duplicates("path").set_index("path").filter(regex=r"^f\d+$")
+    missing = rows.loc[~rows["path"].isin(features.index)]
+    if len(missing):
+        first = missing.iloc[0]
+        raise ValueError(f"{first['manifest']} row {first['row']} ({first['path']}): no encoder features "
+                         f"({len(missing)} scan(s) in all); the benchmark compares methods on the same scans")
+    return features
 
 
 def plan(cfg: BenchmarkConfig, task: TaskSpec, rows: pd.DataFrame) -> dict[float, list[Fold]]:
@@ -118,38 +155,52 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
     out = Path(out)
     encoders = {method: pretrain(method, spec, cfg, out) for method, spec in cfg.pretrain.items()}
     architecture = next(iter(encoders.values()))  # scratch only borrows its architecture
+    trained = [(method, mode, encoder) for method, encoder in encoders.items()
+               for mode in cfg.modes if mode != "linear_probe"]  # Lightning runs; the probe is a linear model
+    trained += [(SCRATCH, SCRATCH, architecture)] if cfg.scratch else []
     results = []
     for task in cfg.tasks:
-        rows, volume = task_rows(task, architecture, cfg)
+        rows, base = task_setup(task, architecture, cfg)
         budgets = plan(cfg, task, rows)
-        runs = [(method, mode, encoder) for method, encoder in encoders.items() for mode in cfg.modes]
-        runs += [(SCRATCH, SCRATCH, architecture)] if cfg.scratch else []
+        linear = {(method, "linear_probe"): encoder_features(encoder, rows, base)
+                  for method, encoder in encoders.items() if "linear_probe" in cfg.modes}
+        if cfg.baseline:
+            linear[BASELINE, "baseline"] = regional_features(rows, base.datamodule.hparams.volume)
+        total, done = sum(map(len, budgets.values())) * len(trained), 0
         for budget, folds in budgets.items():
-            for method, mode, encoder in runs:
+            for (method, mode), features in linear.items():
+                results += [{"task": task.name, "method": method, "mode": mode, "budget": budget,
+                             **linear_result(features, rows, fold, task, cfg.seed)} for fold in folds]
+            for method, mode, encoder in trained:
                 folder = out / task.name / method / mode / f"budget-{budget:g}"
                 for fold in folds:
-                    log.info("benchmark: %s %s %s budget %g %s", task.name, method, mode, budget, fold.name)
-                    result = run_fold(task_args(task, mode, encoder, cfg), fold, folder)
+                    done += 1
+                    log.info("benchmark: %s %s %s budget %g %s (run %d/%d of this task)",
+                             task.name, method, mode, budget, fold.name, done, total)
+                    result = resumable_fold(task_args(task, mode, encoder, cfg), fold, folder)
                     results.append({"task": task.name, "method": method, "mode": mode, "budget": budget, **result})
-        if cfg.baseline:
-            results += baseline_results(task, rows, volume, budgets, cfg.seed)
     table = pd.DataFrame(results)
     write_report(table, cfg, out)
     return table
 
 
-def baseline_results(task: TaskSpec, rows: pd.DataFrame, volume: int | str | None,
-                     budgets: dict[float, list[Fold]], seed: int) -> list[dict]:
-    """The regional-mean baseline on the same folds and budgets as the models."""
-    features = regional_features(rows, volume)
-    results = []
-    for budget, folds in budgets.items():
-        for fold in folds:
-            split = rows["subject"].map(fold.splits.set_index("subject")["split"])
-            scores = fit_and_score(features, rows.loc[split == "train"], rows.loc[split == "test"], task.target,
-                                   task.is_classification, seed)
-            counts = {f"n_{s}": fold.count(s) for s in ("train", "val", "test")}
-            results.append({"task": task.name, "method": BASELINE, "mode": "baseline", "budget": budget,
-                            "fold": fold.name, **counts, **scores})
-    return results
+def linear_result(features: pd.DataFrame, rows: pd.DataFrame, fold: Fold, task: TaskSpec, seed: int) -> dict:
+    """One fold of a linear model on per-scan features: fitted on its training scans, scored on its test scans."""
+    split = rows["subject"].map(fold.splits.set_index("subject")["split"])
+    scores = fit_and_score(features, rows.loc[split == "train"], rows.loc[split == "test"], task.target,
+                           task.is_classification, seed)
+    return {"fold": fold.name, **{f"n_{s}": fold.count(s) for s in ("train", "val", "test")}, **scores}
 
+
+def resumable_fold(args: list[str], fold: Fold, folder: Path) -> dict:
+    """``run_fold``, or the result it recorded before for the same arguments and split."""
+    record = folder / fold.name / RESULT_FILE
+    key = {"args": args, "splits": fold.splits.to_dict("records")}
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if {k: saved.get(k) for k in key} == key:
+            log.info("benchmark: reusing %s", record)
+            return saved["result"]
+    result = run_fold(args, fold, folder)
+    write_text(record, json.dumps({**key, "result": result}, indent=1))
+    return result
