@@ -189,7 +189,7 @@ def linear_result(features: pd.DataFrame, rows: pd.DataFrame, fold: Fold, task: 
     split = rows["subject"].map(fold.splits.set_index("subject")["split"])
     scores = fit_and_score(features, rows.loc[split == "train"], rows.loc[split == "test"], task.target,
                            task.is_classification, seed)
-    return {"fold": fold.name, **{f"n_{s}": fold.count(s) for s in ("train", "val", "test")}, **scores}
+    return {"fold": fold.name, **fold.counts(), **scores}
 
 
 def resumable_fold(args: list[str], fold: Fold, folder: Path) -> dict:

@@ -45,6 +45,10 @@ class Fold:
     def count(self, split: str) -> int:
         return int((self.splits["split"] == split).sum())
 
+    def counts(self) -> dict[str, int]:
+        """Subjects per split as result columns: n_train, n_val, n_test."""
+        return {f"n_{split}": self.count(split) for split in ("train", "val", "test")}
+
 
 def target_strata(labels: pd.Series) -> np.ndarray:
     """Stratum codes of target values: classes as they are, many-valued numbers by quintile."""
@@ -211,8 +215,7 @@ def run_fold(cli_args: list[str], fold: Fold, out: Path) -> dict:
     trainer.fit(cli.model, datamodule=cli.datamodule)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
     tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)
-    counts = {f"n_{split}": fold.count(split) for split in ("train", "val", "test")}
-    return {"fold": fold.name, **counts, **{k: float(v) for k, v in tested[0].items()}}
+    return {"fold": fold.name, **fold.counts(), **{k: float(v) for k, v in tested[0].items()}}
 
 
 def cross_validate(cli_args: list[str], out: str | os.PathLike, folds: int = 5, by_study: bool = False,
