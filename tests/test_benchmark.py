@@ -9,7 +9,7 @@ import yaml
 
 from ichor.benchmark import load_config, run_benchmark
 from ichor.benchmark.baseline import scan_features
-from ichor.manifest import read_manifests
+from ichor.data.manifest import read_manifests
 
 CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
 
@@ -167,7 +167,7 @@ def test_command_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
     """Until `benchmark` is registered in ichor.cli, drive the subcommand module directly."""
     import argparse
 
-    from ichor import benchmark_cli
+    from ichor.cli import benchmark as benchmark_cli
 
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump({"pretrain": {"mae": "x.yaml"}, "task": []}))

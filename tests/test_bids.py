@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ichor.bids import DerivativesError, build_manifest
+from ichor.data.bids import DerivativesError, build_manifest
 from ichor.cli import main
-from ichor.manifest import check_manifests, read_manifest
+from ichor.data.manifest import check_manifests, read_manifest
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 MNI = "MNI152NLin2009cAsym"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from ichor.data import CBFDataModule
-from ichor.manifest import ManifestError
-from ichor.scans import ScanError
+from ichor.data.manifest import ManifestError
+from ichor.data.scans import ScanError
 from ichor.synth import generate_dataset
 
 SMALL = {"spacing": 4.0, "shape": (48, 56, 48), "num_workers": 0, "progress": False, "augment": None}

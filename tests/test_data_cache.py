@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 import ichor.data.cache as cache_module
-from ichor import preprocess_cli
+from ichor.cli import preprocess as preprocess_cli
 from ichor.data import CBFDataModule, HarmonisationSettings, harmonise
 from ichor.data.cache import read_cached
-from ichor.scans import load_cbf
+from ichor.data.scans import load_cbf
 from ichor.synth import generate_dataset
 
 SMALL = {"spacing": 4.0, "shape": (48, 56, 48), "num_workers": 0, "progress": False, "augment": None}

@@ -5,7 +5,7 @@ import pytest
 
 from ichor.data import Augmentation, CBFDataModule
 from ichor.data.datamodule import EpochShuffle
-from ichor.lightning_cli import IchorCLI
+from ichor.config import IchorCLI
 
 SMALL = {"spacing": 6.0, "shape": (32, 48, 32), "num_workers": 0, "progress": False, "augment": None}
 

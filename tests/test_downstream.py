@@ -12,7 +12,7 @@ from ichor.cli import main
 from ichor.data import CBFDataModule
 from ichor.downstream import DownstreamTask
 from ichor.downstream.lrd import param_groups_lrd
-from ichor.weights import WeightsError, load_encoder
+from ichor.models.weights import WeightsError, load_encoder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from ichor.pretrain import MAEPretrainer
-from ichor.weights import export_encoder
+from ichor.models.weights import export_encoder
 
 SHAPE = (16, 16, 16)
 SPACING = 4.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ichor.cli import main
-from ichor.manifest import ManifestError, Problem, check_manifests, read_manifest, read_manifests
+from ichor.data.manifest import ManifestError, Problem, check_manifests, read_manifest, read_manifests
 
 AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
 

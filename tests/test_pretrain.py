@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ichor.cli import main
 from ichor.data import CBFDataModule
 from ichor.pretrain import MAEPretrainer
-from ichor.weights import load_encoder
+from ichor.models.weights import load_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"spacing": 6.0, "shape": (32, 48, 32)}

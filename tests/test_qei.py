@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from ichor.cli import main
-from ichor.manifest import read_manifest
+from ichor.data.manifest import read_manifest
 from ichor.quality.qei import (
     QEIError,
     combine_qei,

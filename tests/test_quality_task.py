@@ -14,7 +14,7 @@ from test_downstream_support import make_dataset, make_encoder
 from ichor.cli import main
 from ichor.downstream import cv
 from ichor.downstream.cv import QEI_METRIC, Fold, QEIBaseline, fold_test_rows
-from ichor.manifest import read_manifest, read_manifests
+from ichor.data.manifest import read_manifest, read_manifests
 from ichor.synth import SynthOptions, generate_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
@@ -69,7 +69,7 @@ def test_qei_baseline_is_pearson_of_qei_and_target_over_the_fold_test_rows(study
 
 def test_qei_baseline_names_the_row_without_tissue_maps(tmp_path):
     manifests = make_dataset(tmp_path / "data", studies=1, subjects=3)  # no gm/wm/csf columns
-    with pytest.raises(ValueError, match=r"manifest.csv row 1: the QEI baseline needs gm, wm and csf.*gm, wm, csf missing"):
+    with pytest.raises(ValueError, match=r"manifest.csv row 1 \(sub-\w+_cbf.nii.gz\): empty gm, wm, csf \(the QEI baseline needs gm, wm, csf tissue maps"):
         QEIBaseline().score(read_manifest(manifests[0]))
 
 
@@ -81,7 +81,8 @@ def test_cv_stops_before_training_when_the_qei_baseline_cannot_be_computed(tmp_p
                    "--out", str(out), "--", f"--model.init_args.encoder={make_encoder(tmp_path)}",
                    f"--data.init_args.manifests=[{','.join(manifests)}]", "--data.init_args.shape=[16,16,16]"])
     assert status == 1
-    assert "study-01/manifest.csv row 1: the QEI baseline needs gm, wm and csf" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "study-01/manifest.csv row 1 (" in err and "the QEI baseline needs gm, wm, csf tissue maps" in err
     assert not out.exists()  # no fold was fitted
 
 

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ichor.scans import CBF_MEDIAN_MAX, CBF_MEDIAN_MIN, ScanError, load_cbf, load_tissue_map
+from ichor.data.scans import CBF_MEDIAN_MAX, CBF_MEDIAN_MIN, ScanError, load_cbf, load_tissue_map
 
 AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
 

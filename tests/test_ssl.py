@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 import ichor.models
-import ichor.weights
+import ichor.models.weights
 from ichor.cli import main
 from ichor.pretrain.base import DATA_RECORD_KEY, ENCODER_RECORD_KEY
 from ichor.pretrain.corruptions import (
@@ -277,7 +277,7 @@ def test_export_encoder_and_load_encoder_work_on_the_checkpoint(tmp_path, checkp
     out = tmp_path / "encoder"
     assert main(["export-encoder", str(checkpoints[name]), "--out", str(out)]) == 0
     for source in (out, checkpoints[name]):
-        encoder, metadata = ichor.weights.load_encoder(source)
+        encoder, metadata = ichor.models.weights.load_encoder(source)
         assert metadata["img_size"] == [32, 48, 32] and metadata["pretraining"]["method"] == name
         for key, value in encoder.state_dict().items():
             torch.testing.assert_close(value, checkpoint["state_dict"][prefix + key])
@@ -300,7 +300,7 @@ def test_pretrainers_are_entry_points_a_config_names_by_class(synthetic_manifest
     """`ichor.pretrainers` lists the three methods, and the CLI takes `model: GenesisPretrainer`."""
     from importlib.metadata import entry_points
 
-    from ichor.lightning_cli import IchorCLI
+    from ichor.config import IchorCLI
     from ichor.pretrain import GenesisPretrainer, MAEPretrainer, SimCLRPretrainer
 
     loaded = {e.name: e.load() for e in entry_points(group="ichor.pretrainers")}

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from ichor.cli import main
-from ichor.manifest import read_manifest
+from ichor.data.manifest import read_manifest
 from ichor.quality import compute_qei
-from ichor.scans import load_cbf, load_tissue_map
+from ichor.data.scans import load_cbf, load_tissue_map
 from ichor.synth import MANIFEST_COLUMNS, SynthOptions, generate_dataset, manifest_text, plan_dataset, render_scan
 from ichor.synth.anatomy import base_anatomy, region_map
 from ichor.synth.artefacts import Artefacts

@@ -7,7 +7,7 @@ import torch
 
 from ichor.cli import main
 from ichor.pretrain import MAEPretrainer
-from ichor.weights import (
+from ichor.models.weights import (
     WeightsError,
     encoder_state_from_checkpoint,
     export_encoder,

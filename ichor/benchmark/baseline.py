@@ -33,18 +33,14 @@ def scan_features(cbf: np.ndarray, gm: np.ndarray, wm: np.ndarray, affine: np.nd
 
 def regional_features(rows: pd.DataFrame, volume: int | str | None = None) -> pd.DataFrame:
     """FEATURES of every row (indexed by CBF path); errors name the manifest row and file."""
-    from ichor.scans import ScanError, load_cbf, load_tissue_map
+    from ichor.data.manifest import RowError, load_row
 
     table = {}
     for record in rows.drop_duplicates("path").to_dict("records"):
-        where = f"{record['manifest']} row {record['row']}"
-        missing = [c for c in ("gm", "wm") if pd.isna(record.get(c)) or not str(record.get(c)).strip()]
-        if missing:
-            raise ValueError(f"{where}: the regional-mean baseline needs gm and wm tissue maps; {', '.join(missing)} missing")
+        cbf, (gm, wm) = load_row(record, ("gm", "wm"), volume, purpose="the regional-mean baseline")
         try:
-            cbf = load_cbf(record["path"], volume)
-            gm, wm = (np.asarray(load_tissue_map(record[c], reference=cbf).dataobj, dtype=np.float32) for c in ("gm", "wm"))
-            table[record["path"]] = scan_features(np.asarray(cbf.dataobj), gm, wm, cbf.affine)
-        except (ScanError, ValueError) as error:
-            raise ValueError(f"{where} ({record['path']}): {error}") from error
+            table[record["path"]] = scan_features(np.asarray(cbf.dataobj), np.asarray(gm.dataobj, dtype=np.float32),
+                                                  np.asarray(wm.dataobj, dtype=np.float32), cbf.affine)
+        except ValueError as error:
+            raise RowError.at(record, str(error)) from error
     return pd.DataFrame.from_dict(table, orient="index")[list(FEATURES)]

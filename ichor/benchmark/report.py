@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ichor.atomic import atomic_path, write_csv, write_text
+from ichor.data.atomic import atomic_path, write_csv, write_text
 from ichor.benchmark.config import BenchmarkConfig
 from ichor.downstream.cv import summarise
 

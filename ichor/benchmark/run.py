@@ -1,7 +1,7 @@
 """Run a benchmark: pre-train each method once, then every task x method x mode x budget x fold.
 
 Pre-training goes through the method's own config (``IchorCLI`` fit), and its last checkpoint
-is exported with ``ichor.weights.export_encoder``. The folds are planned once per task
+is exported with ``ichor.models.weights.export_encoder``. The folds are planned once per task
 (subject-grouped, stratified, or one study held out at a time) and are the same for every
 method, so methods are compared on identical test subjects. A label budget keeps a stratified
 fraction of each fold's training subjects (validation and test subjects are unchanged).
@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ichor.atomic import write_text
+from ichor.data.atomic import write_text
 from ichor.benchmark.baseline import regional_features
 from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
 from ichor.benchmark.linear import fit_and_score
 from ichor.downstream.cv import Fold, run_fold, subject_folds, target_strata
 
 if TYPE_CHECKING:
-    from ichor.lightning_cli import IchorCLI
+    from ichor.config import IchorCLI
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
     """Pre-train ``method`` (or reuse its export under ``out``); returns the encoder export folder."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from ichor.lightning_cli import IchorCLI
-    from ichor.weights import METADATA_FILE, export_encoder
+    from ichor.config import IchorCLI
+    from ichor.models.weights import METADATA_FILE, export_encoder
 
     folder = out / "pretrain" / method
     encoder = folder / "encoder"
@@ -109,8 +109,8 @@ def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) ->
 def task_setup(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.DataFrame, IchorCLI]:
     """The task's labelled manifest rows (as its config's datamodule reads them) and its parsed config."""
     from ichor.data.splits import labelled_rows
-    from ichor.lightning_cli import IchorCLI
-    from ichor.manifest import read_manifests
+    from ichor.config import IchorCLI
+    from ichor.data.manifest import read_manifests
 
     base = IchorCLI(args=task_args(task, "finetune", encoder, cfg), run=False)
     rows = read_manifests(base.datamodule.hparams.manifests)

@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
 
-from ichor.atomic import write_bytes
+from ichor.data.atomic import atomic_path, write_bytes
 from ichor.data.harmonise import HarmonisationSettings, harmonise
-from ichor.scans import ScanError, load_cbf
+from ichor.data.scans import ScanError, load_cbf
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -177,3 +179,30 @@ def _record(failures: dict[str, str], path: str, error: str | None, bar) -> None
         failures[path] = error
     if bar is not None:
         bar.update()
+
+
+def export_nifti(rows: pd.DataFrame, cache: ScanCache, folder: Path) -> int:
+    """Each cached row's harmonised CBF (mL/100g/min) and brain mask as NIfTI, to inspect in a viewer.
+
+    Files are ``folder/<study>/sub-<subject>[_ses-<session>]_harmonised_{cbf,mask}.nii.gz``, each
+    written atomically; rows not in the cache are skipped. Returns the number of scans written.
+    """
+    written = 0
+    for row in rows.itertuples():
+        entry = cache.lookup(row.path)
+        if entry is None:
+            continue
+        values = np.asarray(read_cached(entry.array_path), dtype=np.float32)
+        mask = ~np.isnan(values)
+        stem = f"sub-{row.subject}" + (f"_ses-{row.session}" if row.session else "")
+        out = Path(folder) / row.study
+        out.mkdir(parents=True, exist_ok=True)
+        _save_nifti(nib.Nifti1Image(np.nan_to_num(values), entry.affine), out / f"{stem}_harmonised_cbf.nii.gz")
+        _save_nifti(nib.Nifti1Image(mask.astype(np.uint8), entry.affine), out / f"{stem}_harmonised_mask.nii.gz")
+        written += 1
+    return written
+
+
+def _save_nifti(image: nib.Nifti1Image, path: Path) -> None:
+    with atomic_path(path) as temp:
+        nib.save(image, temp)

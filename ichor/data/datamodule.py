@@ -33,8 +33,8 @@ from ichor.data.splits import (
     write_csv,
     write_splits,
 )
-from ichor.manifest import read_manifests
-from ichor.scans import ScanError
+from ichor.data.manifest import read_manifests
+from ichor.data.scans import ScanError
 
 log = logging.getLogger(__name__)
 

@@ -128,7 +128,7 @@ def harmonisation_transform(settings: HarmonisationSettings) -> tio.Compose:
 
 
 def harmonise(image: nib.Nifti1Image, settings: HarmonisationSettings) -> HarmonisedScan:
-    """Harmonise one checked 3D CBF image (as returned by ``ichor.scans.load_cbf``)."""
+    """Harmonise one checked 3D CBF image (as returned by ``ichor.data.scans.load_cbf``)."""
     data = np.asarray(image.dataobj, dtype=np.float32)
     subject = tio.Subject(cbf=tio.ScalarImage(tensor=torch.from_numpy(data[None]), affine=image.affine))
     subject = harmonisation_transform(settings)(subject)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ichor.atomic import write_csv, write_text
+from ichor.data.atomic import write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -131,25 +131,14 @@ class QEIBaseline:
                 self.qei[record["path"]] = self._scan_qei(record)
 
     def _scan_qei(self, record: dict) -> float:
-        from ichor.manifest import TISSUE_COLUMNS
+        from ichor.data.manifest import TISSUE_COLUMNS, RowError, load_row
         from ichor.quality import QEIError, compute_qei
-        from ichor.scans import ScanError, load_cbf, load_tissue_map
 
-        where = f"{record['manifest']} row {record['row']}"
-        empty = [c for c in TISSUE_COLUMNS if pd.isna(record.get(c)) or not str(record.get(c)).strip()]
-        if empty:
-            raise ValueError(f"{where}: the QEI baseline needs gm, wm and csf tissue maps on the CBF grid; "
-                             f"{', '.join(empty)} missing")
-        file = record["path"]  # the file being read, for the error message
+        cbf, maps = load_row(record, TISSUE_COLUMNS, self.volume, purpose="the QEI baseline")
         try:
-            cbf = load_cbf(file, self.volume)
-            maps = []
-            for file in (record[column] for column in TISSUE_COLUMNS):
-                maps.append(load_tissue_map(file, reference=cbf))
-            file = record["path"]
             return compute_qei(cbf, *maps).qei
-        except (ScanError, QEIError) as error:
-            raise ValueError(f"{where} ({Path(file).name}): {error}") from error
+        except QEIError as error:
+            raise RowError.at(record, str(error)) from error
 
     def pearson(self, rows: pd.DataFrame, target: str) -> float:
         """Pearson r of QEI and ``target`` over ``rows``; NaN (logged) where it is undefined."""
@@ -202,7 +191,7 @@ def run_fold(cli_args: list[str], fold: Fold, out: Path) -> dict:
     """Fit on the fold's train/val subjects, test the best checkpoint on its test subjects."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from ichor.lightning_cli import IchorCLI
+    from ichor.config import IchorCLI
 
     fold_dir = out / fold.name
     split_file = write_csv(fold.splits, fold_dir / SPLIT_FILE)
@@ -221,8 +210,8 @@ def run_fold(cli_args: list[str], fold: Fold, out: Path) -> dict:
 def cross_validate(cli_args: list[str], out: str | os.PathLike, folds: int = 5, by_study: bool = False,
                    val_fraction: float = 0.2, seed: int = 0, qei_baseline: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every fold of the config given by ``cli_args``; write per-fold and summary tables to ``out``."""
-    from ichor.lightning_cli import IchorCLI
-    from ichor.manifest import read_manifests
+    from ichor.config import IchorCLI
+    from ichor.data.manifest import read_manifests
 
     out = Path(out)
     base = IchorCLI(args=cli_args, run=False)

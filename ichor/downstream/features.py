@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ichor.atomic import atomic_path, write_csv
+from ichor.data.atomic import atomic_path, write_csv
 from ichor.data import CBFDataModule
 from ichor.downstream.pooling import Pooling, encode
-from ichor.weights import WeightsError, load_encoder
+from ichor.models.weights import WeightsError, load_encoder
 
 ID_COLUMNS = ("subject", "session", "study", "path")
 DATA_SETTINGS = ("spacing", "shape", "normalization")

@@ -26,7 +26,7 @@ from ichor.downstream.plugins import resolve_head
 from ichor.downstream.pooling import Pooling, check_pooling, encode
 from ichor.models import ViTEncoder3D
 from ichor.pretrain.optim import param_groups_weight_decay, warmup_cosine
-from ichor.weights import WeightsError, load_encoder
+from ichor.models.weights import WeightsError, load_encoder
 
 Mode = Literal["linear_probe", "finetune", "scratch"]
 MODES = ("linear_probe", "finetune", "scratch")

@@ -2,7 +2,7 @@
 
 from ichor.pretrain.base import Pretrainer
 from ichor.pretrain.genesis import GenesisPretrainer
-from ichor.pretrain.module import MAEPretrainer
+from ichor.pretrain.mae import MAEPretrainer
 from ichor.pretrain.simclr import SimCLRPretrainer
 
 __all__ = ["GenesisPretrainer", "MAEPretrainer", "Pretrainer", "SimCLRPretrainer"]

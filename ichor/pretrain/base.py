@@ -7,7 +7,7 @@ implementation, so that a comparison between methods compares pretext tasks and 
 - input shape and harmonisation settings taken from the datamodule at setup, and recorded in
   the checkpoint (``DATA_RECORD_KEY``) so that exports need no datamodule;
 - an encoder record (``ENCODER_RECORD_KEY``): where the encoder sits in the state dict and how
-  to rebuild it, so that :mod:`ichor.weights` exports any method's encoder the same way;
+  to rebuild it, so that :mod:`ichor.models.weights` exports any method's encoder the same way;
 - randomness (masks, views, corruptions) as a pure function of (seed, stream, epoch, batch,
   rank), so that a resumed run draws what an uninterrupted one would have;
 - the MAE optimiser recipe (AdamW, batch-scaled lr, warm-up + cosine) and the same scalars:
@@ -165,7 +165,7 @@ class Pretrainer(LightningModule):
             self._build(self.hparams.img_size)
 
     def encoder_record(self) -> dict[str, Any]:
-        """Where the encoder is in ``state_dict()`` and how to rebuild it: read by :mod:`ichor.weights`.
+        """Where the encoder is in ``state_dict()`` and how to rebuild it: read by :mod:`ichor.models.weights`.
 
         Every other state-dict entry belongs to the pretext task (decoder, projector) and is
         dropped on export.

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.processing import smooth_image
 
-from ichor.scans import AFFINE_ATOL_MM
+from ichor.data.scans import AFFINE_ATOL_MM
 
 # Dolui et al. 2024 smooth every map to 5 mm FWHM first, so maps from sequences with
 # different native resolution are scored on the same footing (ASLPrep: smooth_image(img, fwhm=5)).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import multiprocessing
 import os
 from os import PathLike
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import ichor
-from ichor.atomic import write_text
+from ichor.data.atomic import write_text
 from ichor.synth.output import keep_mantissa_bits, save_nifti_gz, write_json
 from ichor.synth.plan import ScanPlan, StudyPlan, SynthOptions, plan_dataset
 from ichor.synth.protocols import MNI_SPACE
@@ -38,6 +39,7 @@ MANIFEST_COLUMNS = (
 TISSUES = ("GM", "WM", "CSF")
 CBF_MANTISSA_BITS = 12
 NIFTI_SCANNER, NIFTI_MNI = 1, 4  # qform/sform codes
+GENERATOR_NAME = "ichor synth"  # written into dataset_description.json; marks folders this generator owns
 
 
 def scan_files(plan: ScanPlan) -> dict[str, str]:
@@ -128,12 +130,25 @@ def dataset_description(studies: list[StudyPlan], n_subjects: int, seed: int, op
         "Name": "ICHOR synthetic multi-study ASL CBF dataset",
         "BIDSVersion": "1.9.0",
         "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "ichor synth", "Version": ichor.__version__}],
+        "GeneratedBy": [{"Name": GENERATOR_NAME, "Version": ichor.__version__}],
         "GeneratorParameters": {
             "n_studies": len(studies), "subjects_per_study": n_subjects, "seed": seed, **options.as_dict(),
         },
         "Studies": {s.study: {"site": s.scans[0].site, **s.protocol.as_dict()} for s in studies},
     }
+
+
+def previous_studies(out: Path) -> list[Path]:
+    """Study folders of a dataset this generator wrote before into ``out`` (the only folders it may remove)."""
+    try:
+        description = json.loads((out / "dataset_description.json").read_text())
+        names = [g.get("Name") for g in description.get("GeneratedBy", [])]
+        studies = list(description.get("Studies", {}))
+    except (OSError, ValueError, AttributeError):
+        return []
+    if GENERATOR_NAME not in names:
+        return []
+    return [out / s for s in studies if s.startswith("study-") and "/" not in s and (out / s).is_dir()]
 
 
 def write_scan(args: tuple[ScanPlan, SynthOptions, str]) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ichor.bids import DEFAULT_SPACE, DerivativesError, build_manifest
-from ichor.manifest import check_manifests, count_rows
+from ichor.data.bids import DEFAULT_SPACE, DerivativesError, build_manifest
+from ichor.data.manifest import check_manifests, count_rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,8 +13,8 @@ import sys
 
 from ichor.downstream.features import check_output, embed_scans, write_table
 from ichor.downstream.pooling import POOLINGS
-from ichor.scans import ScanError
-from ichor.weights import WeightsError
+from ichor.data.scans import ScanError
+from ichor.models.weights import WeightsError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,20 +26,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from ichor.atomic import write_csv
-from ichor.manifest import TISSUE_COLUMNS, ManifestError, Problem, read_manifests
-from ichor.quality.qei import DEFAULT_THRESH, QEIError, QEIResult, compute_qei
-from ichor.scans import ScanError, load_cbf, load_tissue_map
-
-OUTPUT_COLUMNS = ("subject", "session", "study", "path", "qei", "rho_ss", "di", "neg_gm")
-ROWS_PER_TASK = 4  # rows handed to a worker at a time: few enough to keep the progress bar moving
+from ichor.data.atomic import write_csv
+from ichor.data.manifest import ManifestError, Problem, read_manifests
+from ichor.quality.batch import (
+    OUTPUT_COLUMNS,
+    ScanFailure,
+    missing_tissue_problems,
+    result_table,
+    score_rows,
+    score_scan,
+    write_annotated,
+)
+from ichor.quality.qei import DEFAULT_THRESH, QEIResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,8 +112,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
 def _run_single(args: argparse.Namespace) -> int:
     tissues = None if args.mni_priors else {"gm": args.gm, "wm": args.wm, "csf": args.csf}
     try:
-        result = _score_scan(args.cbf, tissues, args.thresh)
-    except _ScanFailure as error:
+        result = score_scan(args.cbf, tissues, args.thresh)
+    except ScanFailure as error:
         print(f"ichor qei: {error}", file=sys.stderr)
         return 1
     print(f"qei {result.qei:.4f}  rho_ss {result.rho_ss:.4f}  di {result.di:.4f}  neg_gm {result.neg_gm:.4f}")
@@ -127,16 +129,16 @@ def _run_manifests(args: argparse.Namespace) -> int:
     except ManifestError as error:
         print(error, file=sys.stderr)
         return 1
-    problems = [] if args.mni_priors else _missing_tissue_problems(rows)
+    problems = [] if args.mni_priors else missing_tissue_problems(rows)
     skipped = {(p.manifest, p.row) for p in problems}
-    tasks = [
-        (record, args.mni_priors, args.thresh)
+    records = [
+        record
         for record in rows.to_dict("records")
         if (record["manifest"], record["row"]) not in skipped and (record["manifest"], None) not in skipped
     ]
     results: dict[tuple[str, int], QEIResult] = {}
-    bar = tqdm(total=len(tasks), desc="QEI", unit="scan", disable=args.quiet or not tasks)
-    for key, outcome in _score_all(tasks, args.workers):
+    bar = tqdm(total=len(records), desc="QEI", unit="scan", disable=args.quiet or not records)
+    for key, outcome in score_rows(records, args.mni_priors, args.thresh, args.workers):
         if isinstance(outcome, Problem):
             problems.append(outcome)
         else:
@@ -144,9 +146,9 @@ def _run_manifests(args: argparse.Namespace) -> int:
         bar.update()
     bar.close()
 
-    write_csv(_result_table(rows, results), args.out)
+    write_csv(result_table(rows, results), args.out)
     for manifest, out in zip(args.manifest, args.annotated_manifest or []):
-        _write_annotated(manifest, out, results)
+        write_annotated(manifest, out, results)
 
     order = {str(path): i for i, path in enumerate(args.manifest)}
     for problem in sorted(problems, key=lambda p: (order.get(p.manifest, len(order)), p.row or 0)):
@@ -157,111 +159,6 @@ def _run_manifests(args: argparse.Namespace) -> int:
         return 1
     print(summary)
     return 0
-
-
-class _ScanFailure(Exception):
-    """A scan that could not be scored: the file concerned and what is wrong with it."""
-
-    def __init__(self, file: str, message: str):
-        super().__init__(f"{file}: {message}")
-        self.file, self.message = file, message
-
-
-def _score_scan(cbf_path: str, tissues: dict[str, str] | None, thresh: float) -> QEIResult:
-    """QEI of one CBF file; ``tissues`` maps gm/wm/csf to files on its grid, or None for MNI priors."""
-    cbf = _load(load_cbf, cbf_path, "")
-    if tissues is None:
-        from ichor.quality.priors import priors_on_grid  # nilearn is slow to import; only this mode needs it
-
-        maps = priors_on_grid(cbf)
-    else:
-        maps = tuple(_load(load_tissue_map, tissues[column], f"{column} map: ", reference=cbf) for column in TISSUE_COLUMNS)
-    try:
-        return compute_qei(cbf, *maps, thresh=thresh)
-    except QEIError as error:
-        hint = " (--mni-priors needs maps in MNI space)" if tissues is None else ""
-        raise _ScanFailure(Path(cbf_path).name, f"{error}{hint}") from error
-
-
-def _load(loader, path: str, prefix: str, **kwargs):
-    try:
-        return loader(path, **kwargs)
-    except ScanError as error:
-        raise _ScanFailure(Path(path).name, prefix + str(error)) from error
-
-
-def _score_row(task: tuple[dict, bool, float]) -> tuple[tuple[str, int], QEIResult | Problem]:
-    """Score one manifest row in a worker; a failure comes back as a Problem, not an exception."""
-    record, mni_priors, thresh = task
-    key = (record["manifest"], record["row"])
-    tissues = None if mni_priors else {column: record[column] for column in TISSUE_COLUMNS}
-    try:
-        return key, _score_scan(record["path"], tissues, thresh)
-    except _ScanFailure as failure:
-        return key, Problem(record["manifest"], int(record["row"]), failure.file, failure.message)
-
-
-def _score_all(tasks: list[tuple[dict, bool, float]], workers: int) -> Iterator[tuple[tuple[str, int], QEIResult | Problem]]:
-    """Score rows in order, in this process or in a pool of ``workers`` processes."""
-    if workers == 1 or len(tasks) <= 1:
-        yield from map(_score_row, tasks)
-        return
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-        yield from pool.map(_score_row, tasks, chunksize=ROWS_PER_TASK)
-
-
-def _result_table(rows: pd.DataFrame, results: dict[tuple[str, int], QEIResult]) -> pd.DataFrame:
-    """One output row per scored manifest row, in manifest order."""
-    records = []
-    for record in rows.to_dict("records"):
-        result = results.get((record["manifest"], record["row"]))
-        if result is not None:
-            records.append({**{column: record[column] for column in OUTPUT_COLUMNS[:4]}, **vars(result)})
-    return pd.DataFrame(records, columns=OUTPUT_COLUMNS)
-
-
-def _missing_tissue_problems(rows: pd.DataFrame) -> list[Problem]:
-    """Manifests without gm/wm/csf columns (one problem each) and rows with an empty one."""
-    problems = []
-    for manifest, table in rows.groupby("manifest", sort=False):
-        values = {
-            column: table[column].fillna("") if column in table else pd.Series("", index=table.index)
-            for column in TISSUE_COLUMNS
-        }
-        absent = [column for column in TISSUE_COLUMNS if (values[column] == "").all()]
-        if absent:
-            problems.append(Problem(str(manifest), None, None, (
-                f"no {', '.join(absent)} column(s): add tissue probability maps on the CBF grid, "
-                "or use --mni-priors for maps in MNI space"
-            )))
-            continue
-        for index in table.index:
-            empty = [column for column in TISSUE_COLUMNS if values[column][index] == ""]
-            if empty:
-                file = Path(table.at[index, "path"]).name
-                problems.append(Problem(str(manifest), int(table.at[index, "row"]), file, f"empty {', '.join(empty)}"))
-    return problems
-
-
-def _write_annotated(manifest: str, out: str, results: dict[tuple[str, int], QEIResult]) -> None:
-    """A copy of ``manifest`` with a qei column (empty for failed rows), its relative paths re-based on OUT's folder."""
-    table = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    table.columns = [str(column).strip() for column in table.columns]
-    source, target = Path(manifest).resolve().parent, Path(out).resolve().parent
-    for column in ("path", *TISSUE_COLUMNS):
-        if column in table.columns and source != target:
-            table[column] = [_rebase(value, source, target) for value in table[column]]
-    scored = [results.get((manifest, row)) for row in range(1, len(table) + 1)]
-    table["qei"] = [None if result is None else result.qei for result in scored]
-    write_csv(table, out)
-
-
-def _rebase(value: str, source: Path, target: Path) -> str:
-    """A manifest path relative to ``source`` rewritten relative to ``target`` (absolute ones unchanged)."""
-    value = value.strip()
-    if not value or Path(value).expanduser().is_absolute():
-        return value
-    return os.path.relpath(os.path.abspath(source / value), target)
 
 
 def _identity(path: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ichor.weights import WeightsError, export_encoder
+from ichor.models.weights import WeightsError, export_encoder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """The ``ichor`` command.
 
 Trainer subcommands (``fit``, ``validate``, ``test``, ``predict``) come from a
-``LightningCLI`` subclass (``ichor.lightning_cli.IchorCLI``), so every model and
+``LightningCLI`` subclass (``ichor.config.IchorCLI``), so every model and
 datamodule argument is a YAML key.
 The other subcommands (``synth``, ``manifest``, ...) are small argparse programs
 registered in ``COMMANDS``; ``ichor --help`` lists both kinds together.
@@ -23,15 +23,15 @@ TRAINER_COMMANDS = {
 
 # name -> (module with `add_arguments(parser)` and `run(args) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("ichor.synth.cli", "generate a realistic multi-study synthetic CBF dataset"),
-    "manifest": ("ichor.manifest_cli", "check manifests, or build one from ASLPrep/ExploreASL derivatives"),
-    "preprocess": ("ichor.preprocess_cli", "build the harmonised cache of a config's data ahead of training"),
-    "export-encoder": ("ichor.export_cli", "write a checkpoint's encoder weights and metadata"),
-    "heads": ("ichor.heads_cli", "list the installed task heads, their package and arguments"),
-    "cv": ("ichor.cv_cli", "k-fold cross-validation of a task config, grouped by subject"),
-    "embed": ("ichor.embed_cli", "write pooled encoder features, one row per scan"),
-    "qei": ("ichor.qei_cli", "the automated CBF quality evaluation index (QEI) per scan"),
-    "benchmark": ("ichor.benchmark_cli", "compare pre-training methods over tasks, label budgets and folds"),
+    "synth": ("ichor.cli.synth", "generate a realistic multi-study synthetic CBF dataset"),
+    "manifest": ("ichor.cli.manifest", "check manifests, or build one from ASLPrep/ExploreASL derivatives"),
+    "preprocess": ("ichor.cli.preprocess", "build the harmonised cache of a config's data ahead of training"),
+    "export-encoder": ("ichor.cli.export_encoder", "write a checkpoint's encoder weights and metadata"),
+    "heads": ("ichor.cli.heads", "list the installed task heads, their package and arguments"),
+    "cv": ("ichor.cli.cv", "k-fold cross-validation of a task config, grouped by subject"),
+    "embed": ("ichor.cli.embed", "write pooled encoder features, one row per scan"),
+    "qei": ("ichor.cli.qei", "the automated CBF quality evaluation index (QEI) per scan"),
+    "benchmark": ("ichor.cli.benchmark", "compare pre-training methods over tasks, label budgets and folds"),
 }
 
 
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] in COMMANDS:
         return run_command(argv[0], argv[1:])
     if argv[0] in TRAINER_COMMANDS or argv[0].startswith("-"):
-        from ichor.lightning_cli import IchorCLI  # imported here: tool commands start without Lightning
+        from ichor.config import IchorCLI  # imported here: tool commands start without Lightning
 
         IchorCLI(args=argv if explicit else None)
         return 0

@@ -19,19 +19,15 @@ byte-identical files, whatever --workers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from ichor.synth.generate import generate_dataset
+from ichor.synth.generate import generate_dataset, previous_studies
 from ichor.synth.physiology import DEFAULT_CLASS_MIX, DIAGNOSES
 from ichor.synth.plan import SynthOptions
 from ichor.synth.rating import DEFAULT_RATER_NOISE, rating_model
-
-GENERATOR_NAME = "ichor synth"
-
 
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
@@ -85,19 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", action="store_true", help="no progress bar (default: shown)")
 
 
-def _previous_studies(out: Path) -> list[Path]:
-    """Study folders of a dataset this command wrote before into ``out`` (nothing else is ever removed)."""
-    try:
-        description = json.loads((out / "dataset_description.json").read_text())
-        names = [g.get("Name") for g in description.get("GeneratedBy", [])]
-        studies = list(description.get("Studies", {}))
-    except (OSError, ValueError, AttributeError):
-        return []
-    if GENERATOR_NAME not in names:
-        return []
-    return [out / s for s in studies if s.startswith("study-") and "/" not in s and (out / s).is_dir()]
-
-
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -107,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.overwrite:
             print(f"ichor synth: {out} is not empty; choose an empty folder or pass --overwrite", file=sys.stderr)
             return 2
-        for study in _previous_studies(out):
+        for study in previous_studies(out):
             shutil.rmtree(study)
     try:
         options = SynthOptions(args.class_mix, args.artefact_rate, args.effect_scale, args.snr_scale, args.rater_noise)

@@ -17,14 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import yaml
 
-from ichor.atomic import atomic_path
-from ichor.data.cache import read_cached
+from ichor.data.cache import export_nifti
 from ichor.data.datamodule import CBFDataModule
-from ichor.manifest import ManifestError, read_manifests
+from ichor.data.manifest import ManifestError, read_manifests
 
 # The CBFDataModule arguments this command understands (the rest of a config's data section is ignored).
 CACHE_ARGUMENTS = ("manifests", "cache_dir", "spacing", "shape", "volume", "on_bad_scan")
@@ -66,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
     if args.export_nifti is not None:
-        _export(rows, datamodule, args.export_nifti)
+        count = export_nifti(rows, datamodule.cache, args.export_nifti)
+        print(f"wrote {count} harmonised scans (CBF and brain-mask NIfTI) under {args.export_nifti}")
     return 1 if problems and datamodule.hparams.on_bad_scan == "error" else 0
 
 
@@ -92,24 +90,3 @@ def _settings(args: argparse.Namespace) -> dict:
     if not settings.get("manifests"):
         raise ValueError("no manifests: give --manifests, or --config with data.manifests")
     return settings
-
-
-def _export(rows, datamodule: CBFDataModule, folder: Path) -> None:
-    """Harmonised CBF (mL/100g/min) and brain mask as NIfTI, named after study, subject and session."""
-    for row in rows.itertuples():
-        entry = datamodule.cache.lookup(row.path)
-        if entry is None:
-            continue
-        values = np.asarray(read_cached(entry.array_path), dtype=np.float32)
-        mask = ~np.isnan(values)
-        stem = f"sub-{row.subject}" + (f"_ses-{row.session}" if row.session else "")
-        out = folder / row.study
-        out.mkdir(parents=True, exist_ok=True)
-        _save_atomic(nib.Nifti1Image(np.nan_to_num(values), entry.affine), out / f"{stem}_harmonised_cbf.nii.gz")
-        _save_atomic(nib.Nifti1Image(mask.astype(np.uint8), entry.affine), out / f"{stem}_harmonised_mask.nii.gz")
-    print(f"wrote harmonised NIfTIs under {folder}")
-
-
-def _save_atomic(image: nib.Nifti1Image, path: Path) -> None:
-    with atomic_path(path) as temp:
-        nib.save(image, temp)

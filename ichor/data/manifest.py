@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
+import nibabel as nib
 import pandas as pd
 from tqdm import tqdm
 
-from ichor.scans import ScanError, load_cbf, load_tissue_map
+from ichor.data.scans import ScanError, load_cbf, load_tissue_map
 
 REQUIRED_COLUMNS = ("subject", "path", "study")
 OPTIONAL_COLUMNS = (
@@ -56,6 +57,44 @@ class Problem:
         if self.path:
             where += f" ({self.path})"
         return f"{where}: {self.message}"
+
+
+class RowError(ValueError):
+    """A manifest row whose maps cannot be used; ``problem`` names the manifest, the row and the file."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+    @classmethod
+    def at(cls, record: dict, message: str, file: str | None = None) -> RowError:
+        """The error of ``read_manifests`` row ``record`` about ``file`` (by default its CBF map)."""
+        return cls(Problem(str(record["manifest"]), int(record["row"]), Path(file or record["path"]).name, message))
+
+
+def load_row(
+    record: dict, tissues: Sequence[str] = (), volume: int | str | None = None, purpose: str = ""
+) -> tuple[nib.Nifti1Image, list[nib.Nifti1Image]]:
+    """The CBF map of one ``read_manifests`` row and its ``tissues`` maps (e.g. gm, wm), on its grid.
+
+    Raises :class:`RowError` naming the row and the file at fault: an empty tissue cell (``purpose``
+    says what needed it), or a map that fails the checks of :mod:`ichor.data.scans`.
+    """
+    empty = [column for column in tissues if pd.isna(record.get(column)) or not str(record.get(column)).strip()]
+    if empty:
+        needs = f" ({purpose} needs {', '.join(tissues)} tissue maps on the CBF grid)" if purpose else ""
+        raise RowError.at(record, f"empty {', '.join(empty)}{needs}")
+    try:
+        cbf = load_cbf(record["path"], volume)
+    except ScanError as error:
+        raise RowError.at(record, str(error)) from error
+    maps = []
+    for column in tissues:
+        try:
+            maps.append(load_tissue_map(record[column], reference=cbf))
+        except ScanError as error:
+            raise RowError.at(record, f"{column} map: {error}", record[column]) from error
+    return cbf, maps
 
 
 def read_manifest(path: ManifestPath) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ichor
-from ichor.atomic import atomic_path, write_text
+from ichor.data.atomic import atomic_path, write_text
 from ichor.models import ViTEncoder3D
 from ichor.pretrain.base import DATA_RECORD_KEY, ENCODER_RECORD_KEY
 
