@@ -10,13 +10,14 @@ DEMO_DATA   ?= data/demo
 DEMO_ARGS   ?= --studies 4 --subjects-per-study 50 --seed 0
 PYTEST_ARGS ?=
 
-BIN   := $(VENV)/bin
-STAMP := $(VENV)/.ichor-installed
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.ichor-installed
+LINT_STAMP := $(VENV)/.ichor-lint-installed
 
 DEMO_STAMP := $(DEMO_DATA)/.complete
 DEMO_RUN   := runs/pretrain_demo
 
-.PHONY: venv demo demo-data test bench clean
+.PHONY: venv demo demo-data test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -41,6 +42,20 @@ demo: $(DEMO_STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick subset: everything but the end-to-end runs marked `slow`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff and mypy (the `lint` extra), installed once beside the project; settings in pyproject.toml.
+$(LINT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[lint]"
+	touch $@
+
+lint: $(LINT_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
