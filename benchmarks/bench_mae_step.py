@@ -22,10 +22,11 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import astuple
 
 import torch
 
-from ichor.models import ARCHITECTURES, brain_patches, build_mae, mae_flops, patchify
+from ichor.models import PRESETS, brain_patches, build_mae, mae_flops, patchify
 
 VARIANTS = ("ichor_brain_aware", "ichor_all_patches", "monai")
 RECIPE = dict(preset="mae_vit_base", size=(96, 112, 96), patch=16, mask_ratio=0.75)
@@ -57,7 +58,7 @@ def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
         )
     from monai.networks.nets import MaskedAutoEncoderViT
 
-    width, depth, heads, dec_width, dec_depth, dec_heads = ARCHITECTURES[args.preset]
+    width, depth, heads, dec_width, dec_depth, dec_heads = astuple(PRESETS[args.preset])
     return MaskedAutoEncoderViT(
         in_channels=1, img_size=tuple(args.size), patch_size=args.patch, hidden_size=width,
         mlp_dim=4 * width, num_layers=depth, num_heads=heads, masking_ratio=args.mask_ratio,
@@ -166,7 +167,7 @@ def report(args: argparse.Namespace, results: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="mae_vit_small", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--preset", default="mae_vit_small", choices=sorted(PRESETS))
     parser.add_argument("--size", type=int, nargs=3, default=[96, 112, 96], metavar=("D", "H", "W"))
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--mask-ratio", type=float, default=0.75)

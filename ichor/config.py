@@ -1,28 +1,108 @@
-"""``IchorCLI``: the Lightning CLI behind ``ichor fit/validate/test/predict``."""
+"""``IchorCLI``: the Lightning configuration of every ICHOR run, shared by ``ichor fit`` and the library.
+
+``ichor fit/validate/test/predict``, cross-validation and the benchmark all build their trainer,
+model and datamodule through this class, so a config means the same thing everywhere. Beyond
+``LightningCLI`` it owns the defaults a config would otherwise repeat:
+
+- a TensorBoard logger under ``runs/<name>`` (or ``<trainer.default_root_dir>/<name>``), ``<name>``
+  being the config file's stem;
+- a ``LearningRateMonitor`` (key ``lr_monitor``), logging every step;
+- a ``ModelCheckpoint`` (key ``checkpoint``) into ``runs/<name>/checkpoints``, keeping ``best.ckpt``
+  and ``last.ckpt`` (for ``--ckpt_path last``), monitoring what the model class says it should
+  (``checkpoint_monitor``: ``val/loss`` for pre-training, the head's metric for a task).
+
+Each default can still be overridden in a config or on the command line
+(e.g. ``--checkpoint.monitor val/loss``, ``--trainer.logger.init_args.name my_run``).
+"""
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 PRETRAINERS_GROUP = "ichor.pretrainers"
+RUNS_DIR = "runs"
+DEFAULT_RUN_NAME = "ichor"
+TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 
 
 class IchorCLI(LightningCLI):
-    """LightningCLI with ICHOR's defaults: any LightningModule / LightningDataModule by class path.
+    """LightningCLI with ICHOR's defaults (see the module docstring); any LightningModule / LightningDataModule by class path.
 
     The pre-training methods of the ``ichor.pretrainers`` entry-point group (ICHOR's own and
     any installed package's) are imported first, so a config may name them by class name
     alone (``model: SimCLRPretrainer``).
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         for entry in entry_points(group=PRETRAINERS_GROUP):
             entry.load()
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("trainer_defaults", {"logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": RUNS_DIR}}})
         super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # A new run owns best.ckpt and last.ckpt (no "last-v1.ckpt" beside a previous run's last.ckpt, which
+        # `--ckpt_path last` and `ichor export-encoder .../last.ckpt` would then pick up).
+        parser.set_defaults({"checkpoint.filename": "best", "checkpoint.save_last": True, "checkpoint.save_top_k": 1,
+                             "checkpoint.enable_version_counter": False})
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+
+    def before_instantiate_classes(self) -> None:
+        """Fill what depends on the config as a whole: run name, checkpoint folder and monitor."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        name = run_name(config)
+        logger = config.trainer.logger
+        root = config.trainer.get("default_root_dir")
+        if isinstance(logger, Namespace) and str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+            if logger.init_args.get("name") in (None, "lightning_logs"):
+                logger.init_args.name = name
+            if root and logger.init_args.get("save_dir") == RUNS_DIR:
+                logger.init_args.save_dir = str(root)  # the trainer's root, where the user asked for everything
+            save_dir, name = logger.init_args.save_dir, logger.init_args.name
+        else:
+            save_dir = root or RUNS_DIR
+        checkpoint = config.checkpoint
+        if checkpoint.dirpath is None:
+            checkpoint.dirpath = str(Path(save_dir) / name / "checkpoints")
+        if checkpoint.monitor is None:
+            checkpoint.monitor, checkpoint.mode = checkpoint_monitor(config.model)
+
+
+def build_run(args: list[str], folder: Path) -> IchorCLI:
+    """Trainer, model and data of a run given by CLI ``args``, logging to ``folder/logs`` and checkpointing
+    into ``folder/checkpoints``: how cross-validation folds and benchmark runs keep their outputs apart.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    cli = IchorCLI(args=[*args, f"--checkpoint.dirpath={Path(folder) / 'checkpoints'}"], run=False)
+    if isinstance(cli.trainer.logger, TensorBoardLogger):
+        cli.trainer.logger = TensorBoardLogger(save_dir=str(folder), name="logs", version="")
+    return cli
+
+
+def run_name(config: Namespace) -> str:
+    """The stem of the last config file given, else ``ichor``."""
+    files = config.get("config") or []
+    return Path(str(files[-1])).stem if files else DEFAULT_RUN_NAME
+
+
+def checkpoint_monitor(model: Namespace) -> tuple[str | None, str]:
+    """The model class's ``checkpoint_monitor(init_args)``: the metric to keep the best of, and its mode."""
+    module, _, name = str(model.class_path).rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if not hasattr(cls, "checkpoint_monitor"):
+        return None, "min"
+    return cls.checkpoint_monitor(model.get("init_args") or Namespace())

@@ -1,17 +1,14 @@
 """`ichor benchmark`: methods x modes x label budgets x folds, scratch and a regional-mean baseline."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import CONFIGS, check_benchmark_config
 
 from ichor.benchmark import load_config, run_benchmark
 from ichor.benchmark.baseline import scan_features
 from ichor.data.manifest import read_manifests
-
-CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
 
 
 def small_benchmark(tmp_path, manifests) -> dict:
@@ -194,11 +191,7 @@ def test_label_budgets_are_nested_stratified_and_keep_every_class():
 
 @pytest.mark.parametrize("name", ["benchmark_demo.yaml", "benchmark_full.yaml"])
 def test_shipped_benchmark_configs_load_and_point_at_shipped_configs(name):
-    """The shipped benchmark configs parse, and every config they name is one the repo ships."""
-    config = load_config(CONFIGS / name)
-    named = [Path(spec if isinstance(spec, str) else spec["config"] if isinstance(spec, dict) else spec.config)
-             for spec in config.pretrain.values()]
-    named += [Path(task.config) for task in config.tasks]
-    assert config.tasks and named
-    for path in named:
-        assert (CONFIGS.parent / path).is_file(), path
+    """The shipped benchmark configs parse, and every config they name is one the repo ships.
+
+    tests/test_configs.py runs the same check on every benchmark config it finds."""
+    check_benchmark_config(CONFIGS / name)

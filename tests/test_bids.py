@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import brain
+from helpers import save as save_map
 
-from ichor.data.bids import DerivativesError, build_manifest
 from ichor.cli import main
+from ichor.data.bids import DerivativesError, build_manifest
 from ichor.data.manifest import check_manifests, read_manifest
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 MNI = "MNI152NLin2009cAsym"
-
-
-def brain(seed: int = 0) -> np.ndarray:
-    """16^3 sphere of CBF values 20-70 mL/100g/min, zero outside."""
-    grid = np.indices((16, 16, 16)) - 7.5
-    inside = np.sqrt((grid**2).sum(0)) < 6.5
-    return np.where(inside, np.random.default_rng(seed).uniform(20, 70, inside.shape), 0).astype(np.float32)
-
-
-def save(path: Path, data=None, affine=AFFINE) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.Nifti1Image(brain() if data is None else data, affine).to_filename(path)
-    return path
+save = partial(save_map, affine=AFFINE)  # helpers.save, on this module's 2 mm grid
 
 
 def snapshot(root: Path) -> dict:
@@ -56,7 +46,7 @@ def aslprep(tmp_path) -> Path:
             perf / f"{stem}_desc-qualitycontrol_cbf.tsv", sep="\t", index=False)
     save(root / "sub-01" / "anat" / f"sub-01_space-{MNI}_label-GM_probseg.nii.gz", (brain() > 0) * np.float32(0.9))
     save(root / "sub-01" / "anat" / f"sub-01_space-{MNI}_label-WM_probseg.nii.gz",  # 1 mm: not the CBF grid
-         (brain() > 0) * np.float32(0.9), np.diag([1.0, 1, 1, 1]))
+         (brain() > 0) * np.float32(0.9), affine=np.diag([1.0, 1, 1, 1]))
     save(root / "sub-02" / "perf" / f"sub-02_space-{MNI}_cbf.nii.gz", brain(5))
     (tmp_path / "ds001" / "participants.tsv").write_text(
         "participant_id\tage\tsex\tdiagnosis\nsub-01\t71\tF\tAD\nsub-02\tn/a\tM\tCN\nsub-03\t50\tM\tCN\n")

@@ -1,16 +1,12 @@
 """Cross-validation folds: grouped by subject, stratified by the target, studies held out in turn."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-from test_downstream_support import make_dataset, make_encoder
+from helpers import CONFIGS
 
 from ichor.cli import main
 from ichor.downstream.cv import markdown, subject_folds, summarise
-
-CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
 
 
 def scan_rows(subjects: int = 24, studies: int = 3) -> pd.DataFrame:
@@ -71,10 +67,9 @@ def test_summary_is_mean_and_std_over_folds():
 
 
 @pytest.mark.slow
-def test_cv_command_runs_every_fold(tmp_path, monkeypatch):
+def test_cv_command_runs_every_fold(tmp_path, monkeypatch, downstream_manifests, tiny_encoder):
     monkeypatch.chdir(tmp_path)
-    manifests = make_dataset(tmp_path / "data", studies=2, subjects=6)
-    encoder = make_encoder(tmp_path)
+    manifests, encoder = downstream_manifests, tiny_encoder  # 2 studies x 6 subjects
     out = tmp_path / "cv"
     status = main(["cv", "--config", str(CONFIGS / "probe_diagnosis.yaml"), "--folds", "3", "--out", str(out),
         "--", f"--model.init_args.encoder={encoder}", f"--data.init_args.manifests=[{','.join(manifests)}]",

@@ -10,16 +10,15 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule
 
 from ichor.data import Augmentation, CBFDataModule
-from ichor.synth import generate_dataset
 
 SMALL = {"spacing": 4.0, "shape": (48, 56, 48), "num_workers": 0, "progress": False}
 NO_AUGMENT = {**SMALL, "augment": None}
 
 
 @pytest.fixture(scope="module")
-def manifests(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    return [str(path) for path in generate_dataset(root, n_studies=4, subjects_per_study=4, seed=0, progress=False)]
+def manifests(synthetic_manifests):
+    """The session's synthetic data (4 studies x 4 subjects, seed 0), as strings."""
+    return [str(path) for path in synthetic_manifests]
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_downstream_support import make_dataset, make_encoder
+from helpers import make_dataset, make_encoder
 
 from ichor.cli import main
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
+def setting(tmp_path_factory, tiny_encoder):
     root = tmp_path_factory.mktemp("embed")
-    return {"manifests": make_dataset(root / "data", studies=2, subjects=3), "encoder": str(make_encoder(root)),
+    return {"manifests": make_dataset(root / "data", studies=2, subjects=3), "encoder": str(tiny_encoder),
             "cache": str(root / "cache")}
 
 

@@ -6,12 +6,12 @@ import sys
 
 import pytest
 import torch
-from ichor_heads.classification import ClassificationHead
-from ichor_heads.regression import RegressionHead
-from test_downstream_support import DATA_ARGS, make_dataset, make_encoder
+from helpers import DATA_ARGS
 
 from ichor.cli import main
 from ichor.downstream import HeadError, TaskHead, installed_heads, resolve_head
+from ichor_heads.classification import ClassificationHead
+from ichor_heads.regression import RegressionHead
 
 EXTERNAL_HEAD = '''
 import torch
@@ -83,14 +83,13 @@ def external_package(root):
 
 
 @pytest.mark.slow
-def test_external_head_is_found_and_trains(tmp_path):
+def test_external_head_is_found_and_trains(tmp_path, downstream_manifests, tiny_encoder):
     """`ichor heads` lists a head installed outside the repo and `ichor fit` trains it (one subprocess)."""
     env = external_package(tmp_path / "site")
-    manifests = make_dataset(tmp_path / "data")
-    encoder = make_encoder(tmp_path)
+    manifests, encoder = downstream_manifests, tiny_encoder
     data = [f"--data.{key}={str(value).replace('(', '[').replace(')', ']') if value is not None else 'null'}"
             for key, value in DATA_ARGS.items()]
-    fit = ["fit", "--model=ichor.downstream.DownstreamTask", f"--model.encoder={encoder}", "--model.target=age",
+    fit = ["fit", "--model=ichor.downstream.DownstreamTask", f"--model.encoder={encoder}",
            "--model.head=age", "--model.head_args={hidden: 8}", "--data=ichor.data.CBFDataModule", "--data.target=age",
            f"--data.manifests=[{','.join(manifests)}]", f"--data.cache_dir={tmp_path / 'cache'}", *data,
            "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path / 'logs'}",

@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import os
 
-import nibabel as nib
 import numpy as np
 import pytest
+from helpers import brain, save  # 16^3 CBF sphere; NIfTI on 3 x 3 x 4 mm voxels
 
 from ichor.cli import main
 from ichor.data.manifest import ManifestError, Problem, check_manifests, read_manifest, read_manifests
-
-AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
-
-
-def brain(seed: int = 0) -> np.ndarray:
-    """16^3 sphere of CBF values 20-70 mL/100g/min, zero outside."""
-    grid = np.indices((16, 16, 16)) - 7.5
-    inside = np.sqrt((grid**2).sum(0)) < 6.5
-    return np.where(inside, np.random.default_rng(seed).uniform(20, 70, inside.shape), 0).astype(np.float32)
-
-
-def save(path, data=None, affine=AFFINE):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.Nifti1Image(brain() if data is None else data, affine).to_filename(path)
-    return path
 
 
 def write_csv(path, header, *rows):

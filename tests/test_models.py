@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import astuple
 
 import pytest
 import torch
 
 from ichor.models import (
-    MODELS,
+    PRESETS,
     MaskedAutoencoderViT3D,
     ViTEncoder3D,
     build_mae,
@@ -237,25 +238,23 @@ def test_forward_features_encodes_brain_patches_only():
         torch.testing.assert_close(encoder.forward_features(imgs, torch.ones_like(brain))[0], full)
 
 
-def test_presets_build_with_documented_widths():
-    documented = {  # encoder width/depth/heads, decoder width/depth/heads, as in the docstrings
+def test_presets_build_with_published_widths():
+    documented = {  # encoder width/depth/heads, decoder width/depth/heads: exported encoders name these
         "mae_vit_micro": (96, 4, 3, 64, 2, 2),
         "mae_vit_tiny": (192, 12, 3, 128, 4, 4),
         "mae_vit_small": (384, 12, 6, 256, 4, 8),
         "mae_vit_base": (768, 12, 12, 384, 4, 12),
         "mae_vit_large": (1024, 24, 16, 512, 8, 16),
     }
-    assert set(MODELS) == set(documented)
-    for name, (w, d, h, dw, dd, dh) in documented.items():
-        assert f"{w} wide, {d} blocks, {h} heads" in MODELS[name].__doc__
-        assert f"decoder {dw} wide, {dd} blocks, {dh} heads" in MODELS[name].__doc__
+    assert {name: astuple(preset) for name, preset in PRESETS.items()} == documented
+    for name, (w, d, h, dw, _dd, dh) in documented.items():
         if name in ("mae_vit_base", "mae_vit_large"):
             continue  # same code path; building them costs seconds
         model = build_mae(name, img_size=IMG, patch_size=P, mask_ratio=0.6, decoder_depth=1)
         enc = model.encoder
         assert (enc.embed_dim, enc.depth, enc.num_heads) == (w, d, h)
-        assert (model.decoder_embed_dim, model.decoder_num_heads) == (dw, dh)
-        assert model.decoder_depth == 1 and len(model.decoder_blocks) == 1  # keywords override
+        assert model.decoder.embed.out_features == dw and model.decoder.blocks[0].attn.num_heads == dh
+        assert len(model.decoder.blocks) == 1  # keywords override
         assert model.mask_ratio == 0.6 and enc.patch_size == P
     with pytest.raises(ValueError, match="unknown model 'mae_vit_huge'"):
         build_mae("mae_vit_huge", img_size=IMG)
@@ -294,3 +293,19 @@ def test_encoder_weights_export_and_reload_without_key_mismatch():
     reloaded.load_state_dict(model.encoder.state_dict())  # strict
     with torch.no_grad():
         torch.testing.assert_close(reloaded(imgs, brain)[0], model.encoder(imgs, brain)[0])
+
+
+def test_checkpoints_from_before_the_shared_decoder_still_load():
+    """MAE state dicts written with the old decoder names (decoder_embed., decoder_blocks., ...) load strictly."""
+    model = make_mae()
+    renamed = {"decoder.embed.": "decoder_embed.", "decoder.blocks.": "decoder_blocks.",
+               "decoder.norm.": "decoder_norm.", "decoder.pred.": "decoder_pred."}
+    legacy = {}
+    for key, value in model.state_dict().items():
+        new = next((old + key[len(prefix):] for prefix, old in renamed.items() if key.startswith(prefix)), key)
+        legacy[new] = value.clone()
+    assert "decoder_pred.weight" in legacy and not any(k.startswith("decoder.") for k in legacy)
+    fresh = make_mae(depth=2)
+    torch.nn.init.zeros_(fresh.decoder.pred.weight)
+    fresh.load_state_dict(legacy)  # strict
+    torch.testing.assert_close(fresh.decoder.pred.weight, model.decoder.pred.weight)

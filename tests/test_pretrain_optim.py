@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from ichor.models import mae_vit_micro
-from ichor.pretrain.optim import param_groups_weight_decay, scaled_lr, warmup_cosine
+from ichor.models import build_mae
+from ichor.pretrain.optim import AdamW, param_groups_weight_decay, warmup_cosine
 
 
 def test_norms_and_biases_do_not_decay():
-    model = mae_vit_micro(img_size=(16, 16, 16), patch_size=8)
+    model = build_mae("mae_vit_micro", img_size=(16, 16, 16), patch_size=8)
     decay, no_decay = param_groups_weight_decay(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
@@ -21,9 +21,11 @@ def test_norms_and_biases_do_not_decay():
 
 
 def test_lr_scales_linearly_with_effective_batch():
-    assert scaled_lr(1.5e-4, 256) == pytest.approx(1.5e-4)
-    assert scaled_lr(1.5e-4, 128) == pytest.approx(0.75e-4)
-    assert scaled_lr(1.5e-4, 1024) == pytest.approx(6e-4)
+    recipe = AdamW(lr=1.5e-4, lr_batch=256)
+    assert recipe.peak_lr(256) == pytest.approx(1.5e-4)
+    assert recipe.peak_lr(128) == pytest.approx(0.75e-4)
+    assert recipe.peak_lr(1024) == pytest.approx(6e-4)
+    assert AdamW(lr=1e-3, lr_batch=None).peak_lr(1024) == 1e-3  # a task's lr is used as given
 
 
 def test_warmup_then_cosine_to_floor():

@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import gzip
 
-import nibabel as nib
 import numpy as np
 import pytest
+from helpers import AFFINE, brain, save  # CBF sphere; NIfTI on 3 x 3 x 4 mm voxels
 
 from ichor.data.scans import CBF_MEDIAN_MAX, CBF_MEDIAN_MIN, ScanError, load_cbf, load_tissue_map
-
-AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
-
-
-def brain(size: int = 16, seed: int = 0) -> np.ndarray:
-    """A sphere of realistic CBF (20-70 mL/100g/min), zero outside, like a real derivative."""
-    grid = np.indices((size,) * 3) - (size - 1) / 2
-    inside = np.sqrt((grid**2).sum(0)) < size * 0.4
-    values = np.random.default_rng(seed).uniform(20, 70, inside.shape)
-    return np.where(inside, values, 0).astype(np.float32)
-
-
-def save(path, data, affine=AFFINE):
-    nib.Nifti1Image(np.asarray(data), affine).to_filename(path)
-    return path
 
 
 def test_good_map_loads_as_3d_float32_with_its_affine(tmp_path):
@@ -63,7 +48,7 @@ def test_not_a_nifti(tmp_path):
 
 
 def test_truncated_gzip_is_corrupt(tmp_path):
-    path = save(tmp_path / "cbf.nii.gz", brain(32))
+    path = save(tmp_path / "cbf.nii.gz", brain(size=32))
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ScanError, match="corrupt|cannot read"):

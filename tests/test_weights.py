@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ichor.cli import main
+from ichor.models import Backbone
 from ichor.pretrain import MAEPretrainer
 from ichor.models.weights import (
     WeightsError,
@@ -22,7 +23,7 @@ HARMONISATION = {"shape": [16, 24, 16], "spacing": [4.0, 4.0, 4.0], "normalizati
 def checkpoint(tmp_path):
     """A checkpoint as `ichor fit` writes it, after setup recorded shape and harmonisation."""
     torch.manual_seed(0)
-    module = MAEPretrainer(model="mae_vit_micro", img_size=(16, 24, 16), patch_size=8)
+    module = MAEPretrainer(backbone=Backbone("mae_vit_micro", patch_size=8, img_size=(16, 24, 16)))
     module.data_record = {"harmonisation": HARMONISATION, "data_summary": {"scans": 12, "studies": {"study-01": 12}}}
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 3,
                   "global_step": 42}

@@ -65,9 +65,7 @@ def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed
 
 def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -> Path:
     """Pre-train ``method`` (or reuse its export under ``out``); returns the encoder export folder."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from ichor.config import IchorCLI
+    from ichor.config import build_run
     from ichor.models.weights import METADATA_FILE, export_encoder
 
     folder = out / "pretrain" / method
@@ -77,17 +75,13 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
         return encoder
     log.info("benchmark: pre-training %s (%s)", method, spec.config)
     args = ["--config", spec.config, *cfg.overrides, *cfg.pretrain_overrides, *_epochs(cfg, "pretrain"), *spec.overrides]
-    cli = IchorCLI(args=args, run=False)
+    cli = build_run(args, folder)
     trainer = cli.trainer
-    if isinstance(trainer.logger, TensorBoardLogger):
-        trainer.logger = TensorBoardLogger(save_dir=str(folder), name="logs", version="")
-    for callback in trainer.checkpoint_callbacks:
-        callback.dirpath = str(folder / "checkpoints")
     trainer.fit(cli.model, datamodule=cli.datamodule)
     callback = trainer.checkpoint_callback
     checkpoint = callback and (callback.last_model_path or callback.best_model_path)
     if not checkpoint:
-        raise ValueError(f"pre-training config {spec.config} ({method}) saved no checkpoint: it needs a ModelCheckpoint callback")
+        raise ValueError(f"pre-training config {spec.config} ({method}) saved no checkpoint")
     return export_encoder(checkpoint, encoder, overwrite=True)
 
 
@@ -99,7 +93,7 @@ def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) ->
     """Lightning CLI arguments of one downstream run (without its split file)."""
     args = ["--config", task.config, *cfg.overrides, *cfg.task_overrides, *_epochs(cfg, mode),
             f"--model.init_args.encoder={encoder}", f"--model.init_args.mode={mode}",
-            f"--model.init_args.target={task.target}", f"--model.init_args.head={task.head}",
+            f"--model.init_args.head={task.head}",
             f"--data.init_args.target={task.target}"]
     if task.target_values is not None:
         args.append(f"--data.init_args.target_values={json.dumps([str(v) for v in task.target_values])}")

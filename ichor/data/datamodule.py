@@ -166,7 +166,7 @@ class CBFDataModule(LightningDataModule):
     ) -> None:
         """
         Args:
-            manifests: per-study manifest CSVs.
+            manifests: per-study manifest CSVs, or folders of them (every ``*.csv`` inside).
             cache_dir: where harmonised scans are cached (one sub-folder per harmonisation settings).
             spacing: output voxel size in mm (one number, or x, y, z).
             shape: output grid (x, y, z) in voxels; a multiple of the model's patch size.

@@ -97,6 +97,24 @@ def load_row(
     return cbf, maps
 
 
+def expand_manifests(paths: Iterable[ManifestPath]) -> list[str]:
+    """Manifest paths with each folder replaced by the ``*.csv`` files in it, sorted by name.
+
+    A folder of per-study manifests (``data_manifests/demo``) is then one config entry; a folder
+    without any CSV is an error, so that a mistyped path does not train on nothing.
+    """
+    expanded = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = sorted(str(csv) for csv in Path(path).glob("*.csv"))
+            if not found:
+                raise ManifestError(f"{path}: a folder without any manifest (*.csv)")
+            expanded += found
+        else:
+            expanded.append(str(path))
+    return expanded
+
+
 def read_manifest(path: ManifestPath) -> pd.DataFrame:
     """Read and validate one manifest (see ``read_manifests``)."""
     return read_manifests([path])
@@ -134,7 +152,7 @@ def check_manifests(
     records = rows.to_dict("records")
     for record in tqdm(records, desc="checking scans", unit="row", disable=not progress or not records):
         problems += _file_problems(record, read_images)
-    order = {str(p): i for i, p in enumerate(paths)}
+    order = {p: i for i, p in enumerate(expand_manifests(paths))}
     return sorted(problems, key=lambda p: (order.get(p.manifest, len(order)), p.row or 0))
 
 
@@ -146,7 +164,7 @@ def count_rows(paths: Sequence[ManifestPath]) -> int:
 
 def _read_all(paths: Iterable[ManifestPath]) -> tuple[list[pd.DataFrame], list[Problem]]:
     frames, problems = [], []
-    for path in paths:
+    for path in expand_manifests(paths):
         frame, found = _read_table(path)
         problems += found
         if frame is not None:

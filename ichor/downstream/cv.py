@@ -189,18 +189,12 @@ def fold_test_rows(rows: pd.DataFrame, fold: Fold) -> pd.DataFrame:
 
 def run_fold(cli_args: list[str], fold: Fold, out: Path) -> dict:
     """Fit on the fold's train/val subjects, test the best checkpoint on its test subjects."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from ichor.config import IchorCLI
+    from ichor.config import build_run
 
     fold_dir = out / fold.name
     split_file = write_csv(fold.splits, fold_dir / SPLIT_FILE)
-    cli = IchorCLI(args=[*cli_args, f"--data.init_args.split_file={split_file}"], run=False)
+    cli = build_run([*cli_args, f"--data.init_args.split_file={split_file}"], fold_dir)
     trainer = cli.trainer
-    if isinstance(trainer.logger, TensorBoardLogger):
-        trainer.logger = TensorBoardLogger(save_dir=str(out), name=fold.name, version="logs")
-    for callback in trainer.checkpoint_callbacks:
-        callback.dirpath = str(fold_dir / "checkpoints")
     trainer.fit(cli.model, datamodule=cli.datamodule)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
     tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)
@@ -215,7 +209,9 @@ def cross_validate(cli_args: list[str], out: str | os.PathLike, folds: int = 5, 
 
     out = Path(out)
     base = IchorCLI(args=cli_args, run=False)
-    target = base.model.hparams.target
+    target = base.datamodule.hparams.target
+    if target is None:
+        raise ValueError("cross-validation needs the task's label column: set data.init_args.target")
     rows = labelled_rows(read_manifests(base.datamodule.hparams.manifests), target)
     plan = subject_folds(rows, target, folds, by_study, val_fraction, seed)
     baseline = None

@@ -19,14 +19,14 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from ichor.downstream.lrd import param_groups_lrd
 from ichor.downstream.plugins import resolve_head
 from ichor.downstream.pooling import Pooling, check_pooling, encode
 from ichor.models import ViTEncoder3D
-from ichor.pretrain.optim import param_groups_weight_decay, warmup_cosine
 from ichor.models.weights import WeightsError, load_encoder
+from ichor.pretrain.base import as_dataclass
+from ichor.pretrain.optim import AdamW, configure_adamw
 
 Mode = Literal["linear_probe", "finetune", "scratch"]
 MODES = ("linear_probe", "finetune", "scratch")
@@ -34,6 +34,10 @@ MODES = ("linear_probe", "finetune", "scratch")
 ID_COLUMNS = ("subject", "session", "study", "path")
 # Harmonisation keys that must agree between pre-training and downstream data.
 CHECKED_SETTINGS = ("spacing", "normalization", "cbf_scale", "orientation")
+# The optimiser recipe of a task unless its config says otherwise: the lr is used as given.
+TASK_OPTIM = AdamW(lr=1e-3, lr_batch=None, betas=(0.9, 0.999), warmup_epochs=1.0)
+# Checkpoint key of the task's label column (the datamodule's ``target``, read at setup).
+TARGET_KEY = "ichor_target"
 
 
 def check_harmonisation(encoder_settings: dict, data_settings: dict, source: str) -> None:
@@ -61,20 +65,20 @@ def check_harmonisation(encoder_settings: dict, data_settings: dict, source: str
 class DownstreamTask(LightningModule):
     """Classification/regression (or any plugin head) on top of a pre-trained 3D ViT encoder.
 
+    The label column is the datamodule's ``target`` (given once, in ``data``); it is read at setup
+    and saved with the checkpoint. The checkpoint monitor is the head's (``monitor``, ``mode``).
+
     Args:
         encoder: an ``ichor export-encoder`` folder, or a Lightning checkpoint of an MAE run.
-        target: the manifest column to predict.
         head: head name (``ichor heads`` lists them) or class path ``package.module.Class``.
         head_args: the head's constructor arguments; those learnt from the training scans
             (class names, target scale) are filled in at setup and saved with the checkpoint.
         mode: "linear_probe", "finetune" or "scratch" (see the module docstring).
         pooling: "brain_mean" (mean of brain tokens), "mean" (all tokens) or "max" (brain tokens).
-        lr: peak learning rate of the head (and, in finetune, of the last encoder block / layer_decay).
+        optim: the optimiser recipe (:class:`ichor.pretrain.optim.AdamW`); ``lr`` is the head's peak
+            rate (in finetune, the last encoder block trains at ``lr * layer_decay``), as given
+            (``lr_batch`` null) unless a reference batch is set.
         layer_decay: finetune lr ratio between consecutive encoder layers.
-        weight_decay: AdamW decay of weights (never of norms and biases).
-        betas: AdamW betas.
-        warmup_epochs: linear warm-up, then cosine decay to ``min_lr_factor * lr``.
-        min_lr_factor: final lr as a fraction of the peak.
         grad_checkpointing: recompute encoder blocks in backward (finetune/scratch memory).
         figures: log a confusion matrix / scatter plot to TensorBoard at each validation epoch end.
     """
@@ -82,17 +86,12 @@ class DownstreamTask(LightningModule):
     def __init__(
         self,
         encoder: str,
-        target: str,
         head: str = "classification",
         head_args: dict[str, Any] | None = None,
         mode: Mode = "linear_probe",
         pooling: Pooling = "brain_mean",
-        lr: float = 1e-3,
+        optim: AdamW = TASK_OPTIM,
         layer_decay: float = 0.75,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_epochs: float = 1.0,
-        min_lr_factor: float = 0.0,
         grad_checkpointing: bool = False,
         figures: bool = True,
     ) -> None:
@@ -101,18 +100,30 @@ class DownstreamTask(LightningModule):
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         check_pooling(pooling)
         self.save_hyperparameters()
+        self.optim = as_dataclass(AdamW, optim)
+        self.hparams.optim = self.optim.as_dict()  # plain values in the checkpoint
         self.head_class = resolve_head(head)  # fail at config time, not after caching the data
+        self.target: str | None = None  # the datamodule's label column, set at setup
         self.encoder: ViTEncoder3D | None = None
         self.head: nn.Module | None = None
         self.feature_norm: nn.Module = nn.Identity()
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+    @classmethod
+    def checkpoint_monitor(cls, init_args: Any) -> tuple[str, str]:
+        """What the checkpoint callback of ``ichor fit`` keeps the best of: the head's metric and mode."""
+        head = resolve_head(init_args.head)
+        return f"val/{head.monitor}", head.mode
+
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
-        """Build encoder and head once the datamodule (input grid, training labels) is known."""
+        """Build encoder and head once the datamodule (input grid, label column, training labels) is known."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self._adopt_target((getattr(datamodule, "hparams", None) or {}).get("target"))
+        if self.target is None:
+            raise ValueError("the task needs a label column: set data.init_args.target to a manifest column")
         if self.head is not None:
             return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         settings = datamodule.harmonisation_settings() if hasattr(datamodule, "harmonisation_settings") else {}
         self.configure_encoder(settings)
         self.configure_head(self.training_targets(datamodule))
@@ -146,7 +157,7 @@ class DownstreamTask(LightningModule):
         rows = getattr(datamodule, "rows", None)
         if rows is None:
             return []
-        target = self.hparams.target
+        target = self.target
         if target not in rows.columns:
             raise ValueError(f"target column {target!r} is not in the manifests (columns: {', '.join(map(str, rows.columns))})")
         train = rows[rows["split"] == "train"] if "split" in rows.columns else rows
@@ -169,7 +180,7 @@ class DownstreamTask(LightningModule):
         return self.head(self.feature_norm(self.features(batch)))
 
     def _targets(self, batch: dict[str, Any]) -> torch.Tensor:
-        target = self.hparams.target
+        target = self.target
         if target not in batch:
             raise ValueError(f"target column {target!r} is not in the batch; manifest columns are {', '.join(batch)}")
         return self.head.prepare_targets(batch[target]).to(self.device)
@@ -200,10 +211,24 @@ class DownstreamTask(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, list]:
         """One row per scan: identity columns, the true target when known, the head's predictions."""
         rows = {column: _as_list(batch[column]) for column in ID_COLUMNS if column in batch}
-        if self.hparams.target in batch:
-            rows[self.hparams.target] = _as_list(batch[self.hparams.target])
+        if self.target in batch:
+            rows[self.target] = _as_list(batch[self.target])
         rows.update(self.head.predictions(self(batch)))
         return rows
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TARGET_KEY] = self.target
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._adopt_target(checkpoint.get(TARGET_KEY))
+
+    def _adopt_target(self, target: str | None) -> None:
+        """Take the label column from the datamodule or a checkpoint; the two must agree."""
+        if target is None:
+            return
+        if self.target is not None and target != self.target:
+            raise ValueError(f"the checkpoint's task predicts {target!r}, but data.init_args.target is {self.target!r}")
+        self.target = target
 
     def on_validation_epoch_end(self) -> None:
         outputs, self._val_outputs = self._val_outputs, []
@@ -217,19 +242,12 @@ class DownstreamTask(LightningModule):
             plt.close(figure)
 
     # -------------------------------------------------------------- optimiser
-    def configure_optimizers(self):
-        hp = self.hparams
-        if hp.mode == "finetune":
-            groups = param_groups_lrd(self, hp.lr, hp.weight_decay, self.encoder.depth, hp.layer_decay)
-        else:
-            groups = param_groups_weight_decay(self, hp.weight_decay)
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr, betas=tuple(hp.betas))
-        trainer = self.trainer
-        total = max(1, int(trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, total // max(1, trainer.max_epochs or 1))
-        warmup = min(total - 1, int(hp.warmup_epochs * steps_per_epoch)) if total > 1 else 0
-        schedule = LambdaLR(optimizer, lambda step: warmup_cosine(step, max(warmup, 1), total, hp.min_lr_factor))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def configure_optimizers(self) -> dict:
+        groups = None
+        if self.hparams.mode == "finetune":
+            groups = param_groups_lrd(self, self.optim.lr, self.optim.weight_decay, self.encoder.depth,
+                                      self.hparams.layer_decay)
+        return configure_adamw(self, self.optim, groups)
 
 
 def _as_list(values: Any) -> list:

@@ -29,14 +29,15 @@ def mae_flops(model: MaskedAutoencoderViT3D, brain_patches: int | None = None) -
     tokens = brain_patches if (model.brain_aware and brain_patches is not None) else grid_tokens
     visible = max(1, math.floor(tokens * (1.0 - model.mask_ratio)))
     voxels = enc.in_chans * enc.patch_size**3
-    width, dec_width = enc.embed_dim, model.decoder_embed_dim
+    dec = model.decoder
+    width, dec_width, dec_depth = enc.embed_dim, dec.embed.out_features, len(dec.blocks)
     hidden = enc.blocks[0].mlp[0].out_features
-    dec_hidden = model.decoder_blocks[0].mlp[0].out_features if model.decoder_depth else 0
+    dec_hidden = dec.blocks[0].mlp[0].out_features if dec_depth else 0
 
     encoder = 2 * visible * voxels * width + enc.depth * _block_flops(visible, width, hidden)
     decoder = (
         2 * visible * width * dec_width
-        + model.decoder_depth * _block_flops(tokens, dec_width, dec_hidden)
+        + dec_depth * _block_flops(tokens, dec_width, dec_hidden)
         + 2 * tokens * dec_width * voxels
     )
     forward = encoder + decoder

@@ -22,17 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ichor.models.decoder import TransformerDecoder
 from ichor.models.patching import brain_patches, unpatchify
-from ichor.models.pos_embed import sincos_3d
-from ichor.models.vit import (
-    Block,
-    ViTEncoder3D,
-    check_has_brain,
-    gather_tokens,
-    init_weights,
-    padding_mask,
-    run_blocks,
-)
+from ichor.models.vit import ViTEncoder3D, check_has_brain, gather_tokens, init_weights, padding_mask
+
+# State-dict names of the decoder before it became the shared TransformerDecoder: checkpoints
+# written then still load (and resume).
+LEGACY_DECODER_KEYS = {
+    "decoder_embed.": "decoder.embed.",
+    "decoder_blocks.": "decoder.blocks.",
+    "decoder_norm.": "decoder.norm.",
+    "decoder_pred.": "decoder.pred.",
+}
 
 
 class Masking(NamedTuple):
@@ -55,7 +56,7 @@ class Masking(NamedTuple):
 
 
 class MaskedAutoencoderViT3D(nn.Module):
-    """Masked autoencoder with a :class:`ViTEncoder3D` (``self.encoder``) and a light decoder.
+    """Masked autoencoder with a :class:`ViTEncoder3D` (``self.encoder``) and a light :class:`TransformerDecoder`.
 
     Args:
         img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
@@ -90,22 +91,17 @@ class MaskedAutoencoderViT3D(nn.Module):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.brain_aware = brain_aware
-        self.decoder_embed_dim = decoder_embed_dim
-        self.decoder_depth = decoder_depth
-        self.decoder_num_heads = decoder_num_heads
         self.encoder = ViTEncoder3D(
             img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
             grad_checkpointing, min_brain_fraction,
         )
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_blocks = nn.ModuleList(
-            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)]
+        self.decoder = TransformerDecoder(
+            self.encoder.grid, patch_size, in_chans, embed_dim, decoder_embed_dim, decoder_depth,
+            decoder_num_heads, mlp_ratio, grad_checkpointing,
         )
-        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, in_chans * patch_size**3)
-        self.set_img_size(img_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.initialize_weights()
+        self.register_load_state_dict_pre_hook(_rename_legacy_decoder_keys)
 
     def initialize_weights(self) -> None:
         """MAE initialisation (xavier-uniform linears, unit LayerNorms, normal(0.02) mask token)."""
@@ -115,8 +111,7 @@ class MaskedAutoencoderViT3D(nn.Module):
     def set_img_size(self, img_size: tuple[int, int, int]) -> None:
         """Adopt a new input shape: regenerate encoder and decoder position tables."""
         self.encoder.set_img_size(img_size)
-        table = sincos_3d(self.encoder.grid, self.decoder_embed_dim).unsqueeze(0)
-        self.register_buffer("decoder_pos_embed", table.to(self.mask_token.device), persistent=False)
+        self.decoder.set_grid(self.encoder.grid)
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -212,64 +207,42 @@ class MaskedAutoencoderViT3D(nn.Module):
         noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Masking]:
         """Mask, then embed and encode only the visible patches: (B, keep, C) latent."""
-        return self._encode(self.patchify(imgs), imgs, brain_mask, mask_ratio, noise)
-
-    def _encode(self, patches, imgs, brain_mask, mask_ratio, noise) -> tuple[torch.Tensor, Masking]:
         token_mask = self.brain_patches(imgs, brain_mask) if self.brain_aware else None
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        visible, masking = self.random_masking(patches, ratio, noise, token_mask)
+        visible, masking = self.random_masking(self.patchify(imgs), ratio, noise, token_mask)
         x = self.encoder.embed(visible, masking.ids_shuffle[:, : masking.keep])
         return self.encoder.forward_blocks(x, masking.keep_padding), masking
 
     def forward_decoder(self, latent: torch.Tensor, masking: Masking) -> torch.Tensor:
-        """Visible latents + mask tokens for the masked brain patches -> (B, L, C*p^3) predictions.
+        """Visible latents + mask tokens for the masked brain patches -> (B, L, C*p^3) predictions in grid order.
 
-        Non-brain rows of the prediction are zero: they are never decoded.
+        The decoder sees only brain tokens (in shuffled order: attention does not care, positions
+        come from the gathered table). Rows of patches outside the brain are zero: never decoded.
         """
-        return self._to_grid(self._decode(latent, masking), masking)
-
-    def _decode(self, latent: torch.Tensor, masking: Masking) -> torch.Tensor:
-        """Predictions (B, length, C*p^3) for the brain patches in shuffled order.
-
-        The decoder sees only brain tokens; order does not matter to attention, positions
-        come from the gathered position table.
-        """
-        x = self.decoder_embed(latent)
+        x = self.decoder.embed(latent)
         x = F.pad(x, (0, 0, 0, masking.length - masking.keep))
         visible = padding_mask(masking.len_keep, masking.length).unsqueeze(-1)
         x = torch.where(visible, x, self.mask_token.to(x.dtype))
-        ids = masking.ids_shuffle[:, : masking.length]
-        x = x + gather_tokens(self.decoder_pos_embed.to(x.dtype).expand(x.shape[0], -1, -1), ids)
-        x = run_blocks(self.decoder_blocks, x, masking.token_padding, self.encoder.grad_checkpointing)
-        return self.decoder_pred(self.decoder_norm(x))
-
-    def _to_grid(self, rows: torch.Tensor, masking: Masking) -> torch.Tensor:
-        """Shuffled decoder rows -> (B, L, C*p^3) in grid order, zero where nothing was decoded."""
+        x = x + self.decoder.positions(x, masking.ids_shuffle[:, : masking.length])
+        rows = self.decoder(x, masking.token_padding)
         if masking.token_padding is not None:
             rows = torch.where(masking.token_padding.unsqueeze(-1), rows, 0.0)
         rows = F.pad(rows, (0, 0, 0, self.num_patches - masking.length))
         return gather_tokens(rows, masking.ids_restore)
 
-    def _targets(self, patches: torch.Tensor) -> torch.Tensor:
-        """Regression targets in fp32: the voxels, or with ``norm_pix_loss`` each patch's z-scores."""
-        target = patches.float()
-        if self.norm_pix_loss:
-            var, mean = torch.var_mean(target, dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1e-6).sqrt()
-        return target
-
-    @staticmethod
-    def _weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        per_patch = (pred.float() - target).pow(2).mean(dim=-1)
-        weight = weight.float()
-        return (per_patch * weight).sum() / weight.sum().clamp(min=1.0)
-
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over masked (brain) patches only, in fp32 even under autocast.
 
-        ``pred`` (B, L, C*p^3) and ``mask`` (B, L) as returned by :meth:`forward`.
+        ``pred`` (B, L, C*p^3) and ``mask`` (B, L) as returned by :meth:`forward`. The target is
+        the voxels or, with ``norm_pix_loss``, each patch's z-scores.
         """
-        return self._weighted_mse(pred, self._targets(self.patchify(imgs)), mask)
+        target = self.patchify(imgs).float()
+        if self.norm_pix_loss:
+            var, mean = torch.var_mean(target, dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+        weight = mask.float()
+        return (per_patch * weight).sum() / weight.sum().clamp(min=1.0)
 
     def forward(
         self,
@@ -278,19 +251,18 @@ class MaskedAutoencoderViT3D(nn.Module):
         mask_ratio: float | None = None,
         noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(loss, pred, mask)``: fp32 scalar, (B, L, C*p^3), (B, L) with 1 = masked brain patch.
+        """Returns ``(loss, pred, mask)``: fp32 scalar, (B, L, C*p^3), (B, L) with 1 = masked brain patch."""
+        latent, masking = self.forward_encoder(imgs, brain_mask, mask_ratio, noise)
+        pred = self.forward_decoder(latent, masking)
+        return self.forward_loss(imgs, pred, masking.mask), pred, masking.mask
 
-        The loss equals ``forward_loss(imgs, pred, mask)`` but is computed on the decoded rows
-        only (no targets, and no backward, for the patches outside the brain).
-        """
-        patches = self.patchify(imgs)
-        latent, masking = self._encode(patches, imgs, brain_mask, mask_ratio, noise)
-        rows = self._decode(latent, masking)
-        ids = masking.ids_shuffle[:, : masking.length]
-        rank = torch.arange(masking.length, device=rows.device)[None, :]
-        weight = (rank >= masking.len_keep[:, None]) & (rank < masking.num_tokens[:, None])
-        loss = self._weighted_mse(rows, self._targets(gather_tokens(patches, ids)), weight)
-        return loss, self._to_grid(rows, masking), masking.mask
+
+def _rename_legacy_decoder_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-time hook: rename the decoder keys of earlier checkpoints (LEGACY_DECODER_KEYS), in place."""
+    for key in list(state_dict):
+        for old, new in LEGACY_DECODER_KEYS.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
 
 def check_mask_ratio(mask_ratio: float) -> None:

@@ -1,68 +1,97 @@
-"""Named MAE sizes, so that configs can pick a model by name (``build_mae("mae_vit_base", ...)``).
+"""Named model sizes in one table, and the backbone spec every pre-training method shares.
 
 Widths follow the ViT family; decoders follow the 3D MAE literature (base: MONAI's default
-384/4/12, large: MAE's 512/8/16). ``micro`` exists for CPU demos and tests.
+384/4/12, large: MAE's 512/8/16). ``mae_vit_micro`` exists for CPU demos and tests. SimCLR and
+Models Genesis use the same names, so that "SimCLR with mae_vit_base" has exactly the encoder of
+"MAE with mae_vit_base".
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from ichor.models.mae import MaskedAutoencoderViT3D
+from ichor.models.vit import ViTEncoder3D
 
-# name -> (embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth, decoder_num_heads)
-ARCHITECTURES: dict[str, tuple[int, int, int, int, int, int]] = {
-    "mae_vit_micro": (96, 4, 3, 64, 2, 2),
-    "mae_vit_tiny": (192, 12, 3, 128, 4, 4),
-    "mae_vit_small": (384, 12, 6, 256, 4, 8),
-    "mae_vit_base": (768, 12, 12, 384, 4, 12),
-    "mae_vit_large": (1024, 24, 16, 512, 8, 16),
+
+@dataclass(frozen=True)
+class Preset:
+    """Encoder and decoder widths of one named size."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    decoder_embed_dim: int
+    decoder_depth: int
+    decoder_num_heads: int
+
+    def encoder_args(self) -> dict[str, int]:
+        return {"embed_dim": self.embed_dim, "depth": self.depth, "num_heads": self.num_heads}
+
+    def decoder_args(self) -> dict[str, int]:
+        return {
+            "decoder_embed_dim": self.decoder_embed_dim,
+            "decoder_depth": self.decoder_depth,
+            "decoder_num_heads": self.decoder_num_heads,
+        }
+
+
+PRESETS: dict[str, Preset] = {
+    "mae_vit_micro": Preset(96, 4, 3, 64, 2, 2),
+    "mae_vit_tiny": Preset(192, 12, 3, 128, 4, 4),  # ViT-Ti
+    "mae_vit_small": Preset(384, 12, 6, 256, 4, 8),  # ViT-S
+    "mae_vit_base": Preset(768, 12, 12, 384, 4, 12),  # ViT-B
+    "mae_vit_large": Preset(1024, 24, 16, 512, 8, 16),  # ViT-L
 }
 
 
-def _build(name: str, img_size, patch_size: int, mask_ratio: float, kwargs: dict[str, Any]) -> MaskedAutoencoderViT3D:
-    keys = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
-    arch = dict(zip(keys, ARCHITECTURES[name]))
-    arch.update(kwargs)  # explicit keywords (e.g. decoder_depth) override the preset
-    return MaskedAutoencoderViT3D(img_size=img_size, patch_size=patch_size, mask_ratio=mask_ratio, **arch)
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
-def mae_vit_micro(img_size, patch_size: int = 16, mask_ratio: float = 0.75, **kwargs: Any) -> MaskedAutoencoderViT3D:
-    """Encoder 96 wide, 4 blocks, 3 heads; decoder 64 wide, 2 blocks, 2 heads. CPU demos and tests."""
-    return _build("mae_vit_micro", img_size, patch_size, mask_ratio, kwargs)
+def build_encoder(name: str, img_size: tuple[int, int, int], patch_size: int = 16, **overrides: Any) -> ViTEncoder3D:
+    """A :class:`ViTEncoder3D` at a preset's encoder widths; ``overrides`` (e.g. ``depth``) win."""
+    args = {**get_preset(name).encoder_args(), **overrides}
+    return ViTEncoder3D(img_size=tuple(img_size), patch_size=patch_size, **args)
 
 
-def mae_vit_tiny(img_size, patch_size: int = 16, mask_ratio: float = 0.75, **kwargs: Any) -> MaskedAutoencoderViT3D:
-    """Encoder 192 wide, 12 blocks, 3 heads (ViT-Ti); decoder 128 wide, 4 blocks, 4 heads."""
-    return _build("mae_vit_tiny", img_size, patch_size, mask_ratio, kwargs)
+def build_mae(name: str, img_size: tuple[int, int, int], patch_size: int = 16, **overrides: Any) -> MaskedAutoencoderViT3D:
+    """A :class:`MaskedAutoencoderViT3D` at a preset's widths; ``overrides`` (e.g. ``decoder_depth``, ``mask_ratio``) win."""
+    preset = get_preset(name)
+    args = {**preset.encoder_args(), **preset.decoder_args(), **overrides}
+    return MaskedAutoencoderViT3D(img_size=tuple(img_size), patch_size=patch_size, **args)
 
 
-def mae_vit_small(img_size, patch_size: int = 16, mask_ratio: float = 0.75, **kwargs: Any) -> MaskedAutoencoderViT3D:
-    """Encoder 384 wide, 12 blocks, 6 heads (ViT-S); decoder 256 wide, 4 blocks, 8 heads."""
-    return _build("mae_vit_small", img_size, patch_size, mask_ratio, kwargs)
+@dataclass
+class Backbone:
+    """The 3D ViT that a pre-training method trains and downstream tasks keep.
 
+    Args:
+        preset: a name from :data:`PRESETS` (``mae_vit_micro`` ... ``mae_vit_large``).
+        patch_size: cubic patch edge in voxels (16 by default, 8 for small grids).
+        img_size: input shape; ``None`` takes the datamodule's ``shape`` at setup and records it.
+        overrides: further network keywords that win over the preset's (e.g. ``depth``).
+        grad_checkpointing: recompute block activations in backward to save memory.
+        compile: ``torch.compile`` the networks in place (keeps checkpoint keys unchanged).
+    """
 
-def mae_vit_base(img_size, patch_size: int = 16, mask_ratio: float = 0.75, **kwargs: Any) -> MaskedAutoencoderViT3D:
-    """Encoder 768 wide, 12 blocks, 12 heads (ViT-B); decoder 384 wide, 4 blocks, 12 heads (MONAI's default)."""
-    return _build("mae_vit_base", img_size, patch_size, mask_ratio, kwargs)
+    preset: str = "mae_vit_tiny"
+    patch_size: int = 16
+    img_size: tuple[int, int, int] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    grad_checkpointing: bool = False
+    compile: bool = False
 
+    def __post_init__(self) -> None:
+        get_preset(self.preset)  # an unknown name fails when the config is read, not after caching the data
+        if self.img_size is not None:
+            self.img_size = tuple(int(n) for n in self.img_size)
 
-def mae_vit_large(img_size, patch_size: int = 16, mask_ratio: float = 0.75, **kwargs: Any) -> MaskedAutoencoderViT3D:
-    """Encoder 1024 wide, 24 blocks, 16 heads (ViT-L); decoder 512 wide, 8 blocks, 16 heads (MAE's)."""
-    return _build("mae_vit_large", img_size, patch_size, mask_ratio, kwargs)
-
-
-MODELS: dict[str, Callable[..., MaskedAutoencoderViT3D]] = {
-    "mae_vit_micro": mae_vit_micro,
-    "mae_vit_tiny": mae_vit_tiny,
-    "mae_vit_small": mae_vit_small,
-    "mae_vit_base": mae_vit_base,
-    "mae_vit_large": mae_vit_large,
-}
-
-
-def build_mae(name: str, **kwargs: Any) -> MaskedAutoencoderViT3D:
-    """Build a preset by name; keywords go to the preset (``img_size`` is required)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
-    return MODELS[name](**kwargs)
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, as checkpoints keep hyper-parameters."""
+        values = asdict(self)
+        values["img_size"] = None if self.img_size is None else list(self.img_size)
+        return values

@@ -17,8 +17,7 @@ from safetensors.torch import load_file, save_file
 
 import ichor
 from ichor.data.atomic import atomic_path, write_text
-from ichor.models import ViTEncoder3D
-from ichor.pretrain.base import DATA_RECORD_KEY, ENCODER_RECORD_KEY
+from ichor.models.vit import ViTEncoder3D
 
 FORMAT = "ichor-encoder"
 FORMAT_VERSION = 1
@@ -26,9 +25,12 @@ WEIGHTS_FILE = "encoder.safetensors"
 METADATA_FILE = "encoder.json"
 REQUIRED_METADATA = ("format", "format_version", "architecture", "img_size", "harmonisation")
 
-# Checkpoints of every ichor.pretrain.base.Pretrainer carry an encoder record (ENCODER_RECORD_KEY):
-# method, state-dict prefix of the encoder and its constructor arguments. Every other
+# Checkpoints of every ichor.pretrain.Pretrainer carry two records beside the state dict:
+# the data record (harmonisation settings and data summary of the run), and the encoder record
+# (method, state-dict prefix of the encoder, preset and constructor arguments). Every other
 # state-dict entry belongs to the pretext task (decoder, projector).
+DATA_RECORD_KEY = "ichor_data"
+ENCODER_RECORD_KEY = "ichor_encoder"
 
 
 class WeightsError(ValueError):

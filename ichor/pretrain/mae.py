@@ -7,19 +7,17 @@ from typing import Any, ClassVar
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ichor.models import ViTEncoder3D, build_mae
-from ichor.pretrain.base import DATA_RECORD_KEY, VAL_STREAM, Pretrainer
+from ichor.models import Backbone, ViTEncoder3D, build_mae
+from ichor.pretrain.base import VAL_STREAM, Pretrainer
 from ichor.pretrain.figures import reconstruction_figure
-
-__all__ = ["DATA_RECORD_KEY", "MAEPretrainer"]  # DATA_RECORD_KEY is re-exported for existing imports
+from ichor.pretrain.optim import AdamW
 
 
 class MAEPretrainer(Pretrainer):
     """Masked-autoencoder pre-training of a 3D ViT on harmonised CBF maps.
 
     Args:
-        model, img_size, patch_size, model_kwargs, base_lr, weight_decay, betas, warmup_epochs,
-        min_lr_factor, grad_checkpointing, compile: see :class:`ichor.pretrain.base.Pretrainer`.
+        backbone, optim: see :class:`ichor.pretrain.base.Pretrainer`.
         mask_ratio: fraction of (brain) patches hidden from the encoder.
         norm_pix_loss: regress per-patch normalised voxels (MAE's better target).
         brain_aware: only patches that contain brain enter the encoder and the loss.
@@ -33,20 +31,11 @@ class MAEPretrainer(Pretrainer):
 
     def __init__(
         self,
-        model: str = "mae_vit_tiny",
-        img_size: tuple[int, int, int] | None = None,
-        patch_size: int = 16,
+        backbone: Backbone = Backbone(),
+        optim: AdamW = AdamW(),
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
         brain_aware: bool = True,
-        model_kwargs: dict[str, Any] | None = None,
-        base_lr: float = 1.5e-4,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: float = 5.0,
-        min_lr_factor: float = 0.0,
-        grad_checkpointing: bool = False,
-        compile: bool = False,
         figure_every_n_steps: int = 200,
         seed: int = 0,
     ) -> None:
@@ -55,16 +44,16 @@ class MAEPretrainer(Pretrainer):
 
     # ------------------------------------------------------------------ model
     def build_networks(self, img_size: tuple[int, int, int]) -> None:
-        hp = self.hparams
+        hp, backbone = self.hparams, self.backbone
         self.mae = build_mae(
-            hp.model,
+            backbone.preset,
             img_size=tuple(img_size),
-            patch_size=hp.patch_size,
+            patch_size=backbone.patch_size,
             mask_ratio=hp.mask_ratio,
             norm_pix_loss=hp.norm_pix_loss,
             brain_aware=hp.brain_aware,
-            grad_checkpointing=hp.grad_checkpointing,
-            **(hp.model_kwargs or {}),
+            grad_checkpointing=backbone.grad_checkpointing,
+            **backbone.overrides,
         )
 
     def encoder_network(self) -> ViTEncoder3D:

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ichor.models import ViTEncoder3D
+from ichor.models import Backbone, ViTEncoder3D
 from ichor.models.vit import init_weights
-from ichor.pretrain.base import TRAIN_STREAM, Pretrainer, as_dataclass, brain_mask_of, build_encoder
+from ichor.pretrain.base import TRAIN_STREAM, Pretrainer, as_dataclass, brain_mask_of
+from ichor.pretrain.optim import AdamW
 from ichor.pretrain.views import ViewAugmentation
 
 
@@ -79,8 +80,7 @@ class SimCLRPretrainer(Pretrainer):
     """Contrastive (SimCLR) pre-training of a 3D ViT on harmonised CBF maps.
 
     Args:
-        model, img_size, patch_size, model_kwargs, base_lr, weight_decay, betas, warmup_epochs,
-        min_lr_factor, grad_checkpointing, compile, seed: see :class:`ichor.pretrain.base.Pretrainer`.
+        backbone, optim, seed: see :class:`ichor.pretrain.base.Pretrainer`.
         projection_dim: output width of the projection MLP (the space NT-Xent works in).
         projection_hidden_dim: hidden width of the projection MLP.
         temperature: NT-Xent temperature; lower sharpens the contrast (0.1 suits small batches).
@@ -92,21 +92,12 @@ class SimCLRPretrainer(Pretrainer):
 
     def __init__(
         self,
-        model: str = "mae_vit_tiny",
-        img_size: tuple[int, int, int] | None = None,
-        patch_size: int = 16,
-        model_kwargs: dict[str, Any] | None = None,
+        backbone: Backbone = Backbone(),
+        optim: AdamW = AdamW(),
         projection_dim: int = 128,
         projection_hidden_dim: int = 2048,
         temperature: float = 0.1,
         augmentation: ViewAugmentation = ViewAugmentation(),
-        base_lr: float = 1.5e-4,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: float = 5.0,
-        min_lr_factor: float = 0.0,
-        grad_checkpointing: bool = False,
-        compile: bool = False,
         seed: int = 0,
     ) -> None:
         if temperature <= 0:
@@ -116,7 +107,7 @@ class SimCLRPretrainer(Pretrainer):
 
     def build_networks(self, img_size: tuple[int, int, int]) -> None:
         hp = self.hparams
-        self.encoder = build_encoder(hp.model, img_size, hp.patch_size, hp.grad_checkpointing, **(hp.model_kwargs or {}))
+        self.encoder = self.build_encoder(img_size)
         self.projector = ProjectionHead(self.encoder.embed_dim, hp.projection_hidden_dim, hp.projection_dim)
 
     def encoder_network(self) -> ViTEncoder3D:

@@ -1,0 +1,135 @@
+"""Helpers shared by the test modules: plain functions and constants (the fixtures are in conftest.py).
+
+Not a test module (pytest collects only ``test_*.py``). Test modules import it as
+``from helpers import ...``: tests/ has no ``__init__.py``, so pytest's default ("prepend")
+import mode puts tests/ on ``sys.path`` before importing conftest.py and the test modules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from ichor.benchmark import load_config
+from ichor.models import Backbone
+from ichor.models.weights import export_encoder
+from ichor.pretrain import MAEPretrainer
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "lightning_configs"
+
+
+# ---------------------------------------------------------------- single NIfTI maps
+
+AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])  # anisotropic 3 x 3 x 4 mm voxels
+
+
+def brain(seed: int = 0, size: int = 16) -> np.ndarray:
+    """A size^3 sphere of realistic CBF (20-70 mL/100g/min), zero outside, like a real derivative."""
+    grid = np.indices((size,) * 3) - (size - 1) / 2
+    inside = np.sqrt((grid**2).sum(0)) < size * 0.4
+    values = np.random.default_rng(seed).uniform(20, 70, inside.shape)
+    return np.where(inside, values, 0).astype(np.float32)
+
+
+def save(path: Path, data=None, affine=AFFINE) -> Path:
+    """Write ``data`` (default: ``brain()``) as NIfTI at ``path``, making its folder; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.Nifti1Image(brain() if data is None else np.asarray(data), affine).to_filename(path)
+    return path
+
+
+# ---------------------------------------------------------------- downstream data and encoder
+# The scans are 20^3 ellipsoid "brains" at 4 mm whose CBF level depends on the diagnosis, so
+# that a head has something to learn; the encoder is an untrained mae_vit_micro (patch 8)
+# exported with the harmonisation settings this data uses.
+
+SHAPE = (16, 16, 16)
+SPACING = 4.0
+HARMONISATION = {"spacing": [SPACING] * 3, "shape": list(SHAPE), "volume": None, "orientation": "RAS",
+                 "normalization": "scale", "cbf_scale": 100.0}
+DATA_ARGS = {"spacing": SPACING, "shape": SHAPE, "num_workers": 0, "progress": False, "augment": None,
+             "batch_size": 4, "val_fraction": 0.25, "test_fraction": 0.25}
+DIAGNOSES = ("CN", "AD")
+CBF_LEVEL = {"CN": 60.0, "AD": 42.0}
+
+
+def brain_map(rng: np.random.Generator, level: float) -> np.ndarray:
+    grid = np.stack(np.meshgrid(*[np.arange(20) - 9.5] * 3, indexing="ij"))
+    inside = ((grid / np.array([7.5, 8.5, 7.0])[:, None, None, None]) ** 2).sum(0) <= 1
+    values = level * (1 + 0.15 * rng.standard_normal(inside.shape))
+    return np.where(inside, values, 0).astype(np.float32)
+
+
+def make_dataset(root: Path, studies: int = 2, subjects: int = 6, seed: int = 0) -> list[str]:
+    """Per-study manifests (subject, session, study, path, diagnosis, age, rating); returns their paths."""
+    rng = np.random.default_rng(seed)
+    manifests = []
+    affine = np.diag([SPACING, SPACING, SPACING, 1.0])
+    for s in range(1, studies + 1):
+        folder = root / f"study-0{s}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(subjects):
+            subject, diagnosis = f"S{s}P{i:03d}", DIAGNOSES[i % 2]
+            name = f"sub-{subject}_cbf.nii.gz"
+            nib.save(nib.Nifti1Image(brain_map(rng, CBF_LEVEL[diagnosis]), affine), folder / name)
+            rows.append({"subject": subject, "session": "1", "study": f"study-0{s}", "path": name,
+                         "diagnosis": diagnosis, "age": round(float(rng.uniform(55, 85)), 1),
+                         "rating": round(float(rng.uniform(1, 4)), 2)})
+        path = folder / "manifest.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        manifests.append(str(path))
+    return manifests
+
+
+def make_encoder(root: Path, harmonisation: dict | None = None) -> Path:
+    """An exported untrained mae_vit_micro encoder (patch 8) for SHAPE, with ``harmonisation`` metadata."""
+    torch.manual_seed(0)
+    module = MAEPretrainer(backbone=Backbone("mae_vit_micro", patch_size=8, img_size=SHAPE))
+    module.data_record = {"harmonisation": harmonisation or HARMONISATION}
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0,
+                  "global_step": 0}
+    module.on_save_checkpoint(checkpoint)  # the data and encoder records Lightning's checkpointing adds
+    torch.save(checkpoint, root / "pretrain.ckpt")
+    return export_encoder(root / "pretrain.ckpt", root / "encoder")
+
+
+# ---------------------------------------------------------------- pre-training runs
+
+class StepLosses(Callback):
+    """Records the training loss of every optimiser step, in order."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def small_data_args(manifests) -> list[str]:
+    """Overrides that point a shipped config at the small synthetic data (``synthetic_manifests``), on CPU."""
+    return [
+        f"--data.init_args.manifests=[{','.join(map(str, manifests))}]",
+        "--data.init_args.spacing=6.0", "--data.init_args.shape=[32,48,32]",
+        "--data.init_args.num_workers=0", "--data.init_args.batch_size=2",
+        "--data.init_args.val_fraction=0.25", "--trainer.enable_progress_bar=false",
+    ]
+
+
+# ---------------------------------------------------------------- benchmark configs
+
+def check_benchmark_config(path: Path) -> None:
+    """A benchmark config parses, and every config it names is one the repo ships."""
+    config = load_config(path)
+    named = [Path(spec if isinstance(spec, str) else spec["config"] if isinstance(spec, dict) else spec.config)
+             for spec in config.pretrain.values()]
+    named += [Path(task.config) for task in config.tasks]
+    assert config.tasks and named
+    for name in named:
+        assert (REPO / name).is_file(), name
