@@ -67,10 +67,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        manifests = generate_dataset(root / "data", args.studies, args.subjects, seed=0, workers=args.workers, progress=False)
-        dm = CBFDataModule([str(m) for m in manifests], cache_dir=str(root / "cache"), spacing=args.spacing,
-                           shape=tuple(args.shape), num_workers=args.workers, batch_size=args.batch_size, progress=False,
-                           log_dir=str(root / "logs"))
+        manifests = generate_dataset(
+            root / "data", args.studies, args.subjects, seed=0, workers=args.workers, progress=False
+        )
+        dm = CBFDataModule(
+            [str(m) for m in manifests],
+            cache_dir=str(root / "cache"),
+            spacing=args.spacing,
+            shape=tuple(args.shape),
+            num_workers=args.workers,
+            batch_size=args.batch_size,
+            progress=False,
+            log_dir=str(root / "logs"),
+        )
         start = time.perf_counter()
         dm.prepare_data()
         build_time = time.perf_counter() - start
@@ -80,17 +89,27 @@ def main() -> None:
         cache_bytes = sum(f.stat().st_size for f in dm.cache.folder.iterdir())
 
         def cached(augmentation):
-            dataset = CachedScans(dm.rows.drop(columns="split"), predict.entries, "scale", dm.hparams.cbf_scale, augmentation)
-            return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                              persistent_workers=True, collate_fn=collate_batch)
+            dataset = CachedScans(
+                dm.rows.drop(columns="split"), predict.entries, "scale", dm.hparams.cbf_scale, augmentation
+            )
+            return DataLoader(
+                dataset,
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=args.workers,
+                persistent_workers=True,
+                collate_fn=collate_batch,
+            )
 
         plain = scans_per_second(cached(None), args.epochs, warm_up=True)
         augmented = scans_per_second(cached(Augmentation()), args.epochs, warm_up=True)
         paths = list(dm.rows["path"][: args.on_the_fly_scans])
         fly = scans_per_second(on_the_fly_loader(paths, dm, args.batch_size, args.workers), 1, warm_up=False)
 
-    print(f"\n{n} scans ({args.studies} studies x {args.subjects}), grid {tuple(args.shape)} at {args.spacing} mm, "
-          f"{args.workers} workers, batch {args.batch_size}, {torch.get_num_threads()} torch thread(s) in the main process")
+    print(
+        f"\n{n} scans ({args.studies} studies x {args.subjects}), grid {tuple(args.shape)} at {args.spacing} mm, "
+        f"{args.workers} workers, batch {args.batch_size}, {torch.get_num_threads()} torch thread(s) in the main process"
+    )
     print(f"{'measure':<44}{'value':>12}")
     print(f"{'cache build (scans/s)':<44}{n / build_time:>12.1f}")
     print(f"{'cache size per scan (MB)':<44}{cache_bytes / n / 1e6:>12.2f}")

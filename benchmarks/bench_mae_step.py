@@ -53,17 +53,29 @@ def brain_like_batch(batch: int, size: tuple[int, int, int], seed: int = 0) -> t
 def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
     if variant.startswith("ichor"):
         return build_mae(
-            args.preset, img_size=tuple(args.size), patch_size=args.patch, mask_ratio=args.mask_ratio,
+            args.preset,
+            img_size=tuple(args.size),
+            patch_size=args.patch,
+            mask_ratio=args.mask_ratio,
             brain_aware=variant == "ichor_brain_aware",
         )
     from monai.networks.nets import MaskedAutoEncoderViT
 
     width, depth, heads, dec_width, dec_depth, dec_heads = astuple(PRESETS[args.preset])
     return MaskedAutoEncoderViT(
-        in_channels=1, img_size=tuple(args.size), patch_size=args.patch, hidden_size=width,
-        mlp_dim=4 * width, num_layers=depth, num_heads=heads, masking_ratio=args.mask_ratio,
-        decoder_hidden_size=dec_width, decoder_mlp_dim=4 * dec_width, decoder_num_layers=dec_depth,
-        decoder_num_heads=dec_heads, qkv_bias=True,
+        in_channels=1,
+        img_size=tuple(args.size),
+        patch_size=args.patch,
+        hidden_size=width,
+        mlp_dim=4 * width,
+        num_layers=depth,
+        num_heads=heads,
+        masking_ratio=args.mask_ratio,
+        decoder_hidden_size=dec_width,
+        decoder_mlp_dim=4 * dec_width,
+        decoder_num_layers=dec_depth,
+        decoder_num_heads=dec_heads,
+        qkv_bias=True,
         # MONAI's 3D sin-cos table needs a width divisible by 6; otherwise a (same-cost) learned one.
         pos_embed_type="sincos" if width % 6 == 0 else "learnable",
         decoder_pos_embed_type="sincos" if dec_width % 6 == 0 else "learnable",
@@ -146,23 +158,33 @@ def report(args: argparse.Namespace, results: list[dict]) -> None:
     tokens = brain_patches(brain, args.patch).sum(1).float()
     grid = patchify(imgs[:1], args.patch).shape[1]
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.preset}, input {tuple(args.size)}, patch {args.patch}, mask ratio {args.mask_ratio}, "
-          f"batch {args.batch}, median of {args.steps} steps, best of {args.rounds} rounds, {args.precision}, {device}")
-    print(f"brain: {brain.float().mean():.1%} of voxels; {tokens.mean():.0f} of {grid} patches "
-          f"({tokens.mean() / grid:.0%}) hold brain")
+    print(
+        f"{args.preset}, input {tuple(args.size)}, patch {args.patch}, mask ratio {args.mask_ratio}, "
+        f"batch {args.batch}, median of {args.steps} steps, best of {args.rounds} rounds, {args.precision}, {device}"
+    )
+    print(
+        f"brain: {brain.float().mean():.1%} of voxels; {tokens.mean():.0f} of {grid} patches "
+        f"({tokens.mean() / grid:.0%}) hold brain"
+    )
     memory = "peak GPU MB" if args.device == "cuda" else "peak RSS MB over start"
     monai = next(r for r in results if r["variant"] == "monai")
     print(f"\n{'variant':<20}{'scans/s':>10}{'step ms':>10}{memory:>24}{'ICHOR/MONAI speed':>20}{'mem':>8}")
     for r in results:
-        print(f"{r['variant']:<20}{r['scans_per_s']:>10.2f}{r['step_ms']:>10.0f}{r['peak_mb']:>24.0f}"
-              f"{r['scans_per_s'] / monai['scans_per_s']:>19.2f}x{r['peak_mb'] / monai['peak_mb']:>7.2f}x")
+        print(
+            f"{r['variant']:<20}{r['scans_per_s']:>10.2f}{r['step_ms']:>10.0f}{r['peak_mb']:>24.0f}"
+            f"{r['scans_per_s'] / monai['scans_per_s']:>19.2f}x{r['peak_mb'] / monai['peak_mb']:>7.2f}x"
+        )
     cost = recipe_cost()
-    print(f"\nGPU recipe {RECIPE['preset']} at {RECIPE['size']} (2 mm), patch {RECIPE['patch']}, "
-          f"mask {RECIPE['mask_ratio']}, per scan:")
+    print(
+        f"\nGPU recipe {RECIPE['preset']} at {RECIPE['size']} (2 mm), patch {RECIPE['patch']}, "
+        f"mask {RECIPE['mask_ratio']}, per scan:"
+    )
     for name, c in cost.items():
-        print(f"  {name:<12} grid {c['grid_tokens']} tokens, encoder {c['encoder_tokens']}, "
-              f"decoder {c['decoder_tokens']}; forward {c['forward_flops'] / 1e9:.1f} GFLOP, "
-              f"train step {c['train_step_flops'] / 1e9:.1f} GFLOP")
+        print(
+            f"  {name:<12} grid {c['grid_tokens']} tokens, encoder {c['encoder_tokens']}, "
+            f"decoder {c['decoder_tokens']}; forward {c['forward_flops'] / 1e9:.1f} GFLOP, "
+            f"train step {c['train_step_flops'] / 1e9:.1f} GFLOP"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

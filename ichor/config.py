@@ -48,15 +48,23 @@ class IchorCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
-        kwargs.setdefault("trainer_defaults", {"logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": RUNS_DIR}}})
+        kwargs.setdefault(
+            "trainer_defaults", {"logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": RUNS_DIR}}}
+        )
         super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # A new run owns best.ckpt and last.ckpt (no "last-v1.ckpt" beside a previous run's last.ckpt, which
         # `--ckpt_path last` and `ichor export-encoder .../last.ckpt` would then pick up).
-        parser.set_defaults({"checkpoint.filename": "best", "checkpoint.save_last": True, "checkpoint.save_top_k": 1,
-                             "checkpoint.enable_version_counter": False})
+        parser.set_defaults(
+            {
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.enable_version_counter": False,
+            }
+        )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
 

@@ -51,10 +51,24 @@ def save(path: Path, data=None, affine=AFFINE) -> Path:
 
 SHAPE = (16, 16, 16)
 SPACING = 4.0
-HARMONISATION = {"spacing": [SPACING] * 3, "shape": list(SHAPE), "volume": None, "orientation": "RAS",
-                 "normalization": "scale", "cbf_scale": 100.0}
-DATA_ARGS = {"spacing": SPACING, "shape": SHAPE, "num_workers": 0, "progress": False, "augment": None,
-             "batch_size": 4, "val_fraction": 0.25, "test_fraction": 0.25}
+HARMONISATION = {
+    "spacing": [SPACING] * 3,
+    "shape": list(SHAPE),
+    "volume": None,
+    "orientation": "RAS",
+    "normalization": "scale",
+    "cbf_scale": 100.0,
+}
+DATA_ARGS = {
+    "spacing": SPACING,
+    "shape": SHAPE,
+    "num_workers": 0,
+    "progress": False,
+    "augment": None,
+    "batch_size": 4,
+    "val_fraction": 0.25,
+    "test_fraction": 0.25,
+}
 DIAGNOSES = ("CN", "AD")
 CBF_LEVEL = {"CN": 60.0, "AD": 42.0}
 
@@ -79,9 +93,17 @@ def make_dataset(root: Path, studies: int = 2, subjects: int = 6, seed: int = 0)
             subject, diagnosis = f"S{s}P{i:03d}", DIAGNOSES[i % 2]
             name = f"sub-{subject}_cbf.nii.gz"
             nib.save(nib.Nifti1Image(brain_map(rng, CBF_LEVEL[diagnosis]), affine), folder / name)
-            rows.append({"subject": subject, "session": "1", "study": f"study-0{s}", "path": name,
-                         "diagnosis": diagnosis, "age": round(float(rng.uniform(55, 85)), 1),
-                         "rating": round(float(rng.uniform(1, 4)), 2)})
+            rows.append(
+                {
+                    "subject": subject,
+                    "session": "1",
+                    "study": f"study-0{s}",
+                    "path": name,
+                    "diagnosis": diagnosis,
+                    "age": round(float(rng.uniform(55, 85)), 1),
+                    "rating": round(float(rng.uniform(1, 4)), 2),
+                }
+            )
         path = folder / "manifest.csv"
         pd.DataFrame(rows).to_csv(path, index=False)
         manifests.append(str(path))
@@ -93,14 +115,19 @@ def make_encoder(root: Path, harmonisation: dict | None = None) -> Path:
     torch.manual_seed(0)
     module = MAEPretrainer(backbone=Backbone("mae_vit_micro", patch_size=8, img_size=SHAPE))
     module.data_record = {"harmonisation": harmonisation or HARMONISATION}
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0,
-                  "global_step": 0}
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "epoch": 0,
+        "global_step": 0,
+    }
     module.on_save_checkpoint(checkpoint)  # the data and encoder records Lightning's checkpointing adds
     torch.save(checkpoint, root / "pretrain.ckpt")
     return export_encoder(root / "pretrain.ckpt", root / "encoder")
 
 
 # ---------------------------------------------------------------- pre-training runs
+
 
 class StepLosses(Callback):
     """Records the training loss of every optimiser step, in order."""
@@ -116,19 +143,25 @@ def small_data_args(manifests) -> list[str]:
     """Overrides that point a shipped config at the small synthetic data (``synthetic_manifests``), on CPU."""
     return [
         f"--data.init_args.manifests=[{','.join(map(str, manifests))}]",
-        "--data.init_args.spacing=6.0", "--data.init_args.shape=[32,48,32]",
-        "--data.init_args.num_workers=0", "--data.init_args.batch_size=2",
-        "--data.init_args.val_fraction=0.25", "--trainer.enable_progress_bar=false",
+        "--data.init_args.spacing=6.0",
+        "--data.init_args.shape=[32,48,32]",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.val_fraction=0.25",
+        "--trainer.enable_progress_bar=false",
     ]
 
 
 # ---------------------------------------------------------------- benchmark configs
 
+
 def check_benchmark_config(path: Path) -> None:
     """A benchmark config parses, and every config it names is one the repo ships."""
     config = load_config(path)
-    named = [Path(spec if isinstance(spec, str) else spec["config"] if isinstance(spec, dict) else spec.config)
-             for spec in config.pretrain.values()]
+    named = [
+        Path(spec if isinstance(spec, str) else spec["config"] if isinstance(spec, dict) else spec.config)
+        for spec in config.pretrain.values()
+    ]
     named += [Path(task.config) for task in config.tasks]
     assert config.tasks and named
     for name in named:

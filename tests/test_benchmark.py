@@ -22,18 +22,28 @@ def small_benchmark(tmp_path, manifests) -> dict:
     """
     shipped = load_config(CONFIGS / "benchmark_demo.yaml")
     repo = CONFIGS.parent  # the shipped file's paths are relative to the repository; the test runs elsewhere
-    tasks = [dict(task.__dict__, config=str(repo / task.config)) for task in shipped.tasks if task.name in ("AD", "quality")]
+    tasks = [
+        dict(task.__dict__, config=str(repo / task.config)) for task in shipped.tasks if task.name in ("AD", "quality")
+    ]
     return {
-        "pretrain": {method: {"config": str(repo / spec.config), "overrides": spec.overrides}
-                     for method, spec in shipped.pretrain.items()},
+        "pretrain": {
+            method: {"config": str(repo / spec.config), "overrides": spec.overrides}
+            for method, spec in shipped.pretrain.items()
+        },
         "tasks": [dict(task, metric="mae") if task["head"] == "regression" else task for task in tasks],
         "budgets": [0.5, 1.0],
         "epochs": {"pretrain": 1, "finetune": 1, "scratch": 1},
-        "overrides": [*shipped.overrides,
-                      f"--data.init_args.manifests=[{','.join(map(str, manifests))}]",
-                      f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.spacing=6.0",
-                      "--data.init_args.shape=[32,48,32]", "--data.init_args.num_workers=0",
-                      "--data.init_args.batch_size=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2"],
+        "overrides": [
+            *shipped.overrides,
+            f"--data.init_args.manifests=[{','.join(map(str, manifests))}]",
+            f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+            "--data.init_args.spacing=6.0",
+            "--data.init_args.shape=[32,48,32]",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=2",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=2",
+        ],
     }
 
 
@@ -47,7 +57,9 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(tmp_pat
     summary = pd.read_csv(out / "benchmark_summary.csv")
     pairs = [(method, mode) for method in ("mae", "simclr", "genesis") for mode in ("linear_probe", "finetune")]
     pairs += [("scratch", "scratch"), ("regional_mean", "baseline")]
-    expected = {(task, method, mode, budget) for task in ("AD", "quality") for budget in (0.5, 1.0) for method, mode in pairs}
+    expected = {
+        (task, method, mode, budget) for task in ("AD", "quality") for budget in (0.5, 1.0) for method, mode in pairs
+    }
     keys = list(summary[["task", "method", "mode", "budget"]].itertuples(index=False, name=None))
     assert len(keys) == len(expected) and set(keys) == expected  # one row each
     assert (summary["folds"] == 4).all()  # one per held-out study
@@ -61,15 +73,21 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(tmp_pat
     rows = read_manifests(synthetic_manifests).set_index("subject")
     for fold in studies:
         split = pd.read_csv(out / "AD/mae/finetune/budget-1" / fold / "split_file.csv").set_index("subject")["split"]
-        assert set(split[split == "test"].index) == set(rows.index[(rows["study"] == fold) & rows["diagnosis"].isin(["CN", "AD"])])
+        assert set(split[split == "test"].index) == set(
+            rows.index[(rows["study"] == fold) & rows["diagnosis"].isin(["CN", "AD"])]
+        )
         assert (rows.loc[split[split != "test"].index, "study"] != fold).all()
         assert set(rows.loc[split.index, "diagnosis"]) == {"CN", "AD"}  # target_values keeps AD and controls only
 
     # The label budget halves the training subjects; validation and test subjects stay the same.
     for method, mode in [("mae", "linear_probe"), ("genesis", "finetune"), ("regional_mean", "baseline")]:
-        runs = summary[(summary["task"] == "AD") & (summary["method"] == method) & (summary["mode"] == mode)].set_index("budget")
+        runs = summary[(summary["task"] == "AD") & (summary["method"] == method) & (summary["mode"] == mode)].set_index(
+            "budget"
+        )
         assert runs.loc[0.5, "n_train"] == runs.loc[1.0, "n_train"] / 2
-    half, full = (pd.read_csv(out / "AD/simclr/finetune" / f"budget-{b}" / "study-02" / "split_file.csv") for b in ("0.5", "1"))
+    half, full = (
+        pd.read_csv(out / "AD/simclr/finetune" / f"budget-{b}" / "study-02" / "split_file.csv") for b in ("0.5", "1")
+    )
     assert set(half["subject"]) < set(full["subject"])
     held = [table[table["split"] != "train"].reset_index(drop=True) for table in (half, full)]
     assert held[0].equals(held[1])
@@ -155,7 +173,9 @@ def test_config_errors_name_the_file_and_the_problem(tmp_path):
     path.write_text(yaml.safe_dump({"pretrain": {"mae": "x.yaml"}, "tasks": [task]}))
     with pytest.raises(ValueError, match="metric 'auroc' is not one of mae, rmse"):
         load_config(path)
-    path.write_text(yaml.safe_dump({"pretrain": {"mae": "x.yaml"}, "tasks": [dict(task, metric="mae")], "budgets": [0, 1]}))
+    path.write_text(
+        yaml.safe_dump({"pretrain": {"mae": "x.yaml"}, "tasks": [dict(task, metric="mae")], "budgets": [0, 1]})
+    )
     with pytest.raises(ValueError, match=r"label budgets must be in \(0, 1\], got \[0\]"):
         load_config(path)
 
@@ -179,10 +199,14 @@ def test_label_budgets_are_nested_stratified_and_keep_every_class():
     from ichor.benchmark.run import budget_fold
     from ichor.downstream.cv import subject_folds
 
-    rows = pd.DataFrame({"subject": [f"P{i:02d}" for i in range(60)], "study": "s", "diagnosis": ["CN", "AD", "FTD"] * 20})
+    rows = pd.DataFrame(
+        {"subject": [f"P{i:02d}" for i in range(60)], "study": "s", "diagnosis": ["CN", "AD", "FTD"] * 20}
+    )
     fold = subject_folds(rows, "diagnosis", folds=3)[0]
-    trained = {b: set(budget_fold(fold, rows, "diagnosis", b).splits.query("split == 'train'")["subject"])
-               for b in (0.05, 0.5, 1.0)}
+    trained = {
+        b: set(budget_fold(fold, rows, "diagnosis", b).splits.query("split == 'train'")["subject"])
+        for b in (0.05, 0.5, 1.0)
+    }
     assert trained[0.05] < trained[0.5] < trained[1.0]  # a smaller budget is a subset, not a new draw
     assert len(trained[0.5]) == len(trained[1.0]) // 2
     labels = rows.set_index("subject")["diagnosis"]

@@ -37,19 +37,32 @@ def aslprep(tmp_path) -> Path:
         save(perf / f"{stem}_space-T1w_cbf.nii.gz", brain(seed + 10))
         save(perf / f"{stem}_space-{MNI}_desc-basil_cbf.nii.gz", brain(seed + 20))
         save(perf / f"{stem}_space-{MNI}_desc-timeseries_cbf.nii.gz", np.stack([brain(), brain(1)], -1))
-        (perf / f"{stem}_space-{MNI}_cbf.json").write_text(json.dumps({
-            "Units": "mL/100 g/min", "ArterialSpinLabelingType": "PCASL", "PostLabelingDelay": 1.8,
-            "MagneticFieldStrength": 3, "Manufacturer": "Siemens", "MRAcquisitionType": "3D",
-            "PulseSequenceType": "3D_GRASE",
-        }))
+        (perf / f"{stem}_space-{MNI}_cbf.json").write_text(
+            json.dumps(
+                {
+                    "Units": "mL/100 g/min",
+                    "ArterialSpinLabelingType": "PCASL",
+                    "PostLabelingDelay": 1.8,
+                    "MagneticFieldStrength": 3,
+                    "Manufacturer": "Siemens",
+                    "MRAcquisitionType": "3D",
+                    "PulseSequenceType": "3D_GRASE",
+                }
+            )
+        )
         pd.DataFrame({"FD": [0.1], "qei_cbf": [0.5 + int(session) / 10]}).to_csv(
-            perf / f"{stem}_desc-qualitycontrol_cbf.tsv", sep="\t", index=False)
+            perf / f"{stem}_desc-qualitycontrol_cbf.tsv", sep="\t", index=False
+        )
     save(root / "sub-01" / "anat" / f"sub-01_space-{MNI}_label-GM_probseg.nii.gz", (brain() > 0) * np.float32(0.9))
-    save(root / "sub-01" / "anat" / f"sub-01_space-{MNI}_label-WM_probseg.nii.gz",  # 1 mm: not the CBF grid
-         (brain() > 0) * np.float32(0.9), affine=np.diag([1.0, 1, 1, 1]))
+    save(
+        root / "sub-01" / "anat" / f"sub-01_space-{MNI}_label-WM_probseg.nii.gz",  # 1 mm: not the CBF grid
+        (brain() > 0) * np.float32(0.9),
+        affine=np.diag([1.0, 1, 1, 1]),
+    )
     save(root / "sub-02" / "perf" / f"sub-02_space-{MNI}_cbf.nii.gz", brain(5))
     (tmp_path / "ds001" / "participants.tsv").write_text(
-        "participant_id\tage\tsex\tdiagnosis\nsub-01\t71\tF\tAD\nsub-02\tn/a\tM\tCN\nsub-03\t50\tM\tCN\n")
+        "participant_id\tage\tsex\tdiagnosis\nsub-01\t71\tF\tAD\nsub-02\tn/a\tM\tCN\nsub-03\t50\tM\tCN\n"
+    )
     return root
 
 
@@ -63,10 +76,18 @@ def test_aslprep_rows_columns_and_check(aslprep, tmp_path, capsys):
     table = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert list(table.columns[:4]) == ["subject", "session", "path", "study"]
     assert table[["subject", "session"]].values.tolist() == [["01", "1"], ["01", "2"], ["02", ""]]
-    assert table["path"].iloc[0] == f"../ds001/derivatives/aslprep/sub-01/ses-1/perf/sub-01_ses-1_space-{MNI}_cbf.nii.gz"
+    assert (
+        table["path"].iloc[0] == f"../ds001/derivatives/aslprep/sub-01/ses-1/perf/sub-01_ses-1_space-{MNI}_cbf.nii.gz"
+    )
     assert set(table["study"]) == {"ds001"}
     assert table["qei_cbf"].tolist() == ["0.6", "0.7", ""]
-    assert table[["asl_type", "pld", "field_strength", "vendor", "readout"]].iloc[0].tolist() == ["PCASL", "1.8", "3.0", "Siemens", "3D_GRASE"]
+    assert table[["asl_type", "pld", "field_strength", "vendor", "readout"]].iloc[0].tolist() == [
+        "PCASL",
+        "1.8",
+        "3.0",
+        "Siemens",
+        "3D_GRASE",
+    ]
     assert table[["age", "sex", "diagnosis"]].values.tolist() == [["71", "F", "AD"], ["71", "F", "AD"], ["", "M", "CN"]]
     assert table["gm"].iloc[0].endswith(f"sub-01_space-{MNI}_label-GM_probseg.nii.gz")
     assert "wm" not in table.columns  # the only WM map is on another grid
@@ -79,17 +100,24 @@ def test_aslprep_rows_columns_and_check(aslprep, tmp_path, capsys):
 def test_desc_picks_another_cbf_variant_and_skips_scans_without_it(aslprep, tmp_path):
     result = build_manifest(aslprep, tmp_path / "basil.csv", desc="basil", study="adni")
     assert [Path(p).name for p in result.rows["path"]] == [
-        f"sub-01_ses-1_space-{MNI}_desc-basil_cbf.nii.gz", f"sub-01_ses-2_space-{MNI}_desc-basil_cbf.nii.gz"]
+        f"sub-01_ses-1_space-{MNI}_desc-basil_cbf.nii.gz",
+        f"sub-01_ses-2_space-{MNI}_desc-basil_cbf.nii.gz",
+    ]
     assert set(result.rows["study"]) == {"adni"}
     assert any(note.startswith("skipped sub-02: no desc-basil CBF map") for note in result.notes)
 
 
 def test_space_option_and_ambiguous_spaces(aslprep, tmp_path):
     result = build_manifest(aslprep, tmp_path / "t1w.csv", space="T1w")
-    assert [Path(p).name for p in result.rows["path"]] == ["sub-01_ses-1_space-T1w_cbf.nii.gz", "sub-01_ses-2_space-T1w_cbf.nii.gz"]
+    assert [Path(p).name for p in result.rows["path"]] == [
+        "sub-01_ses-1_space-T1w_cbf.nii.gz",
+        "sub-01_ses-2_space-T1w_cbf.nii.gz",
+    ]
     for path in aslprep.rglob(f"*space-{MNI}_cbf.nii.gz"):
         path.rename(path.with_name(path.name.replace(MNI, "MNI152NLin6Asym")))
-    with pytest.raises(DerivativesError, match="cannot choose one CBF map for:\n  sub-01 ses-1: spaces MNI152NLin6Asym, T1w"):
+    with pytest.raises(
+        DerivativesError, match="cannot choose one CBF map for:\n  sub-01 ses-1: spaces MNI152NLin6Asym, T1w"
+    ):
         build_manifest(aslprep, tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
 
@@ -107,7 +135,9 @@ def test_plain_cbf_in_synth_like_layout_with_tissue_maps(tmp_path):
     assert result.rows["subject"].tolist() == ["S01P001", "S01P002"]
     table = pd.read_csv(out, dtype=str)
     assert table.loc[0, ["path", "gm", "wm", "csf"]].tolist() == [
-        f"study-01/sub-S01P001/sub-S01P001_{name}.nii.gz" for name in ("cbf", "label-GM_probseg", "label-WM_probseg", "label-CSF_probseg")]
+        f"study-01/sub-S01P001/sub-S01P001_{name}.nii.gz"
+        for name in ("cbf", "label-GM_probseg", "label-WM_probseg", "label-CSF_probseg")
+    ]
     assert "session" not in table.columns
     assert check_manifests([str(out)]) == []
 
@@ -124,7 +154,9 @@ def test_several_runs_per_session_are_an_error(tmp_path):
     root = tmp_path / "runs"
     save(root / "sub-01" / "perf" / "sub-01_run-1_cbf.nii.gz")
     save(root / "sub-01" / "perf" / "sub-01_run-2_cbf.nii.gz")
-    with pytest.raises(DerivativesError, match=r"sub-01: several maps \(sub-01_run-1_cbf.nii.gz, sub-01_run-2_cbf.nii.gz\)"):
+    with pytest.raises(
+        DerivativesError, match=r"sub-01: several maps \(sub-01_run-1_cbf.nii.gz, sub-01_run-2_cbf.nii.gz\)"
+    ):
         build_manifest(root, tmp_path / "m.csv")
 
 
@@ -135,14 +167,19 @@ def test_exploreasl_population(tmp_path):
     save(population / "qCBF_sub-001_ASL_2.nii.gz", brain(1))
     save(population / "qCBF_sub-002_ASL_1.nii", brain(2))
     save(population / "PV_pGM_sub-001.nii", (brain() > 0) * np.float32(1))  # not a CBF map
-    (population.parent / "Participants.tsv").write_text("participant_id\tage\tgroup\nsub-001\t64\tMCI\nsub-002\t70\tCN\n")
+    (population.parent / "Participants.tsv").write_text(
+        "participant_id\tage\tgroup\nsub-001\t64\tMCI\nsub-002\t70\tCN\n"
+    )
     before = snapshot(dataset)
     out = tmp_path / "cohort.csv"
     assert main(["manifest", "from-bids", str(dataset), "--out", str(out)]) == 0
     assert snapshot(dataset) == before
     table = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert table[["subject", "session", "study", "age", "group"]].values.tolist() == [
-        ["001", "1", "cohort", "64", "MCI"], ["001", "2", "cohort", "64", "MCI"], ["002", "1", "cohort", "70", "CN"]]
+        ["001", "1", "cohort", "64", "MCI"],
+        ["001", "2", "cohort", "64", "MCI"],
+        ["002", "1", "cohort", "70", "CN"],
+    ]
     assert table["path"].iloc[1] == "cohort/derivatives/ExploreASL/Population/qCBF_sub-001_ASL_2.nii.gz"
     assert check_manifests([str(out)]) == []
 

@@ -42,8 +42,13 @@ TINY_PRETRAINER = [
 # One training and one validation batch on one CPU process, whatever the config asks for
 # (pretrain_vit_base.yaml: GPUs, 4 devices x 2 nodes, DDP, bf16).
 TRAINER = [
-    "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1",
-    "--trainer.strategy=auto", "--trainer.precision=32-true", "--trainer.enable_progress_bar=false",
+    "--trainer.fast_dev_run=1",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.num_nodes=1",
+    "--trainer.strategy=auto",
+    "--trainer.precision=32-true",
+    "--trainer.enable_progress_bar=false",
 ]
 # small_data_args harmonises synthetic_manifests to this grid (6 mm voxels, 32 x 48 x 32).
 SMALL_HARMONISATION = {**HARMONISATION, "spacing": [6.0] * 3, "shape": [32, 48, 32]}
@@ -100,8 +105,10 @@ def model_overrides(cls: type, request) -> list[str]:
         return TINY_PRETRAINER
     if issubclass(cls, DownstreamTask):
         return [f"--model.init_args.encoder={request.getfixturevalue('small_encoder')}"]
-    pytest.fail(f"{cls.__module__}.{cls.__qualname__} is neither a Pretrainer nor a DownstreamTask: "
-                "teach tests/test_configs.py how to run it small")
+    pytest.fail(
+        f"{cls.__module__}.{cls.__qualname__} is neither a Pretrainer nor a DownstreamTask: "
+        "teach tests/test_configs.py how to run it small"
+    )
 
 
 def test_every_config_is_a_lightning_or_a_benchmark_config():
@@ -126,8 +133,15 @@ def test_lightning_config_runs_fast_dev_run(path, tmp_path, monkeypatch, request
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(IchorCLI, "__init__", recording)
-    args = ["fit", "--config", str(path), *TRAINER, *small_data_args(synthetic_manifests),
-            f"--data.init_args.cache_dir={cache_dir}", *model_overrides(model, request)]
+    args = [
+        "fit",
+        "--config",
+        str(path),
+        *TRAINER,
+        *small_data_args(synthetic_manifests),
+        f"--data.init_args.cache_dir={cache_dir}",
+        *model_overrides(model, request),
+    ]
     assert main(args) == 0
 
     (cli,) = runs

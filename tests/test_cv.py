@@ -15,8 +15,15 @@ def scan_rows(subjects: int = 24, studies: int = 3) -> pd.DataFrame:
     for i in range(subjects):
         label = "" if i == 0 else ("AD" if i % 3 == 0 else "CN")
         for session in ("1", "2"):
-            rows.append({"subject": f"P{i:02d}", "session": session, "study": f"study-0{i % studies + 1}",
-                         "diagnosis": label, "age": 50.0 + i})
+            rows.append(
+                {
+                    "subject": f"P{i:02d}",
+                    "session": session,
+                    "study": f"study-0{i % studies + 1}",
+                    "diagnosis": label,
+                    "age": 50.0 + i,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -57,8 +64,14 @@ def test_by_study_holds_out_each_study_and_numeric_targets_work():
 
 
 def test_summary_is_mean_and_std_over_folds():
-    results = pd.DataFrame({"fold": ["fold-1", "fold-2", "fold-3"], "n_test": [4, 4, 4],
-                            "test/auroc": [0.6, 0.8, 1.0], "test/loss": [0.5, 0.4, 0.3]})
+    results = pd.DataFrame(
+        {
+            "fold": ["fold-1", "fold-2", "fold-3"],
+            "n_test": [4, 4, 4],
+            "test/auroc": [0.6, 0.8, 1.0],
+            "test/loss": [0.5, 0.4, 0.3],
+        }
+    )
     summary = summarise(results).set_index("metric")
     assert summary.loc["auroc", "mean"] == pytest.approx(0.8) and summary.loc["auroc", "std"] == pytest.approx(0.2)
     assert summary.loc["loss", "count"] == 3 and "n_test" not in summary.index
@@ -71,11 +84,28 @@ def test_cv_command_runs_every_fold(tmp_path, monkeypatch, downstream_manifests,
     monkeypatch.chdir(tmp_path)
     manifests, encoder = downstream_manifests, tiny_encoder  # 2 studies x 6 subjects
     out = tmp_path / "cv"
-    status = main(["cv", "--config", str(CONFIGS / "probe_diagnosis.yaml"), "--folds", "3", "--out", str(out),
-        "--", f"--model.init_args.encoder={encoder}", f"--data.init_args.manifests=[{','.join(manifests)}]",
-        f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.shape=[16,16,16]",
-        "--data.init_args.num_workers=0", "--data.init_args.batch_size=4", "--data.init_args.progress=false",
-        "--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"])
+    status = main(
+        [
+            "cv",
+            "--config",
+            str(CONFIGS / "probe_diagnosis.yaml"),
+            "--folds",
+            "3",
+            "--out",
+            str(out),
+            "--",
+            f"--model.init_args.encoder={encoder}",
+            f"--data.init_args.manifests=[{','.join(manifests)}]",
+            f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+            "--data.init_args.shape=[16,16,16]",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.progress=false",
+            "--trainer.max_epochs=1",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     assert status == 0
     folds = pd.read_csv(out / "cv_folds.csv")
     assert folds["fold"].tolist() == ["fold-1", "fold-2", "fold-3"] and folds["n_test"].sum() == 12

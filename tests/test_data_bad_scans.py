@@ -55,8 +55,15 @@ def missing(good, path):
     pass
 
 
-BAD = {corrupt: "cannot read|corrupt", four_d: "4D", all_zero: "zero", nan_voxels: "non-finite",
-       degenerate_affine: "degenerate affine", wrong_units: "median", missing: "not found"}
+BAD = {
+    corrupt: "cannot read|corrupt",
+    four_d: "4D",
+    all_zero: "zero",
+    nan_voxels: "non-finite",
+    degenerate_affine: "degenerate affine",
+    wrong_units: "median",
+    missing: "not found",
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +81,12 @@ def dataset(tmp_path_factory):
     bad_manifest = Path(manifests[1]).with_name("with_bad.csv")
     pd.concat([good_rows, pd.DataFrame(rows)]).to_csv(bad_manifest, index=False)
     first_bad_row = len(good_rows) + 1
-    return {"manifests": [manifests[0], str(bad_manifest)], "first_bad_row": first_bad_row,
-            "n_good": sum(len(pd.read_csv(m)) for m in manifests), "cache": str(root / "cache")}
+    return {
+        "manifests": [manifests[0], str(bad_manifest)],
+        "first_bad_row": first_bad_row,
+        "n_good": sum(len(pd.read_csv(m)) for m in manifests),
+        "cache": str(root / "cache"),
+    }
 
 
 def make_datamodule(dataset, tmp_path, **kwargs):
@@ -90,7 +101,9 @@ def test_error_policy_names_every_bad_row_and_file_in_one_message(dataset, tmp_p
     assert message.startswith(f"{len(BAD)} bad scans")
     for offset, (make, pattern) in enumerate(BAD.items()):
         line = next(line for line in message.splitlines() if f"bad_{make.__name__}.nii.gz" in line)
-        assert line.strip().startswith(f"{dataset['manifests'][1]} row {dataset['first_bad_row'] + offset} (bad_{make.__name__}.nii.gz): ")
+        assert line.strip().startswith(
+            f"{dataset['manifests'][1]} row {dataset['first_bad_row'] + offset} (bad_{make.__name__}.nii.gz): "
+        )
         assert pd.Series([line]).str.contains(pattern).all(), line
     with pytest.raises(ScanError):  # setup alone (no prepare_data) applies the same policy
         make_datamodule(dataset, tmp_path).setup("fit")

@@ -62,7 +62,9 @@ def test_second_run_reuses_touched_file_rebuilds_new_settings_new_key(manifests,
     assert len(builds) == n
     second = setup(manifests, tmp_path)
     assert len(builds) == n  # nothing rebuilt
-    assert [e.array_path for e in second.datasets["predict"].entries] == [e.array_path for e in first.datasets["predict"].entries]
+    assert [e.array_path for e in second.datasets["predict"].entries] == [
+        e.array_path for e in first.datasets["predict"].entries
+    ]
 
     touched = first.rows["path"][2]
     stat = os.stat(touched)
@@ -106,8 +108,12 @@ def test_preprocess_command_builds_the_cache_fit_reuses(manifests, tmp_path, bui
         "data:\n  class_path: ichor.data.CBFDataModule\n  init_args:\n"
         f"    manifests: {manifests}\n    cache_dir: {tmp_path / 'cache'}\n    spacing: 4.0\n    shape: [48, 56, 48]\n"
     )
-    assert preprocess(["--config", str(config), "--workers", "0", "--no-progress",
-                 "--export-nifti", str(tmp_path / "nifti")]) == 0
+    assert (
+        preprocess(
+            ["--config", str(config), "--workers", "0", "--no-progress", "--export-nifti", str(tmp_path / "nifti")]
+        )
+        == 0
+    )
     assert f"{n} harmonised, 0 already cached, 0 bad" in capsys.readouterr().out
     assert len(list((tmp_path / "nifti").rglob("*_harmonised_cbf.nii.gz"))) == n
     setup(manifests, tmp_path / "cache")
@@ -118,7 +124,10 @@ def test_preprocess_command_builds_the_cache_fit_reuses(manifests, tmp_path, bui
 
 def test_settings_key_depends_on_every_geometry_setting():
     base = HarmonisationSettings.create(2.0, (96, 112, 96))
-    keys = {base.key(), HarmonisationSettings.create(2.5, (96, 112, 96)).key(),
-            HarmonisationSettings.create(2.0, (96, 96, 96)).key(),
-            HarmonisationSettings.create(2.0, (96, 112, 96), volume="mean").key()}
+    keys = {
+        base.key(),
+        HarmonisationSettings.create(2.5, (96, 112, 96)).key(),
+        HarmonisationSettings.create(2.0, (96, 96, 96)).key(),
+        HarmonisationSettings.create(2.0, (96, 112, 96), volume="mean").key(),
+    }
     assert len(keys) == 4 and base.key() == HarmonisationSettings.create((2, 2, 2), [96, 112, 96]).key()

@@ -52,8 +52,11 @@ def test_batches_have_images_masks_and_manifest_fields(manifests, cache_dir):
     assert (batch["image"][~batch["mask"]] == 0).all()
     assert len(dm.datasets["predict"]) == 16
     summary = dm.data_summary()
-    assert summary["scans"] == 16 and summary["skipped"] == 0 and set(summary["per_study"]) == {
-        "study-01", "study-02", "study-03", "study-04"}
+    assert (
+        summary["scans"] == 16
+        and summary["skipped"] == 0
+        and set(summary["per_study"]) == {"study-01", "study-02", "study-03", "study-04"}
+    )
     settings = json.loads(json.dumps(dm.harmonisation_settings()))
     assert settings["shape"] == [48, 56, 48] and settings["spacing"] == [4.0, 4.0, 4.0]
     assert settings["orientation"] == "RAS" and settings["normalization"] == "scale"
@@ -127,7 +130,9 @@ def test_flip_is_left_right_and_affine_moves_the_mask():
     torch.manual_seed(0)
     big = torch.zeros(1, 20, 20, 20, dtype=torch.bool)
     big[:, 5:15, 5:15, 5:15] = True
-    moved, moved_mask = Augmentation(flip_p=0, affine_p=1, intensity_p=0, noise_p=0, shift_voxels=3)(big * 0.5, big, 0.1)
+    moved, moved_mask = Augmentation(flip_p=0, affine_p=1, intensity_p=0, noise_p=0, shift_voxels=3)(
+        big * 0.5, big, 0.1
+    )
     assert abs(int(moved_mask.sum()) - 1000) < 250 and torch.allclose(moved[moved_mask], torch.tensor(0.5))
 
 

@@ -11,8 +11,13 @@ CENTRE = np.array([3.0, -12.0, 9.0])  # brain centre in world mm (RAS)
 RADII = np.array([60.0, 75.0, 55.0])
 
 
-def phantom(voxel: tuple[float, float, float], shape: tuple[int, int, int], orientation: str = "RAS",
-            offset=(0.0, 0.0, 0.0), value=None) -> nib.Nifti1Image:
+def phantom(
+    voxel: tuple[float, float, float],
+    shape: tuple[int, int, int],
+    orientation: str = "RAS",
+    offset=(0.0, 0.0, 0.0),
+    value=None,
+) -> nib.Nifti1Image:
     """An ellipsoidal 'brain' fixed in world space, sampled on a grid of the given geometry."""
     signs = np.array([1 if axis in "RAS" else -1 for axis in orientation], dtype=float)
     affine = np.diag([*(signs * voxel), 1.0])
@@ -71,7 +76,9 @@ def test_other_voxel_sizes_orientations_and_fovs_land_on_the_same_grid(voxel, sh
 def test_edge_is_not_diluted_and_negative_voxels_stay_brain():
     """Normalised interpolation: a constant brain stays constant up to its edge; the mask does not grow."""
     checker = lambda xyz: np.where((np.floor(xyz[..., 0] / 6) + np.floor(xyz[..., 1] / 6)) % 2 == 0, 50.0, -5.0)  # noqa: E731
-    scan = harmonise(phantom((1.5, 1.5, 1.5), (121, 145, 121), value=lambda xyz: np.full(xyz.shape[:3], 50.0)), SETTINGS)
+    scan = harmonise(
+        phantom((1.5, 1.5, 1.5), (121, 145, 121), value=lambda xyz: np.full(xyz.shape[:3], 50.0)), SETTINGS
+    )
     assert np.allclose(scan.cbf[scan.mask], 50.0, atol=1e-3)  # plain linear interpolation would fade the edge
     assert np.all(scan.cbf[~scan.mask] == 0)
     true_volume = 4 / 3 * np.pi * RADII.prod() / 4.0**3

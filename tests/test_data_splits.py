@@ -12,10 +12,18 @@ def scans(n_studies=3, subjects=20, sessions=2) -> pd.DataFrame:
     for s in range(n_studies):
         for j in range(subjects):
             for k in range(sessions):
-                rows.append({"subject": f"S{s}P{j:03d}", "session": f"ses-{k}", "study": f"study-{s + 1:02d}",
-                             "site": f"site-{s}{j % 2}", "diagnosis": "AD" if j % 4 == 0 else "CN",
-                             "manifest": f"study-{s + 1:02d}.csv", "row": j * sessions + k + 1,
-                             "path": f"/data/S{s}P{j:03d}_{k}.nii.gz"})
+                rows.append(
+                    {
+                        "subject": f"S{s}P{j:03d}",
+                        "session": f"ses-{k}",
+                        "study": f"study-{s + 1:02d}",
+                        "site": f"site-{s}{j % 2}",
+                        "diagnosis": "AD" if j % 4 == 0 else "CN",
+                        "manifest": f"study-{s + 1:02d}.csv",
+                        "row": j * sessions + k + 1,
+                        "path": f"/data/S{s}P{j:03d}_{k}.nii.gz",
+                    }
+                )
     return pd.DataFrame(rows)
 
 

@@ -3,16 +3,17 @@
 import pandas as pd
 import pytest
 
+from ichor.config import IchorCLI
 from ichor.data import Augmentation, CBFDataModule
 from ichor.data.datamodule import EpochShuffle
-from ichor.config import IchorCLI
 
 SMALL = {"spacing": 6.0, "shape": (32, 48, 32), "num_workers": 0, "progress": False, "augment": None}
 
 
 def datamodule(manifests, tmp_path, **kwargs) -> CBFDataModule:
-    dm = CBFDataModule([str(m) for m in manifests], cache_dir=str(tmp_path / "cache"), log_dir=str(tmp_path),
-                       **{**SMALL, **kwargs})
+    dm = CBFDataModule(
+        [str(m) for m in manifests], cache_dir=str(tmp_path / "cache"), log_dir=str(tmp_path), **{**SMALL, **kwargs}
+    )
     dm.setup("fit")
     return dm
 
@@ -51,8 +52,9 @@ def test_unknown_target_names_the_manifests(synthetic_manifests, tmp_path):
 def test_split_file_replaces_the_random_split(synthetic_manifests, tmp_path):
     subjects = sorted(pd.concat(pd.read_csv(m, dtype=str) for m in synthetic_manifests)["subject"])
     listed = subjects[:-3]
-    table = pd.DataFrame({"subject": listed, "split": ["train", "val", "test"] * (len(listed) // 3) +
-                          ["train"] * (len(listed) % 3)})
+    table = pd.DataFrame(
+        {"subject": listed, "split": ["train", "val", "test"] * (len(listed) // 3) + ["train"] * (len(listed) % 3)}
+    )
     table.to_csv(tmp_path / "folds.csv", index=False)
     dm = datamodule(synthetic_manifests, tmp_path, split_file=str(tmp_path / "folds.csv"))
     got = dm.rows.set_index("subject")["split"]
@@ -82,8 +84,14 @@ def test_shuffle_is_a_function_of_seed_and_epoch():
 
 def test_augmentation_from_a_config_is_an_augmentation(synthetic_manifests):
     """Under the Lightning CLI the datamodule receives the dataclass, not the config's dict."""
-    cli = IchorCLI(args=[
-        "--model=ichor.pretrain.MAEPretrainer", "--data=ichor.data.CBFDataModule", "--trainer.logger=false",
-        f"--data.manifests=[{synthetic_manifests[0]}]", "--data.augment.flip_p=0.25",
-    ], run=False)
+    cli = IchorCLI(
+        args=[
+            "--model=ichor.pretrain.MAEPretrainer",
+            "--data=ichor.data.CBFDataModule",
+            "--trainer.logger=false",
+            f"--data.manifests=[{synthetic_manifests[0]}]",
+            "--data.augment.flip_p=0.25",
+        ],
+        run=False,
+    )
     assert isinstance(cli.datamodule.augment, Augmentation) and cli.datamodule.augment.flip_p == 0.25

@@ -18,12 +18,17 @@ from ichor.models.weights import WeightsError, load_encoder
 
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory, downstream_manifests, tiny_encoder):
-    return {"manifests": downstream_manifests, "encoder": str(tiny_encoder),
-            "cache": str(tmp_path_factory.mktemp("downstream") / "cache")}
+    return {
+        "manifests": downstream_manifests,
+        "encoder": str(tiny_encoder),
+        "cache": str(tmp_path_factory.mktemp("downstream") / "cache"),
+    }
 
 
 def datamodule(setting, **kwargs) -> CBFDataModule:
-    return CBFDataModule(setting["manifests"], cache_dir=setting["cache"], **{**DATA_ARGS, "target": "diagnosis", **kwargs})
+    return CBFDataModule(
+        setting["manifests"], cache_dir=setting["cache"], **{**DATA_ARGS, "target": "diagnosis", **kwargs}
+    )
 
 
 def built_task(setting, **kwargs) -> DownstreamTask:
@@ -35,8 +40,14 @@ def built_task(setting, **kwargs) -> DownstreamTask:
 
 
 def trainer(tmp_path, **kwargs) -> Trainer:
-    return Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, **kwargs)
+    return Trainer(
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def test_linear_probe_keeps_the_encoder_frozen_and_in_eval_mode(setting, tmp_path):
@@ -84,7 +95,9 @@ def test_scratch_is_the_same_architecture_with_new_weights(setting):
 
 def test_data_harmonised_differently_from_the_encoder_is_refused(setting, tmp_path):
     task = DownstreamTask(setting["encoder"])
-    with pytest.raises(WeightsError, match=r"spacing: encoder \[4.0, 4.0, 4.0\], data \[2.0, 2.0, 2.0\].*set the data's spacing"):
+    with pytest.raises(
+        WeightsError, match=r"spacing: encoder \[4.0, 4.0, 4.0\], data \[2.0, 2.0, 2.0\].*set the data's spacing"
+    ):
         task.configure_encoder({**HARMONISATION, "spacing": [2.0, 2.0, 2.0]})
     with pytest.raises(WeightsError, match="normalization: encoder 'scale', data 'zscore'"):
         trainer(tmp_path, fast_dev_run=1).fit(task, datamodule=datamodule(setting, normalization="zscore"))
@@ -95,13 +108,23 @@ def test_data_harmonised_differently_from_the_encoder_is_refused(setting, tmp_pa
 
 def config_args(setting, tmp_path, name: str) -> list[str]:
     """Run a shipped config on the test data and encoder, writing under tmp_path."""
-    return ["--config", str(CONFIGS / name), f"--model.init_args.encoder={setting['encoder']}",
-            f"--data.init_args.manifests=[{','.join(setting['manifests'])}]",
-            f"--data.init_args.cache_dir={setting['cache']}", "--data.init_args.spacing=4.0",
-            "--data.init_args.shape=[16,16,16]", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
-            "--data.init_args.val_fraction=0.25", "--data.init_args.test_fraction=0.25",
-            "--data.init_args.progress=false", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+    return [
+        "--config",
+        str(CONFIGS / name),
+        f"--model.init_args.encoder={setting['encoder']}",
+        f"--data.init_args.manifests=[{','.join(setting['manifests'])}]",
+        f"--data.init_args.cache_dir={setting['cache']}",
+        "--data.init_args.spacing=4.0",
+        "--data.init_args.shape=[16,16,16]",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.val_fraction=0.25",
+        "--data.init_args.test_fraction=0.25",
+        "--data.init_args.progress=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+    ]
 
 
 def test_predict_writes_one_row_per_scan(setting, tmp_path, monkeypatch):
@@ -112,7 +135,16 @@ def test_predict_writes_one_row_per_scan(setting, tmp_path, monkeypatch):
     assert main(["predict", *args, f"--ckpt_path={checkpoint}"]) == 0
     predictions = pd.read_csv(tmp_path / "runs/probe_diagnosis/predictions.csv")
     manifest = pd.concat([pd.read_csv(m) for m in setting["manifests"]], ignore_index=True)
-    assert list(predictions.columns) == ["subject", "session", "study", "path", "diagnosis", "prediction", "prob_AD", "prob_CN"]
+    assert list(predictions.columns) == [
+        "subject",
+        "session",
+        "study",
+        "path",
+        "diagnosis",
+        "prediction",
+        "prob_AD",
+        "prob_CN",
+    ]
     assert predictions["subject"].tolist() == manifest["subject"].tolist()
     assert predictions["diagnosis"].tolist() == manifest["diagnosis"].tolist()
     assert set(predictions["prediction"]) <= {"AD", "CN"}

@@ -14,13 +14,29 @@ from ichor.cli import main
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory, tiny_encoder):
     root = tmp_path_factory.mktemp("embed")
-    return {"manifests": make_dataset(root / "data", studies=2, subjects=3), "encoder": str(tiny_encoder),
-            "cache": str(root / "cache")}
+    return {
+        "manifests": make_dataset(root / "data", studies=2, subjects=3),
+        "encoder": str(tiny_encoder),
+        "cache": str(root / "cache"),
+    }
 
 
 def embed(setting, out, *extra) -> int:
-    return main(["embed", "--encoder", setting["encoder"], "--manifest", *setting["manifests"], "--out", str(out),
-                 "--cache-dir", setting["cache"], "--no-progress", *extra])
+    return main(
+        [
+            "embed",
+            "--encoder",
+            setting["encoder"],
+            "--manifest",
+            *setting["manifests"],
+            "--out",
+            str(out),
+            "--cache-dir",
+            setting["cache"],
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_one_row_per_scan_in_manifest_order(setting, tmp_path):
@@ -50,7 +66,20 @@ def test_parquet_without_pyarrow_is_a_clear_error(setting, tmp_path, capsys):
 
 def test_encoder_without_harmonisation_settings_is_refused(setting, tmp_path, capsys):
     encoder = make_encoder(tmp_path, harmonisation={"orientation": "RAS"})
-    assert main(["embed", "--encoder", str(encoder), "--manifest", *setting["manifests"], "--out",
-                 str(tmp_path / "f.csv"), "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "embed",
+                "--encoder",
+                str(encoder),
+                "--manifest",
+                *setting["manifests"],
+                "--out",
+                str(tmp_path / "f.csv"),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert "lacks harmonisation ['spacing', 'shape', 'normalization']" in capsys.readouterr().err
     assert json.loads((encoder / "encoder.json").read_text())["harmonisation"] == {"orientation": "RAS"}

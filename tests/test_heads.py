@@ -87,13 +87,25 @@ def test_external_head_is_found_and_trains(tmp_path, downstream_manifests, tiny_
     """`ichor heads` lists a head installed outside the repo and `ichor fit` trains it (one subprocess)."""
     env = external_package(tmp_path / "site")
     manifests, encoder = downstream_manifests, tiny_encoder
-    data = [f"--data.{key}={str(value).replace('(', '[').replace(')', ']') if value is not None else 'null'}"
-            for key, value in DATA_ARGS.items()]
-    fit = ["fit", "--model=ichor.downstream.DownstreamTask", f"--model.encoder={encoder}",
-           "--model.head=age", "--model.head_args={hidden: 8}", "--data=ichor.data.CBFDataModule", "--data.target=age",
-           f"--data.manifests=[{','.join(manifests)}]", f"--data.cache_dir={tmp_path / 'cache'}", *data,
-           "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path / 'logs'}",
-           "--trainer.enable_progress_bar=false"]
+    data = [
+        f"--data.{key}={str(value).replace('(', '[').replace(')', ']') if value is not None else 'null'}"
+        for key, value in DATA_ARGS.items()
+    ]
+    fit = [
+        "fit",
+        "--model=ichor.downstream.DownstreamTask",
+        f"--model.encoder={encoder}",
+        "--model.head=age",
+        "--model.head_args={hidden: 8}",
+        "--data=ichor.data.CBFDataModule",
+        "--data.target=age",
+        f"--data.manifests=[{','.join(manifests)}]",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        *data,
+        "--trainer.max_epochs=1",
+        f"--trainer.default_root_dir={tmp_path / 'logs'}",
+        "--trainer.enable_progress_bar=false",
+    ]
     script = f"import sys; from ichor.cli import main; main(['heads']); sys.exit(main({fit!r}))"
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]

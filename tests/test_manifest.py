@@ -49,7 +49,11 @@ def test_read_resolves_relative_and_absolute_paths_and_numbers_rows(study, tmp_p
     add_row(study, f"03,{absolute},study-01,1,,,,,")
     table = read_manifest(study)
     folder = tmp_path / "m" / "scans"
-    assert table["path"].tolist() == [str(folder / "sub-01_cbf.nii.gz"), str(folder / "sub-02_cbf.nii.gz"), str(absolute)]
+    assert table["path"].tolist() == [
+        str(folder / "sub-01_cbf.nii.gz"),
+        str(folder / "sub-02_cbf.nii.gz"),
+        str(absolute),
+    ]
     assert table["row"].tolist() == [1, 2, 3]
     assert set(table["manifest"]) == {study}
 
@@ -126,7 +130,10 @@ def test_empty_required_value(study):
 def test_missing_cbf_file(study, tmp_path):
     add_row(study, "03,scans/sub-03_cbf.nii.gz,study-01,1,,,,,")
     problem = only_problem([study])
-    assert str(problem) == f"{study} row 3 (sub-03_cbf.nii.gz): file not found: {tmp_path / 'm' / 'scans' / 'sub-03_cbf.nii.gz'}"
+    assert (
+        str(problem)
+        == f"{study} row 3 (sub-03_cbf.nii.gz): file not found: {tmp_path / 'm' / 'scans' / 'sub-03_cbf.nii.gz'}"
+    )
 
 
 def test_missing_and_misaligned_tissue_maps(study, tmp_path):
@@ -151,7 +158,10 @@ def test_unreadable_image(study, tmp_path):
 
 def test_duplicate_rows_within_a_manifest(study):
     add_row(study, "02,scans/sub-01_cbf.nii.gz,study-01,1,,,,,")
-    assert str(only_problem([study])) == f"{study} row 3 (sub-01_cbf.nii.gz): duplicate of row 2 (subject '02' session '1')"
+    assert (
+        str(only_problem([study]))
+        == f"{study} row 3 (sub-01_cbf.nii.gz): duplicate of row 2 (subject '02' session '1')"
+    )
 
 
 def test_same_subject_in_another_session_is_not_a_duplicate(study):
@@ -160,7 +170,9 @@ def test_same_subject_in_another_session_is_not_a_duplicate(study):
 
 
 def test_duplicate_rows_across_manifests_of_one_study(study, tmp_path):
-    other = write_csv(tmp_path / "m" / "more.csv", "subject,path,study,session", "01,scans/sub-02_cbf.nii.gz,study-01,1")
+    other = write_csv(
+        tmp_path / "m" / "more.csv", "subject,path,study,session", "01,scans/sub-02_cbf.nii.gz,study-01,1"
+    )
     problem = only_problem([study, other])
     assert str(problem) == f"{other} row 1 (sub-02_cbf.nii.gz): duplicate of {study} row 1 (subject '01' session '1')"
 
@@ -168,7 +180,9 @@ def test_duplicate_rows_across_manifests_of_one_study(study, tmp_path):
 def test_subject_in_two_studies(study, tmp_path):
     other = write_csv(tmp_path / "m" / "study-02.csv", "subject,path,study", "02,scans/sub-02_cbf.nii.gz,study-02")
     problem = only_problem([study, other])
-    assert str(problem).startswith(f"{other} row 1 (sub-02_cbf.nii.gz): subject '02' is also in study 'study-01' ({study} row 2)")
+    assert str(problem).startswith(
+        f"{other} row 1 (sub-02_cbf.nii.gz): subject '02' is also in study 'study-01' ({study} row 2)"
+    )
 
 
 def test_4d_series(study, tmp_path):
@@ -201,10 +215,12 @@ def test_degenerate_affine(study, tmp_path):
     assert str(only_problem([study])).startswith(f"{study} row 1 (sub-01_cbf.nii.gz): degenerate affine")
 
 
-@pytest.mark.parametrize("column, value", [("age", "seventy"), ("pld", "1.8s"), ("field_strength", "3T")])
+@pytest.mark.parametrize(("column", "value"), [("age", "seventy"), ("pld", "1.8s"), ("field_strength", "3T")])
 def test_non_numeric_numbers(study, column, value):
     values = {"age": "", "pld": "", "field_strength": "", column: value}
-    add_row(study, f"03,scans/sub-01_cbf.nii.gz,study-01,2,{values['age']},{values['pld']},{values['field_strength']},,")
+    add_row(
+        study, f"03,scans/sub-01_cbf.nii.gz,study-01,2,{values['age']},{values['pld']},{values['field_strength']},,"
+    )
     assert str(only_problem([study])) == f"{study} row 3 (sub-01_cbf.nii.gz): {column} {value!r} is not a number"
 
 

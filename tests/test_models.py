@@ -229,7 +229,8 @@ def test_forward_features_encodes_brain_patches_only():
         assert tokens[~token_mask].abs().sum() == 0
         # Content of non-brain patches cannot reach brain tokens.
         noisy = imgs + torch.rand_like(imgs) * (~token_mask).float().repeat_interleave(8**3, 1).reshape(
-            2, 4, 4, 4, 8, 8, 8).permute(0, 1, 4, 2, 5, 3, 6).reshape(2, 1, *IMG)
+            2, 4, 4, 4, 8, 8, 8
+        ).permute(0, 1, 4, 2, 5, 3, 6).reshape(2, 1, *IMG)
         assert not torch.equal(noisy, imgs)
         torch.testing.assert_close(encoder.forward_features(noisy, brain)[0], tokens)
         # With every patch counted as brain, brain-only encoding equals full encoding.
@@ -298,11 +299,15 @@ def test_encoder_weights_export_and_reload_without_key_mismatch():
 def test_checkpoints_from_before_the_shared_decoder_still_load():
     """MAE state dicts written with the old decoder names (decoder_embed., decoder_blocks., ...) load strictly."""
     model = make_mae()
-    renamed = {"decoder.embed.": "decoder_embed.", "decoder.blocks.": "decoder_blocks.",
-               "decoder.norm.": "decoder_norm.", "decoder.pred.": "decoder_pred."}
+    renamed = {
+        "decoder.embed.": "decoder_embed.",
+        "decoder.blocks.": "decoder_blocks.",
+        "decoder.norm.": "decoder_norm.",
+        "decoder.pred.": "decoder_pred.",
+    }
     legacy = {}
     for key, value in model.state_dict().items():
-        new = next((old + key[len(prefix):] for prefix, old in renamed.items() if key.startswith(prefix)), key)
+        new = next((old + key[len(prefix) :] for prefix, old in renamed.items() if key.startswith(prefix)), key)
         legacy[new] = value.clone()
     assert "decoder_pred.weight" in legacy and not any(k.startswith("decoder.") for k in legacy)
     fresh = make_mae(depth=2)

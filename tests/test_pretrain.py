@@ -21,15 +21,31 @@ SMALL = {"spacing": 6.0, "shape": (32, 48, 32)}
 
 
 def datamodule(manifests, cache_dir, **kwargs) -> CBFDataModule:
-    options = dict(SMALL, batch_size=4, num_workers=0, val_fraction=0.25, test_fraction=0.0,
-                   augment=None, progress=False, persistent_workers=False)
+    options = dict(
+        SMALL,
+        batch_size=4,
+        num_workers=0,
+        val_fraction=0.25,
+        test_fraction=0.0,
+        augment=None,
+        progress=False,
+        persistent_workers=False,
+    )
     options.update(kwargs)
     return CBFDataModule([str(m) for m in manifests], cache_dir=str(cache_dir), **options)
 
 
 def trainer(tmp_path, epochs, **kwargs) -> L.Trainer:
-    options = dict(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, default_root_dir=str(tmp_path), log_every_n_steps=1)
+    options = dict(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        log_every_n_steps=1,
+    )
     options.update(kwargs)
     return L.Trainer(**options)
 
@@ -38,8 +54,12 @@ def trainer(tmp_path, epochs, **kwargs) -> L.Trainer:
 def test_reconstruction_beats_mean_prediction(tmp_path, synthetic_manifests):
     """A short run learns CBF structure: val loss well below predicting each scan's mean."""
     L.seed_everything(0)
-    module = MAEPretrainer(backbone=Backbone("mae_vit_micro", patch_size=8), optim=AdamW(lr=0.1, warmup_epochs=2),
-                           norm_pix_loss=False, figure_every_n_steps=0)
+    module = MAEPretrainer(
+        backbone=Backbone("mae_vit_micro", patch_size=8),
+        optim=AdamW(lr=0.1, warmup_epochs=2),
+        norm_pix_loss=False,
+        figure_every_n_steps=0,
+    )
     run = trainer(tmp_path, epochs=25)
     run.fit(module, datamodule(synthetic_manifests, tmp_path / "cache"))
     metrics = run.callback_metrics
@@ -59,8 +79,11 @@ def test_interrupted_run_resumes_exactly(tmp_path, synthetic_manifests):
     def run(kill_after=None, ckpt_path=None):
         losses = StepLosses()
         callbacks = [losses] + ([KillAfter(kill_after)] if kill_after else [])
-        module = MAEPretrainer(backbone=Backbone("mae_vit_micro", patch_size=8), optim=AdamW(lr=0.1, warmup_epochs=1),
-                               figure_every_n_steps=0)
+        module = MAEPretrainer(
+            backbone=Backbone("mae_vit_micro", patch_size=8),
+            optim=AdamW(lr=0.1, warmup_epochs=1),
+            figure_every_n_steps=0,
+        )
         fit = trainer(tmp_path / "run", epochs=4, callbacks=callbacks, enable_checkpointing=False)
         fit.fit(module, datamodule(synthetic_manifests, tmp_path / "cache"), ckpt_path=ckpt_path)
         fit.save_checkpoint(tmp_path / "killed.ckpt")
@@ -71,7 +94,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, synthetic_manifests):
     resumed = run(ckpt_path=tmp_path / "killed.ckpt")
     assert len(first) + len(resumed) == len(full)
     assert first == pytest.approx(full[: len(first)], rel=1e-6)
-    assert resumed == pytest.approx(full[len(first):], rel=1e-5)
+    assert resumed == pytest.approx(full[len(first) :], rel=1e-5)
     assert len(set(full)) == len(full)  # the losses move: the comparison is not trivial
 
 
@@ -79,8 +102,12 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
     """`ichor fit` logs the scalars and the reconstruction figure; `export-encoder` reloads it."""
     monkeypatch.chdir(tmp_path)  # the config writes runs/ and .ichor_cache/ relative to the CWD
     args = [
-        "fit", "--config", str(REPO / "lightning_configs" / "pretrain_demo.yaml"), "--trainer.max_epochs=2",
-        "--model.init_args.backbone.preset=mae_vit_micro", "--model.init_args.figure_every_n_steps=1",
+        "fit",
+        "--config",
+        str(REPO / "lightning_configs" / "pretrain_demo.yaml"),
+        "--trainer.max_epochs=2",
+        "--model.init_args.backbone.preset=mae_vit_micro",
+        "--model.init_args.figure_every_n_steps=1",
         *small_data_args(synthetic_manifests),
     ]
     assert main(args) == 0
@@ -108,10 +135,17 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
 def test_two_process_ddp_without_unused_parameters(tmp_path, synthetic_manifests):
     """DDP over 2 CPU processes (gloo), the way a cluster runs `ichor fit`: no unused parameters."""
     command = [
-        sys.executable, "-m", "ichor.cli", "fit",
-        "--config", str(REPO / "lightning_configs" / "pretrain_demo.yaml"),
-        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_epochs=2",
-        "--model.init_args.backbone.preset=mae_vit_micro", *small_data_args(synthetic_manifests),
+        sys.executable,
+        "-m",
+        "ichor.cli",
+        "fit",
+        "--config",
+        str(REPO / "lightning_configs" / "pretrain_demo.yaml"),
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.max_epochs=2",
+        "--model.init_args.backbone.preset=mae_vit_micro",
+        *small_data_args(synthetic_manifests),
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -111,7 +111,12 @@ def test_pooled_variance_index_matches_hand_computation():
         (0.0, 0.0, 0.0, 0.0),
         (1.0, 1.0, 0.0, ((1 - math.exp(-3.0126)) * math.exp(-0.054)) ** (1 / 3)),
         (1.0, 0.0, 1.0, ((1 - math.exp(-3.0126)) * math.exp(-2.8478)) ** (1 / 3)),
-        (0.5, 4.0, 0.25, ((1 - math.exp(-3.0126 * 0.5**2.4419)) * math.exp(-(0.054 * 4**0.9272 + 2.8478 * 0.25**0.5196))) ** (1 / 3)),
+        (
+            0.5,
+            4.0,
+            0.25,
+            ((1 - math.exp(-3.0126 * 0.5**2.4419)) * math.exp(-(0.054 * 4**0.9272 + 2.8478 * 0.25**0.5196))) ** (1 / 3),
+        ),
     ],
 )
 def test_combination_formula_at_known_inputs(rho, di, neg, expected):
@@ -182,7 +187,20 @@ def test_cli_scores_manifest_and_writes_annotated_copy_without_touching_inputs(t
     before = manifest.read_bytes()
 
     out, annotated = tmp_path / "qei.csv", tmp_path / "elsewhere" / "manifest_qei.csv"
-    status = main(["qei", "--manifest", str(manifest), "--out", str(out), "--annotated-manifest", str(annotated), "--quiet", "--workers", "2"])
+    status = main(
+        [
+            "qei",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(out),
+            "--annotated-manifest",
+            str(annotated),
+            "--quiet",
+            "--workers",
+            "2",
+        ]
+    )
 
     assert status == 0, capsys.readouterr().err
     assert manifest.read_bytes() == before
@@ -200,9 +218,21 @@ def test_cli_scores_manifest_and_writes_annotated_copy_without_touching_inputs(t
 
 def test_cli_refuses_to_write_over_an_input_manifest(tmp_path, capsys):
     tissues = phantom_tissues()
-    pd.DataFrame([write_scan(tmp_path, "s01", clean_cbf(*tissues[:2]), tissues)]).to_csv(tmp_path / "m.csv", index=False)
+    pd.DataFrame([write_scan(tmp_path, "s01", clean_cbf(*tissues[:2]), tissues)]).to_csv(
+        tmp_path / "m.csv", index=False
+    )
     before = (tmp_path / "m.csv").read_bytes()
-    status = main(["qei", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "q.csv"), "--annotated-manifest", str(tmp_path / "m.csv")])
+    status = main(
+        [
+            "qei",
+            "--manifest",
+            str(tmp_path / "m.csv"),
+            "--out",
+            str(tmp_path / "q.csv"),
+            "--annotated-manifest",
+            str(tmp_path / "m.csv"),
+        ]
+    )
     assert status == 2
     assert "input manifest" in capsys.readouterr().err
     assert (tmp_path / "m.csv").read_bytes() == before and not (tmp_path / "q.csv").exists()

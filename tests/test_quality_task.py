@@ -25,8 +25,9 @@ N_SUBJECTS, SEED, ARTEFACT_RATE = 20, 5, 2.0
 def study(tmp_path_factory) -> pd.DataFrame:
     """The study's manifest rows with each scan's QEI (column qei)."""
     out = tmp_path_factory.mktemp("quality") / "data"
-    manifests = generate_dataset(out, 1, N_SUBJECTS, seed=SEED, workers=2, progress=False,
-                                 options=SynthOptions(artefact_rate=ARTEFACT_RATE))
+    manifests = generate_dataset(
+        out, 1, N_SUBJECTS, seed=SEED, workers=2, progress=False, options=SynthOptions(artefact_rate=ARTEFACT_RATE)
+    )
     rows = read_manifests(manifests)
     baseline = QEIBaseline()
     baseline.score(rows)
@@ -66,7 +67,10 @@ def test_qei_baseline_is_pearson_of_qei_and_target_over_the_fold_test_rows(study
 
 def test_qei_baseline_names_the_row_without_tissue_maps(tmp_path):
     manifests = make_dataset(tmp_path / "data", studies=1, subjects=3)  # no gm/wm/csf columns
-    with pytest.raises(ValueError, match=r"manifest.csv row 1 \(sub-\w+_cbf.nii.gz\): empty gm, wm, csf \(the QEI baseline needs gm, wm, csf tissue maps"):
+    with pytest.raises(
+        ValueError,
+        match=r"manifest.csv row 1 \(sub-\w+_cbf.nii.gz\): empty gm, wm, csf \(the QEI baseline needs gm, wm, csf tissue maps",
+    ):
         QEIBaseline().score(read_manifest(manifests[0]))
 
 
@@ -74,16 +78,31 @@ def test_cv_stops_before_training_when_the_qei_baseline_cannot_be_computed(tmp_p
     monkeypatch.chdir(tmp_path)
     manifests = make_dataset(tmp_path / "data", studies=2, subjects=12)  # ratings, but no tissue maps
     out = tmp_path / "cv"
-    status = main(["cv", "--config", str(CONFIGS / "probe_quality.yaml"), "--folds", "2", "--qei-baseline",
-                   "--out", str(out), "--", f"--model.init_args.encoder={tiny_encoder}",
-                   f"--data.init_args.manifests=[{','.join(manifests)}]", "--data.init_args.shape=[16,16,16]"])
+    status = main(
+        [
+            "cv",
+            "--config",
+            str(CONFIGS / "probe_quality.yaml"),
+            "--folds",
+            "2",
+            "--qei-baseline",
+            "--out",
+            str(out),
+            "--",
+            f"--model.init_args.encoder={tiny_encoder}",
+            f"--data.init_args.manifests=[{','.join(manifests)}]",
+            "--data.init_args.shape=[16,16,16]",
+        ]
+    )
     assert status == 1
     err = capsys.readouterr().err
     assert "study-01/manifest.csv row 1 (" in err and "the QEI baseline needs gm, wm, csf tissue maps" in err
     assert not out.exists()  # no fold was fitted
 
 
-@pytest.mark.parametrize("name, mode", [("probe_quality.yaml", "linear_probe"), ("finetune_quality.yaml", "finetune")])
+@pytest.mark.parametrize(
+    ("name", "mode"), [("probe_quality.yaml", "linear_probe"), ("finetune_quality.yaml", "finetune")]
+)
 def test_quality_configs_regress_the_rating_from_the_map(name, mode):
     config = yaml.safe_load((CONFIGS / name).read_text())
     model = config["model"]["init_args"]
@@ -100,12 +119,29 @@ def test_cv_reports_the_qei_baseline_next_to_the_model(study, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     manifests = sorted({str(m) for m in study["manifest"]})
     out = tmp_path / "cv"
-    status = main(["cv", "--config", str(CONFIGS / "probe_quality.yaml"), "--folds", "2", "--qei-baseline",
-                   "--out", str(out), "--", f"--model.init_args.encoder={tiny_encoder}",
-                   f"--data.init_args.manifests=[{','.join(manifests)}]", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-                   "--data.init_args.shape=[16,16,16]", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
-                   "--data.init_args.progress=false", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
-                   "--trainer.enable_progress_bar=false"])
+    status = main(
+        [
+            "cv",
+            "--config",
+            str(CONFIGS / "probe_quality.yaml"),
+            "--folds",
+            "2",
+            "--qei-baseline",
+            "--out",
+            str(out),
+            "--",
+            f"--model.init_args.encoder={tiny_encoder}",
+            f"--data.init_args.manifests=[{','.join(manifests)}]",
+            f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+            "--data.init_args.shape=[16,16,16]",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.progress=false",
+            "--trainer.max_epochs=1",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     assert status == 0
     folds = pd.read_csv(out / "cv_folds.csv")
     assert {"test/pearson", QEI_METRIC} <= set(folds.columns)

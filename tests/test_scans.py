@@ -87,7 +87,7 @@ def save_with_sform(path, data, sform):
 
 
 @pytest.mark.parametrize(
-    "sform, reason",
+    ("sform", "reason"),
     [
         (np.diag([3.0, 0.0, 4.0, 1.0]), "zero voxel size"),
         (np.array([[3, 3, 0, 0], [0, 0, 0, 0], [0, 0, 4, 0], [0, 0, 0, 1.0]]), "singular"),
@@ -101,7 +101,7 @@ def test_degenerate_affine(tmp_path, sform, reason):
 
 
 @pytest.mark.parametrize(
-    "scale, what",
+    ("scale", "what"),
     [(1 / 100, "mL/g/min"), (1 / 6000, "mL/g/s"), (40.0, "raw signal or T1 intensities")],
 )
 def test_values_that_cannot_be_cbf_are_refused_with_the_median(tmp_path, scale, what):

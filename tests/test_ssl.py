@@ -80,7 +80,7 @@ def test_nt_xent_split_over_ranks_equals_the_global_batch():
     g = torch.Generator().manual_seed(1)
     z1, z2 = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
     per_rank = [
-        F.cross_entropy(*nt_xent_logits(z1[i:i + 3], z2[i:i + 3], 0.2, keys1=z1, keys2=z2, offset=i))
+        F.cross_entropy(*nt_xent_logits(z1[i : i + 3], z2[i : i + 3], 0.2, keys1=z1, keys2=z2, offset=i))
         for i in (0, 3)
     ]
     assert float(sum(per_rank) / 2) == pytest.approx(float(nt_xent(z1, z2, 0.2)), rel=1e-6)
@@ -162,9 +162,13 @@ def test_genesis_corruption_is_reproducible_and_never_touches_the_background():
 
 # ---------------------------------------------------------------- the LightningModules
 # Views mild enough that 4 toy scans stay tellable apart at 16x24x16 (the defaults suit real grids).
-MILD = ViewAugmentation(flip_p=0, rotation_deg=5, crop_scale=(0.9, 1), intensity_range=0.1, blur_sigma=0.5, noise_std=0.05)
+MILD = ViewAugmentation(
+    flip_p=0, rotation_deg=5, crop_scale=(0.9, 1), intensity_range=0.1, blur_sigma=0.5, noise_std=0.05
+)
 METHODS = {
-    "simclr": lambda: SimCLRPretrainer(backbone=tiny(SHAPE), projection_dim=16, projection_hidden_dim=32, augmentation=MILD),
+    "simclr": lambda: SimCLRPretrainer(
+        backbone=tiny(SHAPE), projection_dim=16, projection_hidden_dim=32, augmentation=MILD
+    ),
     "genesis": lambda: GenesisPretrainer(backbone=tiny(SHAPE), decoder_depth=1),
 }
 
@@ -199,9 +203,17 @@ def test_loss_falls_on_a_tiny_run(tmp_path, method):
     module.optim.lr, module.optim.warmup_epochs = 0.1, 0.0  # lr 0.1 * 4 / 256 = 1.6e-3
     loader = torch.utils.data.DataLoader(Batches(brain_batch(), 30), batch_size=None)
     losses = StepLosses()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[losses],
-                        gradient_clip_val=1.0, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[losses],
+        gradient_clip_val=1.0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, loader)
     first, last = sum(losses.losses[:5]) / 5, sum(losses.losses[-5:]) / 5
     assert last < 0.75 * first, losses.losses
@@ -220,10 +232,15 @@ def cache_dir(tmp_path_factory) -> Path:
 def cli_args(name: str, manifests, cache: Path) -> list[str]:
     """The shipped config pointed at the small synthetic data (as in tests/test_pretrain.py), on CPU."""
     return [
-        "fit", "--config", str(CONFIGS / f"pretrain_{name}_demo.yaml"),
-        "--trainer.accelerator=cpu", "--trainer.devices=1",
-        "--model.init_args.backbone.preset=mae_vit_micro", "--model.init_args.backbone.compile=false",
-        *small_data_args(manifests), f"--data.init_args.cache_dir={cache}",
+        "fit",
+        "--config",
+        str(CONFIGS / f"pretrain_{name}_demo.yaml"),
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--model.init_args.backbone.preset=mae_vit_micro",
+        "--model.init_args.backbone.compile=false",
+        *small_data_args(manifests),
+        f"--data.init_args.cache_dir={cache}",
     ]
 
 
@@ -235,8 +252,12 @@ def checkpoints(tmp_path_factory, synthetic_manifests, cache_dir) -> dict[str, P
         folder = tmp_path_factory.mktemp(name)
         with pytest.MonkeyPatch.context() as patch:
             patch.chdir(folder)
-            args = [*cli_args(name, synthetic_manifests, cache_dir), "--trainer.max_epochs=1",
-                    "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+            args = [
+                *cli_args(name, synthetic_manifests, cache_dir),
+                "--trainer.max_epochs=1",
+                "--trainer.limit_train_batches=2",
+                "--trainer.limit_val_batches=1",
+            ]
             assert main(args) == 0
         paths[name] = folder / "runs" / f"pretrain_{name}_demo" / "checkpoints" / "last.ckpt"
     return paths
@@ -253,7 +274,9 @@ def test_checkpoint_records_data_and_where_the_encoder_is(checkpoints, name):
     assert json.loads(json.dumps(record["pretraining"]))[settings] == checkpoint["hyper_parameters"][settings]
     # The prefix selects exactly a ViTEncoder3D's weights.
     encoder = ichor.models.ViTEncoder3D(**record["config"])
-    state = {k[len(record["prefix"]):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(record["prefix"])}
+    state = {
+        k[len(record["prefix"]) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(record["prefix"])
+    }
     encoder.load_state_dict(state, strict=True)
 
 
@@ -274,13 +297,22 @@ def test_export_encoder_and_load_encoder_work_on_the_checkpoint(tmp_path, checkp
 @pytest.mark.slow
 def test_simclr_two_process_ddp_gathers_negatives(tmp_path, synthetic_manifests, cache_dir):
     """DDP over 2 CPU processes (gloo): embeddings are gathered across ranks and every parameter is used."""
-    command = [sys.executable, "-m", "ichor.cli", *cli_args("simclr", synthetic_manifests, cache_dir),
-               "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_epochs=1",
-               "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    command = [
+        sys.executable,
+        "-m",
+        "ichor.cli",
+        *cli_args("simclr", synthetic_manifests, cache_dir),
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+    ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    checkpoint = torch.load(tmp_path / "runs" / "pretrain_simclr_demo" / "checkpoints" / "last.ckpt",
-                            map_location="cpu", weights_only=False)
+    checkpoint = torch.load(
+        tmp_path / "runs" / "pretrain_simclr_demo" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     assert checkpoint["global_step"] == 2
 
 
@@ -293,6 +325,13 @@ def test_pretrainers_are_entry_points_a_config_names_by_class(synthetic_manifest
 
     loaded = {e.name: e.load() for e in entry_points(group="ichor.pretrainers")}
     assert loaded == {"mae": MAEPretrainer, "simclr": SimCLRPretrainer, "genesis": GenesisPretrainer}
-    cli = IchorCLI(args=["--model=GenesisPretrainer", "--data=ichor.data.CBFDataModule", "--trainer.logger=false",
-                         f"--data.manifests=[{synthetic_manifests[0]}]"], run=False)
+    cli = IchorCLI(
+        args=[
+            "--model=GenesisPretrainer",
+            "--data=ichor.data.CBFDataModule",
+            "--trainer.logger=false",
+            f"--data.manifests=[{synthetic_manifests[0]}]",
+        ],
+        run=False,
+    )
     assert type(cli.model) is GenesisPretrainer

@@ -15,8 +15,8 @@ import pytest
 
 from ichor.cli import main
 from ichor.data.manifest import read_manifest
-from ichor.quality import compute_qei
 from ichor.data.scans import load_cbf, load_tissue_map
+from ichor.quality import compute_qei
 from ichor.synth import MANIFEST_COLUMNS, SynthOptions, generate_dataset, manifest_text, plan_dataset, render_scan
 from ichor.synth.anatomy import base_anatomy, region_map
 from ichor.synth.artefacts import Artefacts
@@ -32,7 +32,9 @@ N_STUDIES, N_SUBJECTS = 4, 6
 def dataset(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
     root = tmp_path_factory.mktemp("synth")
     out, manifest_dir = root / "data", root / "manifests"
-    manifests = generate_dataset(out, N_STUDIES, N_SUBJECTS, seed=0, workers=2, manifest_dir=manifest_dir, progress=False)
+    manifests = generate_dataset(
+        out, N_STUDIES, N_SUBJECTS, seed=0, workers=2, manifest_dir=manifest_dir, progress=False
+    )
     return out, manifest_dir, manifests
 
 
@@ -42,8 +44,11 @@ def table(dataset) -> pd.DataFrame:
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow  # shares the session dataset (about 10 s to generate)
@@ -65,7 +70,10 @@ def test_layout_manifest_columns_and_readable_maps(dataset, table):
 
 @pytest.mark.slow  # shares the session dataset (about 10 s to generate)
 def test_clean_scans_have_realistic_gm_and_wm_cbf(table):
-    truths = [json.loads(Path(p.replace("_cbf.nii.gz", "_cbf.json")).read_text())["SyntheticGroundTruth"] for p in table["path"]]
+    truths = [
+        json.loads(Path(p.replace("_cbf.nii.gz", "_cbf.json")).read_text())["SyntheticGroundTruth"]
+        for p in table["path"]
+    ]
     gm_true = np.array([t["gm_cbf"] for t in truths])
     wm_true = np.array([t["wm_cbf"] for t in truths])
     assert np.all((gm_true >= GM_RANGE[0]) & (gm_true <= GM_RANGE[1]))
@@ -187,7 +195,11 @@ def test_recorded_artefact_changes_the_map(artefact):
     else:  # signal loss low in the frontal lobe
         world = np.indices(a.cbf.shape).reshape(3, -1).T @ a.affine[:3, :3].T + a.affine[:3, 3]
         assert a.cbf.mean() > b.cbf.mean()
-        low_frontal = brain & (world[:, 1] > np.median(world[:, 1])).reshape(a.cbf.shape) & (world[:, 2] < np.percentile(world[:, 2], 35)).reshape(a.cbf.shape)
+        low_frontal = (
+            brain
+            & (world[:, 1] > np.median(world[:, 1])).reshape(a.cbf.shape)
+            & (world[:, 2] < np.percentile(world[:, 2], 35)).reshape(a.cbf.shape)
+        )
         assert b.cbf[low_frontal].mean() < 0.9 * a.cbf[low_frontal].mean()
 
 
@@ -202,7 +214,9 @@ def test_labelling_failure_lowers_snr_and_turns_territories_negative():
     scans = {s: render_scan(dataclasses.replace(plan, artefacts=Artefacts(labelfail=s))) for s in (0.0, 0.3, 0.9)}
     clean, brain = scans[0.0], scans[0.0].cbf != 0
     gm = clean.gm > 0.7
-    relative_noise = {s: np.std(scan.cbf[brain] - clean.cbf[brain]) / scan.cbf[gm].mean() for s, scan in scans.items() if s}
+    relative_noise = {
+        s: np.std(scan.cbf[brain] - clean.cbf[brain]) / scan.cbf[gm].mean() for s, scan in scans.items() if s
+    }
     assert relative_noise[0.9] > 5 * relative_noise[0.3]
     quality = {s: scan_qei(scan) for s, scan in scans.items()}
     assert quality[0.0].qei > quality[0.3].qei > quality[0.9].qei
@@ -240,11 +254,15 @@ def test_same_seed_same_bytes_whatever_the_workers_and_other_seed_differs(tmp_pa
 @pytest.mark.slow  # shares the session dataset (about 10 s to generate)
 def test_manifests_only_writes_the_same_manifests_without_volumes(dataset, tmp_path):
     out, manifest_dir, _ = dataset
-    generate_dataset(tmp_path / "data", N_STUDIES, N_SUBJECTS, seed=0, manifest_dir=tmp_path / "manifests",
-                     manifests_only=True)
+    generate_dataset(
+        tmp_path / "data", N_STUDIES, N_SUBJECTS, seed=0, manifest_dir=tmp_path / "manifests", manifests_only=True
+    )
     quick = tree_hashes(tmp_path)
     assert not any(k.endswith(".nii.gz") for k in quick)
-    full = {**{f"data/{k}": v for k, v in tree_hashes(out).items()}, **{f"manifests/{k}": v for k, v in tree_hashes(manifest_dir).items()}}
+    full = {
+        **{f"data/{k}": v for k, v in tree_hashes(out).items()},
+        **{f"manifests/{k}": v for k, v in tree_hashes(manifest_dir).items()},
+    }
     assert quick == {k: v for k, v in full.items() if k in quick} and len(quick) == N_STUDIES * 2 + 1
 
 
@@ -287,9 +305,21 @@ def test_cli_help_documents_every_knob(capsys):
         main(["synth", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for knob in ("--out", "--studies", "--subjects-per-study", "--seed", "--workers", "--manifest-dir",
-                 "--manifests-only", "--class-mix", "--artefact-rate", "--effect-scale", "--snr-scale",
-                 "--rater-noise", "--overwrite"):
+    for knob in (
+        "--out",
+        "--studies",
+        "--subjects-per-study",
+        "--seed",
+        "--workers",
+        "--manifest-dir",
+        "--manifests-only",
+        "--class-mix",
+        "--artefact-rate",
+        "--effect-scale",
+        "--snr-scale",
+        "--rater-noise",
+        "--overwrite",
+    ):
         assert knob in text
     assert text.count("(default:") >= 12
     assert "unacceptable, poor, average or" in text and "rating" in text  # the rating model is documented
@@ -299,7 +329,17 @@ def test_cli_refuses_non_empty_out_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    args = ["synth", "--out", str(out), "--studies", "3", "--subjects-per-study", "2", "--manifests-only", "--no-progress"]
+    args = [
+        "synth",
+        "--out",
+        str(out),
+        "--studies",
+        "3",
+        "--subjects-per-study",
+        "2",
+        "--manifests-only",
+        "--no-progress",
+    ]
     assert main(args) == 2
     assert "not empty" in capsys.readouterr().err and sorted(os.listdir(out)) == ["notes.txt"]
     assert main([*args, "--overwrite"]) == 0

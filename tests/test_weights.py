@@ -7,7 +7,6 @@ import torch
 
 from ichor.cli import main
 from ichor.models import Backbone
-from ichor.pretrain import MAEPretrainer
 from ichor.models.weights import (
     WeightsError,
     encoder_state_from_checkpoint,
@@ -15,6 +14,7 @@ from ichor.models.weights import (
     load_encoder,
     read_metadata,
 )
+from ichor.pretrain import MAEPretrainer
 
 HARMONISATION = {"shape": [16, 24, 16], "spacing": [4.0, 4.0, 4.0], "normalization": "scale", "orientation": "RAS"}
 
@@ -25,8 +25,12 @@ def checkpoint(tmp_path):
     torch.manual_seed(0)
     module = MAEPretrainer(backbone=Backbone("mae_vit_micro", patch_size=8, img_size=(16, 24, 16)))
     module.data_record = {"harmonisation": HARMONISATION, "data_summary": {"scans": 12, "studies": {"study-01": 12}}}
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 3,
-                  "global_step": 42}
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "epoch": 3,
+        "global_step": 42,
+    }
     module.on_save_checkpoint(checkpoint)  # what Lightning's checkpointing adds: data and encoder records
     path = tmp_path / "last.ckpt"
     torch.save(checkpoint, path)

@@ -45,8 +45,13 @@ class ClassificationHead(TaskHead):
     monitor = "auroc"
     mode = "max"
 
-    def __init__(self, in_features: int, classes: list[str] | None = None,
-                 class_weights: Literal["balanced"] | list[float] | None = None, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        classes: list[str] | None = None,
+        class_weights: Literal["balanced"] | list[float] | None = None,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__(in_features)
         if not classes or len(classes) < 2:
             raise ValueError(f"classification needs at least 2 classes, got {classes}")
@@ -96,11 +101,13 @@ class ClassificationHead(TaskHead):
 
     def metrics(self) -> MetricCollection:
         k = len(self.classes)
-        return MetricCollection({
-            "auroc": MulticlassAUROC(k, average="macro"),
-            "balanced_accuracy": MulticlassAccuracy(k, average="macro"),  # mean per-class recall
-            "f1": MulticlassF1Score(k, average="macro"),
-        })
+        return MetricCollection(
+            {
+                "auroc": MulticlassAUROC(k, average="macro"),
+                "balanced_accuracy": MulticlassAccuracy(k, average="macro"),  # mean per-class recall
+                "f1": MulticlassF1Score(k, average="macro"),
+            }
+        )
 
     def metric_inputs(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return outputs.float().softmax(-1), targets
@@ -123,9 +130,17 @@ class ClassificationHead(TaskHead):
         figure, axis = plt.subplots(figsize=(1.2 * k + 2, 1.2 * k + 1.5))
         axis.imshow(matrix, cmap="Blues")
         for (row, col), count in zip(((r, c) for r in range(k) for c in range(k)), matrix.flatten()):
-            axis.text(col, row, str(count), ha="center", va="center",
-                      color="white" if count > matrix.max() / 2 else "black")
-        axis.set(xticks=range(k), yticks=range(k), xticklabels=self.classes, yticklabels=self.classes,
-                 xlabel="predicted", ylabel="true", title=f"confusion matrix ({int(matrix.sum())} scans)")
+            axis.text(
+                col, row, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black"
+            )
+        axis.set(
+            xticks=range(k),
+            yticks=range(k),
+            xticklabels=self.classes,
+            yticklabels=self.classes,
+            xlabel="predicted",
+            ylabel="true",
+            title=f"confusion matrix ({int(matrix.sum())} scans)",
+        )
         figure.tight_layout()
         return {"confusion_matrix": figure}

@@ -40,9 +40,15 @@ class RegressionHead(TaskHead):
     monitor = "mae"
     mode = "min"
 
-    def __init__(self, in_features: int, standardize: bool = True, target_mean: float | None = None,
-                 target_std: float | None = None, loss: Literal["mse", "l1", "huber"] = "mse",
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        standardize: bool = True,
+        target_mean: float | None = None,
+        target_std: float | None = None,
+        loss: Literal["mse", "l1", "huber"] = "mse",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__(in_features)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
@@ -73,7 +79,9 @@ class RegressionHead(TaskHead):
         return self.fc(self.dropout(features)).squeeze(-1)
 
     def prepare_targets(self, values: list | torch.Tensor) -> torch.Tensor:
-        targets = torch.as_tensor([float(v) for v in values] if isinstance(values, list) else values, dtype=torch.float32)
+        targets = torch.as_tensor(
+            [float(v) for v in values] if isinstance(values, list) else values, dtype=torch.float32
+        )
         if targets.isnan().any():
             raise ValueError("missing target values in a training/evaluation batch (leave unlabelled scans out)")
         return targets
@@ -86,13 +94,15 @@ class RegressionHead(TaskHead):
         return self.loss_fn(outputs.float(), (targets.to(outputs.device).float() - self.shift) / self.scale)
 
     def metrics(self) -> MetricCollection:
-        return MetricCollection({
-            "mae": MeanAbsoluteError(),
-            "rmse": MeanSquaredError(squared=False),
-            "pearson": PearsonCorrCoef(),
-            "spearman": SpearmanCorrCoef(),
-            "r2": R2Score(),
-        })
+        return MetricCollection(
+            {
+                "mae": MeanAbsoluteError(),
+                "rmse": MeanSquaredError(squared=False),
+                "pearson": PearsonCorrCoef(),
+                "spearman": SpearmanCorrCoef(),
+                "r2": R2Score(),
+            }
+        )
 
     def metric_inputs(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decode(outputs), targets.float()
@@ -111,7 +121,11 @@ class RegressionHead(TaskHead):
         axis.scatter(true, predicted, s=12, alpha=0.7)
         low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
         axis.plot([low, high], [low, high], "k--", linewidth=1, label="identity")
-        r = float(torch.corrcoef(torch.stack([torch.from_numpy(true), torch.from_numpy(predicted)]))[0, 1]) if len(true) > 1 else math.nan
+        r = (
+            float(torch.corrcoef(torch.stack([torch.from_numpy(true), torch.from_numpy(predicted)]))[0, 1])
+            if len(true) > 1
+            else math.nan
+        )
         axis.set(xlabel="true", ylabel="predicted", title=f"{len(true)} scans, r = {r:.3f}")
         axis.legend(loc="upper left")
         figure.tight_layout()

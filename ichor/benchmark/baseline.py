@@ -26,9 +26,14 @@ def scan_features(cbf: np.ndarray, gm: np.ndarray, wm: np.ndarray, affine: np.nd
     centre = world.mean(axis=0)
     values = cbf[brain]
     right, anterior = world[:, 0] >= centre[0], world[:, 1] >= centre[1]
-    return {"gm_mean": float(cbf[gm_mask].mean()), "wm_mean": float(cbf[wm_mask].mean()),
-            "left_mean": float(values[~right].mean()), "right_mean": float(values[right].mean()),
-            "anterior_mean": float(values[anterior].mean()), "posterior_mean": float(values[~anterior].mean())}
+    return {
+        "gm_mean": float(cbf[gm_mask].mean()),
+        "wm_mean": float(cbf[wm_mask].mean()),
+        "left_mean": float(values[~right].mean()),
+        "right_mean": float(values[right].mean()),
+        "anterior_mean": float(values[anterior].mean()),
+        "posterior_mean": float(values[~anterior].mean()),
+    }
 
 
 def regional_features(rows: pd.DataFrame, volume: int | str | None = None) -> pd.DataFrame:
@@ -39,8 +44,12 @@ def regional_features(rows: pd.DataFrame, volume: int | str | None = None) -> pd
     for record in rows.drop_duplicates("path").to_dict("records"):
         cbf, (gm, wm) = load_row(record, ("gm", "wm"), volume, purpose="the regional-mean baseline")
         try:
-            table[record["path"]] = scan_features(np.asarray(cbf.dataobj), np.asarray(gm.dataobj, dtype=np.float32),
-                                                  np.asarray(wm.dataobj, dtype=np.float32), cbf.affine)
+            table[record["path"]] = scan_features(
+                np.asarray(cbf.dataobj),
+                np.asarray(gm.dataobj, dtype=np.float32),
+                np.asarray(wm.dataobj, dtype=np.float32),
+                cbf.affine,
+            )
         except ValueError as error:
             raise RowError.at(record, str(error)) from error
     return pd.DataFrame.from_dict(table, orient="index")[list(FEATURES)]

@@ -43,8 +43,10 @@ class TaskSpec:
     def __post_init__(self) -> None:
         known = CLASSIFICATION_METRICS if self.head == "classification" else REGRESSION_METRICS
         if self.head in ("classification", "regression") and self.metric not in known:
-            raise ValueError(f"task {self.name!r}: metric {self.metric!r} is not one of {', '.join(known)} "
-                             f"(the {self.head} head's test metrics)")
+            raise ValueError(
+                f"task {self.name!r}: metric {self.metric!r} is not one of {', '.join(known)} "
+                f"(the {self.head} head's test metrics)"
+            )
 
     @property
     def is_classification(self) -> bool:
@@ -95,11 +97,18 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         if not self.pretrain:
             raise ValueError("benchmark config: `pretrain` names no method")
-        self.pretrain = {method: spec if isinstance(spec, PretrainSpec) else
-                         PretrainSpec(spec) if isinstance(spec, str) else PretrainSpec(**spec)
-                         for method, spec in self.pretrain.items()}
+        self.pretrain = {
+            method: spec
+            if isinstance(spec, PretrainSpec)
+            else PretrainSpec(spec)
+            if isinstance(spec, str)
+            else PretrainSpec(**spec)
+            for method, spec in self.pretrain.items()
+        }
         if {"scratch", "regional_mean"} & set(self.pretrain):
-            raise ValueError("benchmark config: `scratch` and `regional_mean` are reserved names, not pre-training methods")
+            raise ValueError(
+                "benchmark config: `scratch` and `regional_mean` are reserved names, not pre-training methods"
+            )
         if not self.tasks:
             raise ValueError("benchmark config: `tasks` is empty")
         bad = [m for m in self.modes if m not in MODES]

@@ -16,14 +16,16 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
-def fit_and_score(features: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, target: str,
-                  classification: bool, seed: int = 0) -> dict[str, float]:
+def fit_and_score(
+    features: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, target: str, classification: bool, seed: int = 0
+) -> dict[str, float]:
     """Fit on ``train`` rows, return ``test/<metric>`` values on ``test`` rows (the heads' metric names)."""
     x_train, x_test = features.loc[train["path"]].to_numpy(), features.loc[test["path"]].to_numpy()
     if classification:
         y_train, y_test = train[target].astype(str).to_numpy(), test[target].astype(str).to_numpy()
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, class_weight="balanced",
-                                                                   random_state=seed))
+        model = make_pipeline(
+            StandardScaler(), LogisticRegression(max_iter=1000, class_weight="balanced", random_state=seed)
+        )
         model.fit(x_train, y_train)
         scores = {"test/balanced_accuracy": balanced_accuracy_score(y_test, model.predict(x_test))}
         scores["test/auroc"] = _auroc(y_test, model.predict_proba(x_test), model.classes_)
@@ -32,11 +34,13 @@ def fit_and_score(features: pd.DataFrame, train: pd.DataFrame, test: pd.DataFram
     model = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(x_train, y_train)
     predicted = model.predict(x_test)
     constant = np.ptp(predicted) == 0 or np.ptp(y_test) == 0
-    return {"test/mae": mean_absolute_error(y_test, predicted),
-            "test/rmse": float(np.sqrt(np.mean((y_test - predicted) ** 2))),
-            "test/pearson": float("nan") if constant else float(pearsonr(predicted, y_test)[0]),
-            "test/spearman": float("nan") if constant else float(spearmanr(predicted, y_test)[0]),
-            "test/r2": r2_score(y_test, predicted)}
+    return {
+        "test/mae": mean_absolute_error(y_test, predicted),
+        "test/rmse": float(np.sqrt(np.mean((y_test - predicted) ** 2))),
+        "test/pearson": float("nan") if constant else float(pearsonr(predicted, y_test)[0]),
+        "test/spearman": float("nan") if constant else float(spearmanr(predicted, y_test)[0]),
+        "test/r2": r2_score(y_test, predicted),
+    }
 
 
 def _auroc(y_true: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) -> float:

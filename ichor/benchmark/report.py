@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ichor.data.atomic import atomic_path, write_csv, write_text
 from ichor.benchmark.config import BenchmarkConfig
+from ichor.data.atomic import atomic_path, write_csv, write_text
 from ichor.downstream.cv import summarise
 
 KEYS = ["task", "method", "mode", "budget"]
@@ -26,7 +26,9 @@ def summary_table(results: pd.DataFrame, cfg: BenchmarkConfig) -> pd.DataFrame:
         stats = summarise(group.dropna(axis=1, how="all")).set_index("metric")
         row = dict(zip(KEYS, key), n_train=float(group["n_train"].mean()), folds=len(group))
         metric = primary[row["task"]]
-        row.update(metric=metric, mean=stats["mean"].get(metric, float("nan")), std=stats["std"].get(metric, float("nan")))
+        row.update(
+            metric=metric, mean=stats["mean"].get(metric, float("nan")), std=stats["std"].get(metric, float("nan"))
+        )
         for name, values in stats.iterrows():
             row[f"{name}_mean"], row[f"{name}_std"] = values["mean"], values["std"]
         rows.append(row)
@@ -38,13 +40,22 @@ def markdown(summary: pd.DataFrame, folds: str = "folds") -> str:
     lines = ["# ICHOR benchmark", ""]
     for task, table in summary.groupby("task", sort=False):
         metric, budgets = table["metric"].iloc[0], sorted(table["budget"].unique())
-        lines += [f"## {task} ({metric}, mean ± std over {folds})", "",
-                  "| method | mode | " + " | ".join(f"{b:g} of labels" for b in budgets) + " |",
-                  "| --- | --- |" + " --- |" * len(budgets)]
+        lines += [
+            f"## {task} ({metric}, mean ± std over {folds})",
+            "",
+            "| method | mode | " + " | ".join(f"{b:g} of labels" for b in budgets) + " |",
+            "| --- | --- |" + " --- |" * len(budgets),
+        ]
         for (method, mode), runs in table.groupby(["method", "mode"], sort=False):
             cells = runs.set_index("budget")
-            lines.append(f"| {method} | {mode} | " + " | ".join(
-                f"{cells.loc[b, 'mean']:.3f} ± {cells.loc[b, 'std']:.3f}" if b in cells.index else "" for b in budgets) + " |")
+            lines.append(
+                f"| {method} | {mode} | "
+                + " | ".join(
+                    f"{cells.loc[b, 'mean']:.3f} ± {cells.loc[b, 'std']:.3f}" if b in cells.index else ""
+                    for b in budgets
+                )
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -69,8 +80,16 @@ def task_figure(summary: pd.DataFrame, task: str, path: Path, folds: str = "fold
         runs = runs.sort_values("budget")
         nudge = 1.04 ** (index - (len(lines) - 1) / 2)  # multiplicative: the x axis is logarithmic
         label = method if mode in (method, "baseline") else f"{method} ({mode.replace('_', ' ')})"
-        axes.errorbar(runs["budget"] * nudge, runs["mean"], yerr=runs["std"].fillna(0), marker="o", capsize=3,
-                      color=colours[method], linestyle="--" if mode == "linear_probe" else "-", label=label)
+        axes.errorbar(
+            runs["budget"] * nudge,
+            runs["mean"],
+            yerr=runs["std"].fillna(0),
+            marker="o",
+            capsize=3,
+            color=colours[method],
+            linestyle="--" if mode == "linear_probe" else "-",
+            label=label,
+        )
     if metric in CHANCE:
         axes.axhline(CHANCE[metric], color="0.6", linewidth=1, zorder=0)
     axes.set_xscale("log")

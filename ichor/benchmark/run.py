@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ichor.data.atomic import write_text
 from ichor.benchmark.baseline import regional_features
 from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
 from ichor.benchmark.linear import fit_and_score
+from ichor.data.atomic import write_text
 from ichor.downstream.cv import Fold, run_fold, subject_folds, target_strata
 
 if TYPE_CHECKING:
@@ -74,7 +74,14 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
         log.info("benchmark: reusing the %s encoder in %s", method, encoder)
         return encoder
     log.info("benchmark: pre-training %s (%s)", method, spec.config)
-    args = ["--config", spec.config, *cfg.overrides, *cfg.pretrain_overrides, *_epochs(cfg, "pretrain"), *spec.overrides]
+    args = [
+        "--config",
+        spec.config,
+        *cfg.overrides,
+        *cfg.pretrain_overrides,
+        *_epochs(cfg, "pretrain"),
+        *spec.overrides,
+    ]
     cli = build_run(args, folder)
     trainer = cli.trainer
     trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -91,10 +98,17 @@ def _epochs(cfg: BenchmarkConfig, stage: str) -> list[str]:
 
 def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) -> list[str]:
     """Lightning CLI arguments of one downstream run (without its split file)."""
-    args = ["--config", task.config, *cfg.overrides, *cfg.task_overrides, *_epochs(cfg, mode),
-            f"--model.init_args.encoder={encoder}", f"--model.init_args.mode={mode}",
-            f"--model.init_args.head={task.head}",
-            f"--data.init_args.target={task.target}"]
+    args = [
+        "--config",
+        task.config,
+        *cfg.overrides,
+        *cfg.task_overrides,
+        *_epochs(cfg, mode),
+        f"--model.init_args.encoder={encoder}",
+        f"--model.init_args.mode={mode}",
+        f"--model.init_args.head={task.head}",
+        f"--data.init_args.target={task.target}",
+    ]
     if task.target_values is not None:
         args.append(f"--data.init_args.target_values={json.dumps([str(v) for v in task.target_values])}")
     return args
@@ -102,9 +116,9 @@ def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) ->
 
 def task_setup(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.DataFrame, IchorCLI]:
     """The task's labelled manifest rows (as its config's datamodule reads them) and its parsed config."""
-    from ichor.data.splits import labelled_rows
     from ichor.config import IchorCLI
     from ichor.data.manifest import read_manifests
+    from ichor.data.splits import labelled_rows
 
     base = IchorCLI(args=task_args(task, "finetune", encoder, cfg), run=False)
     rows = read_manifests(base.datamodule.hparams.manifests)
@@ -123,16 +137,25 @@ def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI) -> pd.Da
     from ichor.downstream.features import embed_scans
 
     data = base.datamodule.hparams
-    table = embed_scans(str(encoder), list(data.manifests), batch_size=data.batch_size,
-                        pooling=base.model.hparams.pooling, cache_dir=data.cache_dir, num_workers=data.num_workers,
-                        on_bad_scan=data.on_bad_scan, device="cuda" if torch.cuda.is_available() else "cpu",
-                        progress=False)
+    table = embed_scans(
+        str(encoder),
+        list(data.manifests),
+        batch_size=data.batch_size,
+        pooling=base.model.hparams.pooling,
+        cache_dir=data.cache_dir,
+        num_workers=data.num_workers,
+        on_bad_scan=data.on_bad_scan,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        progress=False,
+    )
     features = table.drop_duplicates("path").set_index("path").filter(regex=r"^f\d+$")
     missing = rows.loc[~rows["path"].isin(features.index)]
     if len(missing):
         first = missing.iloc[0]
-        raise ValueError(f"{first['manifest']} row {first['row']} ({first['path']}): no encoder features "
-                         f"({len(missing)} scan(s) in all); the benchmark compares methods on the same scans")
+        raise ValueError(
+            f"{first['manifest']} row {first['row']} ({first['path']}): no encoder features "
+            f"({len(missing)} scan(s) in all); the benchmark compares methods on the same scans"
+        )
     return features
 
 
@@ -149,28 +172,48 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
     out = Path(out)
     encoders = {method: pretrain(method, spec, cfg, out) for method, spec in cfg.pretrain.items()}
     architecture = next(iter(encoders.values()))  # scratch only borrows its architecture
-    trained = [(method, mode, encoder) for method, encoder in encoders.items()
-               for mode in cfg.modes if mode != "linear_probe"]  # Lightning runs; the probe is a linear model
+    trained = [
+        (method, mode, encoder) for method, encoder in encoders.items() for mode in cfg.modes if mode != "linear_probe"
+    ]  # Lightning runs; the probe is a linear model
     trained += [(SCRATCH, SCRATCH, architecture)] if cfg.scratch else []
     results = []
     for task in cfg.tasks:
         rows, base = task_setup(task, architecture, cfg)
         budgets = plan(cfg, task, rows)
-        linear = {(method, "linear_probe"): encoder_features(encoder, rows, base)
-                  for method, encoder in encoders.items() if "linear_probe" in cfg.modes}
+        linear = {
+            (method, "linear_probe"): encoder_features(encoder, rows, base)
+            for method, encoder in encoders.items()
+            if "linear_probe" in cfg.modes
+        }
         if cfg.baseline:
             linear[BASELINE, "baseline"] = regional_features(rows, base.datamodule.hparams.volume)
         total, done = sum(map(len, budgets.values())) * len(trained), 0
         for budget, folds in budgets.items():
             for (method, mode), features in linear.items():
-                results += [{"task": task.name, "method": method, "mode": mode, "budget": budget,
-                             **linear_result(features, rows, fold, task, cfg.seed)} for fold in folds]
+                results += [
+                    {
+                        "task": task.name,
+                        "method": method,
+                        "mode": mode,
+                        "budget": budget,
+                        **linear_result(features, rows, fold, task, cfg.seed),
+                    }
+                    for fold in folds
+                ]
             for method, mode, encoder in trained:
                 folder = out / task.name / method / mode / f"budget-{budget:g}"
                 for fold in folds:
                     done += 1
-                    log.info("benchmark: %s %s %s budget %g %s (run %d/%d of this task)",
-                             task.name, method, mode, budget, fold.name, done, total)
+                    log.info(
+                        "benchmark: %s %s %s budget %g %s (run %d/%d of this task)",
+                        task.name,
+                        method,
+                        mode,
+                        budget,
+                        fold.name,
+                        done,
+                        total,
+                    )
                     result = resumable_fold(task_args(task, mode, encoder, cfg), fold, folder)
                     results.append({"task": task.name, "method": method, "mode": mode, "budget": budget, **result})
     table = pd.DataFrame(results)
@@ -181,8 +224,9 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
 def linear_result(features: pd.DataFrame, rows: pd.DataFrame, fold: Fold, task: TaskSpec, seed: int) -> dict:
     """One fold of a linear model on per-scan features: fitted on its training scans, scored on its test scans."""
     split = rows["subject"].map(fold.splits.set_index("subject")["split"])
-    scores = fit_and_score(features, rows.loc[split == "train"], rows.loc[split == "test"], task.target,
-                           task.is_classification, seed)
+    scores = fit_and_score(
+        features, rows.loc[split == "train"], rows.loc[split == "test"], task.target, task.is_classification, seed
+    )
     return {"fold": fold.name, **fold.counts(), **scores}
 
 

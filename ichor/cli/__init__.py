@@ -36,7 +36,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: ichor <command> [options]   (ichor <command> --help for its options)", "", "training (Lightning CLI):"]
+    lines = [
+        "usage: ichor <command> [options]   (ichor <command> --help for its options)",
+        "",
+        "training (Lightning CLI):",
+    ]
     lines += [f"  {name:<10} {text}" for name, text in TRAINER_COMMANDS.items()]
     lines += ["", "tools:"]
     lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]

@@ -28,20 +28,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", required=True, help="task config (repeatable, as for `ichor fit`)")
     parser.add_argument("--folds", type=int, default=5, help="number of folds (ignored with --by-study)")
     parser.add_argument("--by-study", action="store_true", help="hold out each study in turn instead of k folds")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of the non-test subjects that validates")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2, help="fraction of the non-test subjects that validates"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     parser.add_argument("--out", default="runs/cv", help="output folder")
-    parser.add_argument("--qei-baseline", action="store_true",
-                        help="also report the Pearson r of plain QEI with a numeric target per fold (qei_pearson); "
-                             "needs gm, wm, csf columns in the manifests")
-    parser.add_argument("overrides", nargs="*", help="Lightning CLI overrides, after `--` (e.g. -- --trainer.max_epochs=5)")
+    parser.add_argument(
+        "--qei-baseline",
+        action="store_true",
+        help="also report the Pearson r of plain QEI with a numeric target per fold (qei_pearson); "
+        "needs gm, wm, csf columns in the manifests",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Lightning CLI overrides, after `--` (e.g. -- --trainer.max_epochs=5)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     cli_args = [item for config in args.config for item in ("--config", config)] + list(args.overrides)
     try:
-        _, summary = cross_validate(cli_args, args.out, args.folds, args.by_study, args.val_fraction, args.seed,
-                                    args.qei_baseline)
+        _, summary = cross_validate(
+            cli_args, args.out, args.folds, args.by_study, args.val_fraction, args.seed, args.qei_baseline
+        )
     except ValueError as error:
         print(f"ichor cv: {error}", file=sys.stderr)
         return 1

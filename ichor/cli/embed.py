@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ichor.data.scans import ScanError
 from ichor.downstream.features import check_output, embed_scans, write_table
 from ichor.downstream.pooling import POOLINGS
-from ichor.data.scans import ScanError
 from ichor.models.weights import WeightsError
 
 
@@ -39,8 +39,17 @@ def _cuda() -> bool:
 def run(args: argparse.Namespace) -> int:
     try:
         check_output(args.out)
-        table = embed_scans(args.encoder, args.manifest, args.batch_size, args.pooling, args.cache_dir,
-                            args.num_workers, args.on_bad_scan, args.device, progress=not args.no_progress)
+        table = embed_scans(
+            args.encoder,
+            args.manifest,
+            args.batch_size,
+            args.pooling,
+            args.cache_dir,
+            args.num_workers,
+            args.on_bad_scan,
+            args.device,
+            progress=not args.no_progress,
+        )
         path = write_table(table, args.out)
     except (WeightsError, ScanError, RuntimeError, ValueError) as error:
         print(f"ichor embed: {error}", file=sys.stderr)

@@ -37,7 +37,9 @@ def describe(parameter: inspect.Parameter) -> str:
 def run(args: argparse.Namespace) -> int:
     heads = installed_heads()
     if args.name is not None and args.name not in heads:
-        print(f"ichor heads: no installed head {args.name!r} (installed: {', '.join(heads) or 'none'})", file=sys.stderr)
+        print(
+            f"ichor heads: no installed head {args.name!r} (installed: {', '.join(heads) or 'none'})", file=sys.stderr
+        )
         return 1
     for name, plugin in heads.items():
         if args.name not in (None, name):

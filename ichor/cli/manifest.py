@@ -26,11 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--quiet", action="store_true", help="no progress bar")
 
     build = commands.add_parser("from-bids", help="write a manifest for ASLPrep or ExploreASL derivatives")
-    build.add_argument("root", metavar="DIR", help="derivatives folder, or a dataset containing derivatives/aslprep or derivatives/ExploreASL")
-    build.add_argument("--out", required=True, metavar="MANIFEST.csv", help="manifest to write (paths in it are relative to its folder)")
+    build.add_argument(
+        "root",
+        metavar="DIR",
+        help="derivatives folder, or a dataset containing derivatives/aslprep or derivatives/ExploreASL",
+    )
+    build.add_argument(
+        "--out",
+        required=True,
+        metavar="MANIFEST.csv",
+        help="manifest to write (paths in it are relative to its folder)",
+    )
     build.add_argument("--study", help="study name for every row (default: the dataset's folder name)")
     build.add_argument("--desc", help="ASLPrep CBF variant, e.g. score, scrub, basil (default: the mean CBF map)")
-    build.add_argument("--space", help=f"ASLPrep output space, or 'native' for maps without space- (default: the only one, else {DEFAULT_SPACE})")
+    build.add_argument(
+        "--space",
+        help=f"ASLPrep output space, or 'native' for maps without space- (default: the only one, else {DEFAULT_SPACE})",
+    )
     build.add_argument("--overwrite", action="store_true", help="replace MANIFEST.csv if it exists")
 
 
@@ -41,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    problems = check_manifests(args.manifests, read_images=not args.no_images, progress=not (args.quiet or args.no_images))
+    problems = check_manifests(
+        args.manifests, read_images=not args.no_images, progress=not (args.quiet or args.no_images)
+    )
     for problem in problems:
         print(problem)
     rows = count_rows(args.manifests)
@@ -56,7 +70,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _from_bids(args: argparse.Namespace) -> int:
     try:
-        result = build_manifest(args.root, args.out, study=args.study, desc=args.desc, space=args.space, overwrite=args.overwrite)
+        result = build_manifest(
+            args.root, args.out, study=args.study, desc=args.desc, space=args.space, overwrite=args.overwrite
+        )
     except DerivativesError as error:
         print(f"ichor manifest from-bids: {error}", file=sys.stderr)
         return 1

@@ -28,17 +28,27 @@ CACHE_ARGUMENTS = ("manifests", "cache_dir", "spacing", "shape", "volume", "on_b
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="Lightning config whose `data:` section holds the CBFDataModule arguments")
+    parser.add_argument(
+        "--config", type=Path, help="Lightning config whose `data:` section holds the CBFDataModule arguments"
+    )
     parser.add_argument("--manifests", nargs="+", help="per-study manifest CSVs")
     parser.add_argument("--cache-dir", dest="cache_dir", help="cache folder (default .ichor_cache)")
     parser.add_argument("--spacing", type=float, nargs="+", help="output voxel size in mm: one value or three")
     parser.add_argument("--shape", type=int, nargs=3, help="output grid in voxels (x y z)")
     parser.add_argument("--volume", help='for 4D files: a volume index or "mean"')
-    parser.add_argument("--on-bad-scan", dest="on_bad_scan", choices=("error", "skip"),
-                        help="error (default): exit 1 listing bad scans; skip: list them and exit 0")
+    parser.add_argument(
+        "--on-bad-scan",
+        dest="on_bad_scan",
+        choices=("error", "skip"),
+        help="error (default): exit 1 listing bad scans; skip: list them and exit 0",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes harmonising in parallel (default 2)")
-    parser.add_argument("--export-nifti", dest="export_nifti", type=Path,
-                        help="also write each harmonised map and brain mask as NIfTI under this folder")
+    parser.add_argument(
+        "--export-nifti",
+        dest="export_nifti",
+        type=Path,
+        help="also write each harmonised map and brain mask as NIfTI under this folder",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -58,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     problems = datamodule.problem_messages(rows, failures)
     good = len(rows) - len(problems)
-    print(f"{len(rows)} scans: {good - before} harmonised, {before} already cached, {len(problems)} bad; "
-          f"cache {datamodule.cache.folder}")
+    print(
+        f"{len(rows)} scans: {good - before} harmonised, {before} already cached, {len(problems)} bad; "
+        f"cache {datamodule.cache.folder}"
+    )
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
     if args.export_nifti is not None:

@@ -54,12 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mni-priors", action="store_true", help="maps are in MNI space: use MNI152 tissue priors (ignores gm/wm/csf)"
     )
     parser.add_argument(
-        "--thresh", type=float, default=DEFAULT_THRESH,
+        "--thresh",
+        type=float,
+        default=DEFAULT_THRESH,
         help=f"tissue probability above which a voxel is in a tissue mask (default {DEFAULT_THRESH}; ASLPrep 0.2.x used 0.8)",
     )
     parser.add_argument("--out", metavar="QEI.csv", help="CSV to write (required with --manifest)")
     parser.add_argument(
-        "--annotated-manifest", nargs="+", metavar="OUT.csv",
+        "--annotated-manifest",
+        nargs="+",
+        metavar="OUT.csv",
         help="copies of the manifests (one per --manifest, same order) with a qei column added; new files only",
     )
     parser.add_argument("--workers", type=int, default=1, help="processes scoring scans in parallel (default 1)")
@@ -88,7 +92,9 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         if not args.out:
             return "--out is required with --manifest"
         if any((args.gm, args.wm, args.csf)):
-            return "--gm/--wm/--csf are for one CBF map; with --manifest the tissue maps come from its gm, wm, csf columns"
+            return (
+                "--gm/--wm/--csf are for one CBF map; with --manifest the tissue maps come from its gm, wm, csf columns"
+            )
         if args.annotated_manifest and len(args.annotated_manifest) != len(args.manifest):
             return (
                 f"--annotated-manifest needs one output per --manifest ({len(args.manifest)}), "

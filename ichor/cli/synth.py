@@ -29,12 +29,13 @@ from ichor.synth.physiology import DEFAULT_CLASS_MIX, DIAGNOSES
 from ichor.synth.plan import SynthOptions
 from ichor.synth.rating import DEFAULT_RATER_NOISE, rating_model
 
+
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
 def parse_class_mix(text: str) -> tuple[tuple[str, float], ...]:
-    """"CN=0.4,AD=0.2,..." -> (("CN", 0.4), ("AD", 0.2), ...)."""
+    """ "CN=0.4,AD=0.2,..." -> (("CN", 0.4), ("AD", 0.2), ...)."""
     mix = []
     for item in text.split(","):
         name, sep, value = item.partition("=")
@@ -44,7 +45,8 @@ def parse_class_mix(text: str) -> tuple[tuple[str, float], ...]:
             sep = ""
         if not sep or name.strip() not in DIAGNOSES:
             raise argparse.ArgumentTypeError(
-                f"{item!r}: expected DIAGNOSIS=WEIGHT with DIAGNOSIS one of {', '.join(DIAGNOSES)}")
+                f"{item!r}: expected DIAGNOSIS=WEIGHT with DIAGNOSIS one of {', '.join(DIAGNOSES)}"
+            )
     return tuple(mix)
 
 
@@ -52,32 +54,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     default_mix = ",".join(f"{k}={v:g}" for k, v in DEFAULT_CLASS_MIX.items())
     add = parser.add_argument
     add("--out", required=True, type=Path, help="output folder; must be absent or empty unless --overwrite")
-    add("--studies", type=int, default=4, help="number of studies (sites); the first 8 follow the fixed "
-        "protocol table, later ones cycle through it with re-drawn parameters (default: %(default)s)")
+    add(
+        "--studies",
+        type=int,
+        default=4,
+        help="number of studies (sites); the first 8 follow the fixed "
+        "protocol table, later ones cycle through it with re-drawn parameters (default: %(default)s)",
+    )
     add("--subjects-per-study", type=int, default=50, help="subjects (one scan each) per study (default: %(default)s)")
-    add("--seed", type=int, default=0, help="random seed, >= 0; the same seed gives the same bytes (default: %(default)s)")
-    add("--workers", type=int, default=default_workers(),
-        help="processes rendering volumes (default: the CPU count, at most 8; here %(default)s)")
-    add("--manifest-dir", type=Path, default=None,
+    add(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed, >= 0; the same seed gives the same bytes (default: %(default)s)",
+    )
+    add(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="processes rendering volumes (default: the CPU count, at most 8; here %(default)s)",
+    )
+    add(
+        "--manifest-dir",
+        type=Path,
+        default=None,
         help="also write each study's manifest as MANIFEST_DIR/<study>.csv with paths relative to "
-             "MANIFEST_DIR (default: not written)")
-    add("--manifests-only", action="store_true",
+        "MANIFEST_DIR (default: not written)",
+    )
+    add(
+        "--manifests-only",
+        action="store_true",
         help="write the manifests and dataset_description.json without rendering any volume; "
-             "rows are identical to a full run's (default: off)")
-    add("--class-mix", type=parse_class_mix, default=default_mix, metavar="MIX",
+        "rows are identical to a full run's (default: off)",
+    )
+    add(
+        "--class-mix",
+        type=parse_class_mix,
+        default=default_mix,
+        metavar="MIX",
         help="diagnosis proportions within each study, DIAGNOSIS=WEIGHT,... with diagnoses "
-             f"{', '.join(DIAGNOSES)} (default: {default_mix})")
-    add("--artefact-rate", type=float, default=1.0,
-        help="multiplier on every artefact's probability; 0 = no artefacts (default: %(default)s)")
-    add("--effect-scale", type=float, default=1.0,
-        help="multiplier on disease effect sizes; 1 = 10-25%% regional hypoperfusion (default: %(default)s)")
+        f"{', '.join(DIAGNOSES)} (default: {default_mix})",
+    )
+    add(
+        "--artefact-rate",
+        type=float,
+        default=1.0,
+        help="multiplier on every artefact's probability; 0 = no artefacts (default: %(default)s)",
+    )
+    add(
+        "--effect-scale",
+        type=float,
+        default=1.0,
+        help="multiplier on disease effect sizes; 1 = 10-25%% regional hypoperfusion (default: %(default)s)",
+    )
     add("--snr-scale", type=float, default=1.0, help="multiplier on every protocol's SNR (default: %(default)s)")
-    add("--rater-noise", type=float, default=DEFAULT_RATER_NOISE,
+    add(
+        "--rater-noise",
+        type=float,
+        default=DEFAULT_RATER_NOISE,
         help=f"SD of the simulated rater's error e: {rating_model()}; 0 = a rater who sees only the "
-             "recorded artefacts and SNR (default: %(default)s)")
-    add("--overwrite", action="store_true",
+        "recorded artefacts and SNR (default: %(default)s)",
+    )
+    add(
+        "--overwrite",
+        action="store_true",
         help="write into a non-empty OUT; the study folders of an earlier `ichor synth` dataset there "
-             "are removed first, nothing else is (default: off)")
+        "are removed first, nothing else is (default: off)",
+    )
     add("--no-progress", action="store_true", help="no progress bar (default: shown)")
 
 
@@ -94,9 +137,17 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(study)
     try:
         options = SynthOptions(args.class_mix, args.artefact_rate, args.effect_scale, args.snr_scale, args.rater_noise)
-        manifests = generate_dataset(out, args.studies, args.subjects_per_study, seed=args.seed, workers=args.workers,
-                                     manifest_dir=args.manifest_dir, progress=not args.no_progress,
-                                     options=options, manifests_only=args.manifests_only)
+        manifests = generate_dataset(
+            out,
+            args.studies,
+            args.subjects_per_study,
+            seed=args.seed,
+            workers=args.workers,
+            manifest_dir=args.manifest_dir,
+            progress=not args.no_progress,
+            options=options,
+            manifests_only=args.manifests_only,
+        )
     except ValueError as error:
         print(f"ichor synth: {error}", file=sys.stderr)
         return 2

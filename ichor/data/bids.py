@@ -111,7 +111,8 @@ def detect_layout(root: Path) -> tuple[str, Path]:
         raise DerivativesError("no ASLPrep or ExploreASL CBF maps found; searched:\n  " + "\n  ".join(searched))
     if len({layout for layout, _ in found}) > 1:
         raise DerivativesError(
-            "found both " + " and ".join(f"{layout} ({folder})" for layout, folder in found)
+            "found both "
+            + " and ".join(f"{layout} ({folder})" for layout, folder in found)
             + "; pass the folder of the one you want"
         )
     return found[0]
@@ -145,7 +146,9 @@ def aslprep_rows(source: Path, desc: str | None = None, space: str | None = None
         wanted = [c for c in candidates if c[0].get("desc") == desc] if desc else _mean_maps(candidates)
         if not wanted:
             found = sorted({c[0].get("desc", "(none)") for c in candidates})
-            notes.append(f"skipped {scan}: no {'desc-' + desc if desc else 'mean'} CBF map (found desc: {', '.join(found)})")
+            notes.append(
+                f"skipped {scan}: no {'desc-' + desc if desc else 'mean'} CBF map (found desc: {', '.join(found)})"
+            )
             continue
         spaces = sorted({e.get("space", NATIVE_SPACE) for e, _ in wanted})
         chosen = space or (spaces[0] if len(spaces) == 1 else DEFAULT_SPACE if DEFAULT_SPACE in spaces else None)
@@ -159,7 +162,9 @@ def aslprep_rows(source: Path, desc: str | None = None, space: str | None = None
             notes.append(f"skipped {scan}: no CBF map in space {chosen} (found: {', '.join(spaces)})")
             continue
         if len(wanted) > 1:
-            ambiguous.append(f"{scan}: several maps ({', '.join(p.name for _, p in wanted)}); a manifest row is one subject/session")
+            ambiguous.append(
+                f"{scan}: several maps ({', '.join(p.name for _, p in wanted)}); a manifest row is one subject/session"
+            )
             continue
         entities, path = wanted[0]
         row = {"subject": subject, "session": session, "path": str(path.resolve())}
@@ -168,7 +173,9 @@ def aslprep_rows(source: Path, desc: str | None = None, space: str | None = None
         row.update(_tissue_maps(source, entities, path))
         rows.append(row)
     if ambiguous:
-        raise DerivativesError("cannot choose one CBF map for:\n  " + "\n  ".join(ambiguous) + "\npass --space and/or --desc")
+        raise DerivativesError(
+            "cannot choose one CBF map for:\n  " + "\n  ".join(ambiguous) + "\npass --space and/or --desc"
+        )
     for (chosen, spaces), count in several_spaces.items():
         notes.append(f"{count} scan(s) exist in several spaces ({spaces}); used {chosen} (choose with --space)")
     if not rows:
@@ -272,8 +279,10 @@ def _aslprep_files(folder: Path) -> list[Path]:
         return []
     return sorted(
         path
-        for subject in folder.glob("sub-*") if subject.is_dir()
-        for path in subject.rglob(_ASLPREP_GLOB) if _NIFTI.search(path.name) and path.is_file()
+        for subject in folder.glob("sub-*")
+        if subject.is_dir()
+        for path in subject.rglob(_ASLPREP_GLOB)
+        if _NIFTI.search(path.name) and path.is_file()
     )
 
 
@@ -333,7 +342,9 @@ def _tissue_maps(source: Path, entities: dict[str, str], cbf: Path) -> dict[str,
             if other.get("ses", entities.get("ses")) != entities.get("ses") or other.get("space") not in spaces:
                 continue
             image = nib.load(path)
-            if image.shape[:3] == reference.shape[:3] and np.allclose(image.affine, reference.affine, atol=AFFINE_ATOL_MM):
+            if image.shape[:3] == reference.shape[:3] and np.allclose(
+                image.affine, reference.affine, atol=AFFINE_ATOL_MM
+            ):
                 found[column] = str(path.resolve())
                 break
     return found
@@ -342,7 +353,9 @@ def _tissue_maps(source: Path, entities: dict[str, str], cbf: Path) -> dict[str,
 def _order_columns(rows: pd.DataFrame) -> pd.DataFrame:
     """Required columns first, then known optional ones, then the rest; drop all-empty columns."""
     rows = rows.loc[:, [c for c in rows.columns if rows[c].map(_has_value).any()]]
-    known = [c for c in (*REQUIRED_COLUMNS[:1], "session", *REQUIRED_COLUMNS[1:], *OPTIONAL_COLUMNS) if c in rows.columns]
+    known = [
+        c for c in (*REQUIRED_COLUMNS[:1], "session", *REQUIRED_COLUMNS[1:], *OPTIONAL_COLUMNS) if c in rows.columns
+    ]
     return rows[known + [c for c in rows.columns if c not in known]]
 
 

@@ -92,7 +92,9 @@ class ScanCache:
             meta = json.loads((self.folder / f"{key}.json").read_text())
         except (OSError, ValueError):
             return None
-        return CacheEntry(str(self.folder / f"{key}.npy"), np.asarray(meta["affine"]), meta["brain_mean"], meta["brain_std"])
+        return CacheEntry(
+            str(self.folder / f"{key}.npy"), np.asarray(meta["affine"]), meta["brain_mean"], meta["brain_std"]
+        )
 
     def build(self, paths: Iterable[str], workers: int = 0, progress: bool = True) -> dict[str, str]:
         """Harmonise and store every path that has no entry yet; returns {path: ScanError message} for bad scans.

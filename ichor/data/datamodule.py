@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 from ichor.data.augment import Augmentation
 from ichor.data.cache import CacheEntry, ScanCache, read_cached
 from ichor.data.harmonise import HarmonisationSettings
+from ichor.data.manifest import read_manifests
+from ichor.data.scans import ScanError
 from ichor.data.splits import (
     SPLITS,
     UNLABELLED,
@@ -33,8 +35,6 @@ from ichor.data.splits import (
     write_csv,
     write_splits,
 )
-from ichor.data.manifest import read_manifests
-from ichor.data.scans import ScanError
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,14 @@ SPLITS_FILE = "splits.csv"
 SKIPPED_FILE = "skipped_scans.csv"
 
 
-def normalise_(images: torch.Tensor, masks: torch.Tensor, mode: Normalization, cbf_scale: float,
-               brain_mean: torch.Tensor, brain_std: torch.Tensor) -> torch.Tensor:
+def normalise_(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    mode: Normalization,
+    cbf_scale: float,
+    brain_mean: torch.Tensor,
+    brain_std: torch.Tensor,
+) -> torch.Tensor:
     """Raw CBF (B, 1, D, H, W), 0 outside the brain -> model input, in place; the background stays 0.
 
     ``scale`` divides by a fixed CBF value and clips to [-1, 1] (as asl-qc does): it keeps
@@ -71,8 +77,14 @@ class CachedScans(Dataset):
     is copied once instead of three times; use ``collate_batch`` as the loader's collate_fn.
     """
 
-    def __init__(self, rows: pd.DataFrame, entries: Sequence[CacheEntry], normalization: Normalization,
-                 cbf_scale: float, augmentation: Augmentation | None = None) -> None:
+    def __init__(
+        self,
+        rows: pd.DataFrame,
+        entries: Sequence[CacheEntry],
+        normalization: Normalization,
+        cbf_scale: float,
+        augmentation: Augmentation | None = None,
+    ) -> None:
         self.entries = list(entries)
         self.normalization, self.cbf_scale, self.augmentation = normalization, cbf_scale, augmentation
         self.fields = {column: _field_values(rows[column]) for column in rows.columns}
@@ -217,8 +229,11 @@ class CBFDataModule(LightningDataModule):
     # ------------------------------------------------------------------ metadata
     def harmonisation_settings(self) -> dict:
         """What a model trained on these batches expects its input to be (stored with exported encoders)."""
-        settings = {**self.settings.as_dict(), "normalization": self.hparams.normalization,
-                    "cache_key": self.settings.key()}
+        settings = {
+            **self.settings.as_dict(),
+            "normalization": self.hparams.normalization,
+            "cache_key": self.settings.key(),
+        }
         if self.hparams.normalization == "scale":
             settings["cbf_scale"] = self.hparams.cbf_scale
         return settings
@@ -228,8 +243,10 @@ class CBFDataModule(LightningDataModule):
         if self.rows is None:
             raise RuntimeError("data_summary() needs setup() first")
         counts = self.rows.groupby(["study", "split"]).size()
-        per_study = {study: {split: int(counts.get((study, split), 0)) for split in SPLITS}
-                     for study in sorted(self.rows["study"].unique())}
+        per_study = {
+            study: {split: int(counts.get((study, split), 0)) for split in SPLITS}
+            for study in sorted(self.rows["study"].unique())
+        }
         return {
             "scans": len(self.rows),
             "subjects": int(self.rows["subject"].nunique()),
@@ -256,7 +273,9 @@ class CBFDataModule(LightningDataModule):
         if problems and self.hparams.on_bad_scan == "error":
             raise ScanError(_error_message(problems))
         bad = rows["path"].isin(self._known_bad)
-        self.skipped = rows.loc[bad, ["manifest", "row", "path"]].assign(reason=rows.loc[bad, "path"].map(self._known_bad))
+        self.skipped = rows.loc[bad, ["manifest", "row", "path"]].assign(
+            reason=rows.loc[bad, "path"].map(self._known_bad)
+        )
         rows = rows.loc[~bad].reset_index(drop=True)
         if rows.empty:
             raise ScanError("no usable scans: every row was skipped\n" + "\n".join(f"  {p}" for p in problems))
@@ -268,8 +287,13 @@ class CBFDataModule(LightningDataModule):
         for split in SPLITS:
             chosen = rows.index[rows["split"] == split]
             augmentation = self.augment if split == "train" else None
-            self.datasets[split] = CachedScans(rows.loc[chosen].drop(columns="split"), [entries[i] for i in chosen],
-                                               hp.normalization, hp.cbf_scale, augmentation)
+            self.datasets[split] = CachedScans(
+                rows.loc[chosen].drop(columns="split"),
+                [entries[i] for i in chosen],
+                hp.normalization,
+                hp.cbf_scale,
+                augmentation,
+            )
         self.datasets["predict"] = CachedScans(rows.drop(columns="split"), entries, hp.normalization, hp.cbf_scale)
 
     def train_dataloader(self) -> DataLoader:
@@ -306,13 +330,20 @@ class CBFDataModule(LightningDataModule):
             usable = labelled_rows(rows, hp.target, hp.target_values)
             split[~usable] = UNLABELLED
             if (~usable).any():
-                log.warning("left out %d scan(s) without a usable %r label (still predicted)", int((~usable).sum()), hp.target)
+                log.warning(
+                    "left out %d scan(s) without a usable %r label (still predicted)", int((~usable).sum()), hp.target
+                )
         if hp.split_file is not None:
             split[usable] = read_split_file(hp.split_file, rows.loc[usable, "subject"])
         else:
             split[usable] = assign_splits(
-                rows.loc[usable], hp.val_fraction, hp.test_fraction, hp.seed,
-                hp.test_studies, hp.test_sites, hp.stratify_by or hp.target,
+                rows.loc[usable],
+                hp.val_fraction,
+                hp.test_fraction,
+                hp.seed,
+                hp.test_studies,
+                hp.test_sites,
+                hp.stratify_by or hp.target,
             )
         unlisted = int((split == UNLISTED).sum())
         if unlisted:
@@ -374,5 +405,6 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 def _error_message(problems: list[str]) -> str:
     count = f"{len(problems)} bad scan" + ("s" if len(problems) != 1 else "")
-    return (f"{count} (on_bad_scan='error'; fix them, or set on_bad_scan: skip to leave them out):\n"
-            + "\n".join(f"  {problem}" for problem in problems))
+    return f"{count} (on_bad_scan='error'; fix them, or set on_bad_scan: skip to leave them out):\n" + "\n".join(
+        f"  {problem}" for problem in problems
+    )

@@ -46,8 +46,9 @@ class HarmonisationSettings:
     volume: int | str | None = None  # how load_cbf reduces a 4D series
 
     @classmethod
-    def create(cls, spacing: float | tuple[float, float, float], shape: tuple[int, int, int],
-               volume: int | str | None = None) -> HarmonisationSettings:
+    def create(
+        cls, spacing: float | tuple[float, float, float], shape: tuple[int, int, int], volume: int | str | None = None
+    ) -> HarmonisationSettings:
         spacing = (float(spacing),) * 3 if isinstance(spacing, (int, float)) else tuple(float(s) for s in spacing)
         shape = tuple(int(n) for n in shape)
         if len(spacing) != 3 or min(spacing) <= 0:
@@ -84,8 +85,9 @@ class HarmonisedScan:
     affine: np.ndarray  # 4x4 float64, voxel -> world (RAS mm)
 
 
-def brain_grid(support: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float],
-               shape: tuple[int, int, int]) -> np.ndarray:
+def brain_grid(
+    support: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float], shape: tuple[int, int, int]
+) -> np.ndarray:
     """RAS affine of the output grid, centred on the support's centroid and on the world lattice."""
     index_centroid = np.argwhere(support).mean(axis=0)
     centroid = affine[:3, :3] @ index_centroid + affine[:3, 3]

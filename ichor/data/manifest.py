@@ -24,8 +24,18 @@ from ichor.data.scans import ScanError, load_cbf, load_tissue_map
 
 REQUIRED_COLUMNS = ("subject", "path", "study")
 OPTIONAL_COLUMNS = (
-    "session", "site", "vendor", "asl_type", "readout", "field_strength", "pld", "age", "sex",
-    "gm", "wm", "csf",
+    "session",
+    "site",
+    "vendor",
+    "asl_type",
+    "readout",
+    "field_strength",
+    "pld",
+    "age",
+    "sex",
+    "gm",
+    "wm",
+    "csf",
 )
 PATH_COLUMNS = ("path", "gm", "wm", "csf")
 TISSUE_COLUMNS = ("gm", "wm", "csf")
@@ -138,9 +148,7 @@ def read_manifests(paths: Iterable[ManifestPath]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def check_manifests(
-    paths: Sequence[ManifestPath], read_images: bool = True, progress: bool = False
-) -> list[Problem]:
+def check_manifests(paths: Sequence[ManifestPath], read_images: bool = True, progress: bool = False) -> list[Problem]:
     """Every problem in these manifests, in manifest and row order; an empty list means usable.
 
     With ``read_images``, every CBF map goes through ``scans.load_cbf`` and every tissue map
@@ -189,10 +197,16 @@ def _read_table(path: ManifestPath) -> tuple[pd.DataFrame | None, list[Problem]]
     problems = []
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
     if missing:
-        problems.append(Problem(name, None, None, f"missing required column(s) {', '.join(missing)} (has: {', '.join(table.columns)})"))
+        problems.append(
+            Problem(
+                name, None, None, f"missing required column(s) {', '.join(missing)} (has: {', '.join(table.columns)})"
+            )
+        )
     taken = [column for column in ADDED_COLUMNS if column in table.columns]
     if taken:
-        problems.append(Problem(name, None, None, f"column(s) {', '.join(taken)} are reserved (added when reading); rename them"))
+        problems.append(
+            Problem(name, None, None, f"column(s) {', '.join(taken)} are reserved (added when reading); rename them")
+        )
     repeated = sorted({column for column in table.columns if list(table.columns).count(column) > 1})
     if repeated:
         problems.append(Problem(name, None, None, f"repeated column(s) {', '.join(repeated)}"))
@@ -246,10 +260,15 @@ def _duplicate_problems(frames: list[pd.DataFrame]) -> list[Problem]:
         subject, study, session = row["subject"], row["study"], row["session"]
         earlier = first_study.setdefault(subject, row)
         if earlier["study"] != study:
-            problems.append(_row_problem(row, (
-                f"subject {subject!r} is also in study {earlier['study']!r} ({_where(earlier, row)}); "
-                "subject labels must be unique across studies (prefix them with the study)"
-            )))
+            problems.append(
+                _row_problem(
+                    row,
+                    (
+                        f"subject {subject!r} is also in study {earlier['study']!r} ({_where(earlier, row)}); "
+                        "subject labels must be unique across studies (prefix them with the study)"
+                    ),
+                )
+            )
             continue
         earlier = first_scan.setdefault((study, subject, session), row)
         if earlier is not row:

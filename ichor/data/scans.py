@@ -79,7 +79,9 @@ def load_tissue_map(path: str | PathLike, reference: nib.Nifti1Image | None = No
         raise ScanError(f"values span {low:.4g}..{high:.4g}; a tissue probability map must lie in 0..1")
     if reference is not None:
         if data.shape != reference.shape[:3]:
-            raise ScanError(f"shape {data.shape} differs from the CBF map's {reference.shape[:3]}; it must be on the CBF grid")
+            raise ScanError(
+                f"shape {data.shape} differs from the CBF map's {reference.shape[:3]}; it must be on the CBF grid"
+            )
         if not np.allclose(img.affine, reference.affine, atol=AFFINE_ATOL_MM):
             raise ScanError("affine differs from the CBF map's; it must be on the CBF grid")
     return _as_float32_image(img, data)
@@ -115,13 +117,13 @@ def _select_volume(data: np.ndarray, volume: int | str | None) -> np.ndarray:
     if volume is None:
         raise ScanError(
             f"4D series with {count} volumes (e.g. a CBF time series); point the manifest at the "
-            "mean CBF map, or choose a volume index or \"mean\""
+            'mean CBF map, or choose a volume index or "mean"'
         )
     if volume == "mean":
         return data.mean(axis=3, dtype=np.float64)
     if isinstance(volume, (int, np.integer)) and not isinstance(volume, bool) and -count <= volume < count:
         return data[..., volume]
-    raise ScanError(f"volume must be an index in 0..{count - 1} or \"mean\", got {volume!r}")
+    raise ScanError(f'volume must be an index in 0..{count - 1} or "mean", got {volume!r}')
 
 
 def _check_affine(affine: np.ndarray) -> None:
@@ -138,9 +140,7 @@ def _check_affine(affine: np.ndarray) -> None:
 def _check_finite(data: np.ndarray) -> None:
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
-        raise ScanError(
-            f"{bad} non-finite voxels (NaN/Inf) of {data.size}; set voxels outside the brain to 0"
-        )
+        raise ScanError(f"{bad} non-finite voxels (NaN/Inf) of {data.size}; set voxels outside the brain to 0")
 
 
 def _as_float32_image(img: nib.spatialimages.SpatialImage, data: np.ndarray) -> nib.Nifti1Image:

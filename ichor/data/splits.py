@@ -37,12 +37,14 @@ def assign_splits(
     stratify_by: str | None = None,
 ) -> pd.Series:
     """The split ("train", "val" or "test") of every row, indexed like ``rows``."""
-    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+    if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
         raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0 and sum below 1")
     _check_known(rows, "study", test_studies)
     _check_known(rows, "site", test_sites)
     if stratify_by is not None and stratify_by not in rows.columns:
-        raise ValueError(f"stratify_by column {stratify_by!r} is not in the manifests (columns: {', '.join(rows.columns)})")
+        raise ValueError(
+            f"stratify_by column {stratify_by!r} is not in the manifests (columns: {', '.join(rows.columns)})"
+        )
 
     held_out = rows["study"].isin(test_studies or [])
     if test_sites:
@@ -58,7 +60,7 @@ def assign_splits(
     order = pd.DataFrame({"stratum": strata.to_numpy(), "draw": rng.random(len(strata))}, index=subjects.index)
     ordered = order.sort_values(["stratum", "draw"]).index
 
-    split_of = {subject: "test" for subject in held_subjects}
+    split_of = dict.fromkeys(held_subjects, "test")
     is_test = _systematic(len(ordered), test_fraction)
     remaining = [subject for subject, test in zip(ordered, is_test) if not test]
     is_val = _systematic(len(remaining), val_fraction / (1 - test_fraction))
@@ -71,7 +73,9 @@ def labelled_rows(rows: pd.DataFrame, target: str, values: Sequence | None = Non
     """True where ``target`` has a value (and, with ``values``, one of them)."""
     if target not in rows.columns:
         manifests = ", ".join(sorted(set(map(str, rows["manifest"]))))
-        raise ValueError(f"target column {target!r} is not in the manifests ({manifests}); columns: {', '.join(rows.columns)}")
+        raise ValueError(
+            f"target column {target!r} is not in the manifests ({manifests}); columns: {', '.join(rows.columns)}"
+        )
     column = rows[target]
     labelled = column.notna() & (column.astype(str).str.strip() != "")
     if values is not None:
@@ -88,7 +92,9 @@ def read_split_file(path: str | os.PathLike, subjects: pd.Series) -> pd.Series:
     bad = table.loc[~table["split"].isin(SPLITS)]
     if len(bad):
         row = bad.index[0] + 1
-        raise ValueError(f"split file {path} row {row}: split {bad['split'].iloc[0]!r} is not one of {', '.join(SPLITS)}")
+        raise ValueError(
+            f"split file {path} row {row}: split {bad['split'].iloc[0]!r} is not one of {', '.join(SPLITS)}"
+        )
     duplicated = table.loc[table["subject"].duplicated(), "subject"]
     if len(duplicated):
         raise ValueError(f"split file {path}: subject {duplicated.iloc[0]!r} is listed twice")
@@ -123,4 +129,6 @@ def _check_known(rows: pd.DataFrame, column: str, values: Sequence[str] | None) 
     present = set(rows[column]) if column in rows.columns else set()
     unknown = [value for value in values if value not in present]
     if unknown:
-        raise ValueError(f"test_{column}s {unknown} not found in the manifests' {column!r} column (has: {sorted(present)})")
+        raise ValueError(
+            f"test_{column}s {unknown} not found in the manifests' {column!r} column (has: {sorted(present)})"
+        )

@@ -60,7 +60,9 @@ def target_strata(labels: pd.Series) -> np.ndarray:
 def labelled_rows(rows: pd.DataFrame, target: str) -> pd.DataFrame:
     """Rows with a target value (missing and empty values are left out, and counted in the log)."""
     if target not in rows.columns:
-        raise ValueError(f"target column {target!r} is not in the manifests (columns: {', '.join(map(str, rows.columns))})")
+        raise ValueError(
+            f"target column {target!r} is not in the manifests (columns: {', '.join(map(str, rows.columns))})"
+        )
     present = rows[target].notna() & (rows[target].astype(str).str.strip() != "")
     if (~present).any():
         log.warning("cross-validation leaves out %d scan(s) without %r", int((~present).sum()), target)
@@ -74,7 +76,9 @@ def _grouped_split(rows: pd.DataFrame, target: str, n_splits: int, seed: int):
         raise ValueError(f"{n_splits} folds need at least {n_splits} labelled subjects, found {subjects}")
     largest = _largest_stratum(rows, target)
     if n_splits > largest:
-        raise ValueError(f"{n_splits} folds need a target class with at least {n_splits} subjects; the largest has {largest}")
+        raise ValueError(
+            f"{n_splits} folds need a target class with at least {n_splits} subjects; the largest has {largest}"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return splitter.split(np.zeros(len(rows)), target_strata(rows[target]), groups=rows["subject"].to_numpy())
 
@@ -96,8 +100,9 @@ def _fold(name: str, rows: pd.DataFrame, test: np.ndarray, target: str, val_frac
     return Fold(name, table.reset_index(drop=True))
 
 
-def subject_folds(rows: pd.DataFrame, target: str, folds: int = 5, by_study: bool = False,
-                  val_fraction: float = 0.2, seed: int = 0) -> list[Fold]:
+def subject_folds(
+    rows: pd.DataFrame, target: str, folds: int = 5, by_study: bool = False, val_fraction: float = 0.2, seed: int = 0
+) -> list[Fold]:
     """The cross-validation folds of the labelled rows of ``rows`` (a read_manifests table)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -106,11 +111,15 @@ def subject_folds(rows: pd.DataFrame, target: str, folds: int = 5, by_study: boo
         studies = sorted(rows["study"].unique())
         if len(studies) < 2:
             raise ValueError(f"holding out each study needs at least 2 studies, found {studies}")
-        return [_fold(study, rows, np.flatnonzero(rows["study"] == study), target, val_fraction, seed) for study in studies]
+        return [
+            _fold(study, rows, np.flatnonzero(rows["study"] == study), target, val_fraction, seed) for study in studies
+        ]
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
-    return [_fold(f"fold-{k + 1}", rows, test, target, val_fraction, seed)
-            for k, (_, test) in enumerate(_grouped_split(rows, target, folds, seed))]
+    return [
+        _fold(f"fold-{k + 1}", rows, test, target, val_fraction, seed)
+        for k, (_, test) in enumerate(_grouped_split(rows, target, folds, seed))
+    ]
 
 
 class QEIBaseline:
@@ -146,7 +155,9 @@ class QEIBaseline:
         qei = np.array([self.qei[path] for path in rows["path"]])
         values = numeric_target(rows, target)
         if len(rows) < 3 or np.ptp(qei) == 0 or np.ptp(values) == 0:
-            log.warning("QEI baseline undefined on %d test scan(s): fewer than 3, or QEI or %r constant", len(rows), target)
+            log.warning(
+                "QEI baseline undefined on %d test scan(s): fewer than 3, or QEI or %r constant", len(rows), target
+            )
             return float("nan")
         return float(np.corrcoef(qei, values)[0, 1])
 
@@ -157,8 +168,10 @@ def numeric_target(rows: pd.DataFrame, target: str) -> np.ndarray:
     bad = rows.loc[values.isna()]
     if len(bad):
         first = bad.iloc[0]
-        raise ValueError(f"the QEI baseline needs a numeric target; {first['manifest']} row {first['row']} "
-                         f"has {target}={first[target]!r}")
+        raise ValueError(
+            f"the QEI baseline needs a numeric target; {first['manifest']} row {first['row']} "
+            f"has {target}={first[target]!r}"
+        )
     return values.to_numpy(float)
 
 
@@ -201,8 +214,15 @@ def run_fold(cli_args: list[str], fold: Fold, out: Path) -> dict:
     return {"fold": fold.name, **fold.counts(), **{k: float(v) for k, v in tested[0].items()}}
 
 
-def cross_validate(cli_args: list[str], out: str | os.PathLike, folds: int = 5, by_study: bool = False,
-                   val_fraction: float = 0.2, seed: int = 0, qei_baseline: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def cross_validate(
+    cli_args: list[str],
+    out: str | os.PathLike,
+    folds: int = 5,
+    by_study: bool = False,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    qei_baseline: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every fold of the config given by ``cli_args``; write per-fold and summary tables to ``out``."""
     from ichor.config import IchorCLI
     from ichor.data.manifest import read_manifests
@@ -229,6 +249,9 @@ def cross_validate(cli_args: list[str], out: str | os.PathLike, folds: int = 5, 
     summary = summarise(results)
     write_csv(results, out / "cv_folds.csv")
     write_csv(summary, out / "cv_summary.csv")
-    write_text(out / "cv_summary.md", f"# Cross-validation of {target!r} ({len(plan)} folds"
-               f"{', by study' if by_study else ''})\n\n" + markdown(results, summary))
+    write_text(
+        out / "cv_summary.md",
+        f"# Cross-validation of {target!r} ({len(plan)} folds"
+        f"{', by study' if by_study else ''})\n\n" + markdown(results, summary),
+    )
     return results, summary

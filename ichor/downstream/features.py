@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ichor.data.atomic import atomic_path, write_csv
 from ichor.data import CBFDataModule
+from ichor.data.atomic import atomic_path, write_csv
 from ichor.downstream.pooling import Pooling, encode
 from ichor.models.weights import WeightsError, load_encoder
 
@@ -31,22 +31,47 @@ def datamodule_for_encoder(metadata: dict, manifests: list[str], source: str, **
     if missing:
         raise WeightsError(f"encoder {source} metadata lacks harmonisation {missing}: cannot prepare scans for it")
     extra = {key: settings[key] for key in ("cbf_scale", "volume") if key in settings}
-    return CBFDataModule(manifests, spacing=tuple(settings["spacing"]), shape=tuple(settings["shape"]),
-                         normalization=settings["normalization"], augment=None, val_fraction=0.0,
-                         test_fraction=0.0, **extra, **kwargs)
+    return CBFDataModule(
+        manifests,
+        spacing=tuple(settings["spacing"]),
+        shape=tuple(settings["shape"]),
+        normalization=settings["normalization"],
+        augment=None,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        **extra,
+        **kwargs,
+    )
 
 
 @torch.inference_mode()
-def embed_scans(encoder_path: str, manifests: list[str], batch_size: int = 8, pooling: Pooling = "brain_mean",
-                cache_dir: str = ".ichor_cache", num_workers: int = 0, on_bad_scan: str = "error",
-                device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+def embed_scans(
+    encoder_path: str,
+    manifests: list[str],
+    batch_size: int = 8,
+    pooling: Pooling = "brain_mean",
+    cache_dir: str = ".ichor_cache",
+    num_workers: int = 0,
+    on_bad_scan: str = "error",
+    device: str = "cpu",
+    progress: bool = True,
+) -> pd.DataFrame:
     """One row per usable scan, in manifest order: identity columns, then features f000, f001, ..."""
     encoder, metadata = load_encoder(encoder_path)
     encoder = encoder.to(device).eval()
     with tempfile.TemporaryDirectory() as audit:  # split table of a datamodule that does not split
-        datamodule = datamodule_for_encoder(metadata, manifests, encoder_path, cache_dir=cache_dir,
-                                            batch_size=batch_size, num_workers=num_workers, on_bad_scan=on_bad_scan,
-                                            log_dir=audit, persistent_workers=False, progress=progress)
+        datamodule = datamodule_for_encoder(
+            metadata,
+            manifests,
+            encoder_path,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            on_bad_scan=on_bad_scan,
+            log_dir=audit,
+            persistent_workers=False,
+            progress=progress,
+        )
         datamodule.prepare_data()
         datamodule.setup("predict")
     identity: dict[str, list] = {column: [] for column in ID_COLUMNS if column in datamodule.rows.columns}

@@ -18,12 +18,13 @@ def layer_id(name: str, depth: int) -> int:
     if name.startswith(ENCODER + "patch_embed."):
         return 0
     if name.startswith(ENCODER + "blocks."):
-        return int(name[len(ENCODER + "blocks."):].split(".")[0]) + 1
+        return int(name[len(ENCODER + "blocks.") :].split(".")[0]) + 1
     return depth + 1
 
 
-def param_groups_lrd(model: nn.Module, lr: float, weight_decay: float, depth: int,
-                     layer_decay: float = 0.75) -> list[dict]:
+def param_groups_lrd(
+    model: nn.Module, lr: float, weight_decay: float, depth: int, layer_decay: float = 0.75
+) -> list[dict]:
     """AdamW groups, one per (layer, decays or not), each with its ``lr`` and ``lr_scale``.
 
     Norms and biases (1-D parameters) get no weight decay, as in
@@ -35,10 +36,17 @@ def param_groups_lrd(model: nn.Module, lr: float, weight_decay: float, depth: in
             continue
         layer, decays = layer_id(name, depth), param.ndim > 1
         scale = layer_decay ** (depth + 1 - layer)
-        group = groups.setdefault((layer, decays), {
-            "params": [], "names": [], "layer_id": layer, "lr_scale": scale,
-            "lr": lr * scale, "weight_decay": weight_decay if decays else 0.0,
-        })
+        group = groups.setdefault(
+            (layer, decays),
+            {
+                "params": [],
+                "names": [],
+                "layer_id": layer,
+                "lr_scale": scale,
+                "lr": lr * scale,
+                "weight_decay": weight_decay if decays else 0.0,
+            },
+        )
         group["params"].append(param)
         group["names"].append(name)
     return [groups[key] for key in sorted(groups)]

@@ -120,7 +120,11 @@ def resolve_head(name: str) -> type[TaskHead]:
 def head_arguments(cls: type[TaskHead]) -> list[inspect.Parameter]:
     """The constructor arguments a config may set in ``head_args`` (all but ``in_features``)."""
     parameters = inspect.signature(cls.__init__).parameters.values()
-    return [p for p in parameters if p.name not in ("self", "in_features") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return [
+        p
+        for p in parameters
+        if p.name not in ("self", "in_features") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
 
 
 def _checked(obj: Any, name: str) -> type[TaskHead]:

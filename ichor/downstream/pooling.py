@@ -32,7 +32,9 @@ def pool_tokens(tokens: torch.Tensor, token_mask: torch.Tensor, pooling: Pooling
     return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1)
 
 
-def encode(encoder: ViTEncoder3D, images: torch.Tensor, brain_mask: torch.Tensor | None, pooling: Pooling) -> torch.Tensor:
+def encode(
+    encoder: ViTEncoder3D, images: torch.Tensor, brain_mask: torch.Tensor | None, pooling: Pooling
+) -> torch.Tensor:
     """Pooled features (B, embed_dim) of a batch: the one path shared by training and ``ichor embed``."""
     check_pooling(pooling)
     tokens, token_mask = encoder.forward_features(images, None if pooling == "mean" else brain_mask)

@@ -50,8 +50,12 @@ def check_harmonisation(encoder_settings: dict, data_settings: dict, source: str
         if key not in encoder_settings or key not in data_settings:
             continue
         expected, got = encoder_settings[key], data_settings[key]
-        same = (len(expected) == len(got) and all(math.isclose(float(a), float(b), rel_tol=1e-4) for a, b in zip(expected, got))
-                if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple)) else expected == got)
+        same = (
+            len(expected) == len(got)
+            and all(math.isclose(float(a), float(b), rel_tol=1e-4) for a, b in zip(expected, got))
+            if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple))
+            else expected == got
+        )
         if not same:
             problems.append(f"{key}: encoder {expected!r}, data {got!r}")
     if problems:
@@ -159,7 +163,9 @@ class DownstreamTask(LightningModule):
             return []
         target = self.target
         if target not in rows.columns:
-            raise ValueError(f"target column {target!r} is not in the manifests (columns: {', '.join(map(str, rows.columns))})")
+            raise ValueError(
+                f"target column {target!r} is not in the manifests (columns: {', '.join(map(str, rows.columns))})"
+            )
         train = rows[rows["split"] == "train"] if "split" in rows.columns else rows
         return train[target].tolist()
 
@@ -190,8 +196,15 @@ class DownstreamTask(LightningModule):
         targets = self._targets(batch)
         loss = self.head.loss(outputs, targets)
         size = len(targets)
-        self.log(f"{split}/loss", loss, batch_size=size, on_epoch=True, on_step=split == "train",
-                 prog_bar=True, sync_dist=split != "train")
+        self.log(
+            f"{split}/loss",
+            loss,
+            batch_size=size,
+            on_epoch=True,
+            on_step=split == "train",
+            prog_bar=True,
+            sync_dist=split != "train",
+        )
         metrics = getattr(self, f"{split}_metrics")
         metrics.update(*self.head.metric_inputs(outputs.detach(), targets))
         self.log_dict(metrics, batch_size=size, on_epoch=True, on_step=False)
@@ -245,11 +258,11 @@ class DownstreamTask(LightningModule):
     def configure_optimizers(self) -> dict:
         groups = None
         if self.hparams.mode == "finetune":
-            groups = param_groups_lrd(self, self.optim.lr, self.optim.weight_decay, self.encoder.depth,
-                                      self.hparams.layer_decay)
+            groups = param_groups_lrd(
+                self, self.optim.lr, self.optim.weight_decay, self.encoder.depth, self.hparams.layer_decay
+            )
         return configure_adamw(self, self.optim, groups)
 
 
 def _as_list(values: Any) -> list:
     return values.tolist() if isinstance(values, torch.Tensor) else list(values)
-

@@ -38,7 +38,9 @@ class TransformerDecoder(nn.Module):
         super().__init__()
         self.grad_checkpointing = grad_checkpointing
         self.embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)])
+        self.blocks = nn.ModuleList(
+            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)]
+        )
         self.norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         self.pred = nn.Linear(decoder_embed_dim, in_chans * patch_size**3)
         self.set_grid(grid)

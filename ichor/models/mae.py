@@ -92,12 +92,26 @@ class MaskedAutoencoderViT3D(nn.Module):
         self.norm_pix_loss = norm_pix_loss
         self.brain_aware = brain_aware
         self.encoder = ViTEncoder3D(
-            img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
-            grad_checkpointing, min_brain_fraction,
+            img_size,
+            patch_size,
+            in_chans,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio,
+            grad_checkpointing,
+            min_brain_fraction,
         )
         self.decoder = TransformerDecoder(
-            self.encoder.grid, patch_size, in_chans, embed_dim, decoder_embed_dim, decoder_depth,
-            decoder_num_heads, mlp_ratio, grad_checkpointing,
+            self.encoder.grid,
+            patch_size,
+            in_chans,
+            embed_dim,
+            decoder_embed_dim,
+            decoder_depth,
+            decoder_num_heads,
+            mlp_ratio,
+            grad_checkpointing,
         )
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.initialize_weights()
@@ -262,7 +276,7 @@ def _rename_legacy_decoder_keys(module: nn.Module, state_dict: dict, prefix: str
     for key in list(state_dict):
         for old, new in LEGACY_DECODER_KEYS.items():
             if key.startswith(prefix + old):
-                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
 
 
 def check_mask_ratio(mask_ratio: float) -> None:

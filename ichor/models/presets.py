@@ -58,7 +58,9 @@ def build_encoder(name: str, img_size: tuple[int, int, int], patch_size: int = 1
     return ViTEncoder3D(img_size=tuple(img_size), patch_size=patch_size, **args)
 
 
-def build_mae(name: str, img_size: tuple[int, int, int], patch_size: int = 16, **overrides: Any) -> MaskedAutoencoderViT3D:
+def build_mae(
+    name: str, img_size: tuple[int, int, int], patch_size: int = 16, **overrides: Any
+) -> MaskedAutoencoderViT3D:
     """A :class:`MaskedAutoencoderViT3D` at a preset's widths; ``overrides`` (e.g. ``decoder_depth``, ``mask_ratio``) win."""
     preset = get_preset(name)
     args = {**preset.encoder_args(), **preset.decoder_args(), **overrides}

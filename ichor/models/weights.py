@@ -46,7 +46,7 @@ def encoder_state_from_checkpoint(
     ignored by a ``strict=False`` load elsewhere.
     """
     prefix = record["prefix"]
-    encoder = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    encoder = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if not encoder:
         raise WeightsError(f"{source}: no '{prefix}*' keys for the {record['method']} encoder its record names")
     return encoder
@@ -93,7 +93,9 @@ def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: 
         raise WeightsError(f"{target} exists: pass overwrite=True (--overwrite) to replace it")
     checkpoint = _read_checkpoint(checkpoint_path)
     metadata = _metadata_from_checkpoint(checkpoint_path, checkpoint)
-    state = encoder_state_from_checkpoint(checkpoint["state_dict"], checkpoint[ENCODER_RECORD_KEY], str(checkpoint_path))
+    state = encoder_state_from_checkpoint(
+        checkpoint["state_dict"], checkpoint[ENCODER_RECORD_KEY], str(checkpoint_path)
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous() for k, v in state.items()}
     with atomic_path(target) as temp:
@@ -119,7 +121,9 @@ def read_metadata(export_dir: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load_encoder(source: str | Path, img_size: tuple[int, int, int] | None = None) -> tuple[ViTEncoder3D, dict[str, Any]]:
+def load_encoder(
+    source: str | Path, img_size: tuple[int, int, int] | None = None
+) -> tuple[ViTEncoder3D, dict[str, Any]]:
     """Build the encoder of an export folder or an MAEPretrainer checkpoint, with its metadata.
 
     ``img_size`` other than the pre-training shape regenerates the fixed position embeddings

@@ -113,8 +113,13 @@ class Pretrainer(LightningModule):
     def build_encoder(self, img_size: tuple[int, int, int]) -> ViTEncoder3D:
         """The backbone's encoder at ``img_size``, for methods whose pretext head sits on a bare encoder."""
         backbone = self.backbone
-        return build_encoder(backbone.preset, img_size, backbone.patch_size,
-                             grad_checkpointing=backbone.grad_checkpointing, **backbone.overrides)
+        return build_encoder(
+            backbone.preset,
+            img_size,
+            backbone.patch_size,
+            grad_checkpointing=backbone.grad_checkpointing,
+            **backbone.overrides,
+        )
 
     def _build(self, img_size: tuple[int, int, int]) -> None:
         """Build the networks with weights that depend on ``seed`` only, not on when setup runs."""
@@ -146,7 +151,9 @@ class Pretrainer(LightningModule):
             }
         if not self.built:
             if self.backbone.img_size is None:
-                raise ValueError(f"{type(self).__name__} needs backbone.img_size, or a datamodule with harmonisation_settings()")
+                raise ValueError(
+                    f"{type(self).__name__} needs backbone.img_size, or a datamodule with harmonisation_settings()"
+                )
             self._build(self.backbone.img_size)
 
     def encoder_record(self) -> dict[str, Any]:

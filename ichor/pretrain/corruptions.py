@@ -62,7 +62,9 @@ class GenesisCorruption:
             return torch.rand(b, generator=generator, device=device) < probability
 
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            x = local_pixel_shuffling(images, masks, coin(self.shuffle_p), self.shuffle_block, self.shuffle_fraction, generator)
+            x = local_pixel_shuffling(
+                images, masks, coin(self.shuffle_p), self.shuffle_block, self.shuffle_fraction, generator
+            )
             x = nonlinear_transformation(x, masks, coin(self.nonlinear_p), coin(self.invert_p), generator)
             painted, outpaint = coin(self.paint_p), coin(self.outpaint_p)
             x = inpainting(x, masks, painted & ~outpaint, self.max_cubes, self.inpaint_size, generator)
@@ -83,7 +85,12 @@ def brain_range(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor
 
 
 def local_pixel_shuffling(
-    images: torch.Tensor, masks: torch.Tensor, apply: torch.Tensor, block: int, fraction: float, generator: torch.Generator
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    apply: torch.Tensor,
+    block: int,
+    fraction: float,
+    generator: torch.Generator,
 ) -> torch.Tensor:
     """Permute the voxels of a random ``fraction`` of the whole-brain ``block``^3 cells of the scans in ``apply``."""
     cells = patchify(images, block)  # (B, cells, block^3)
@@ -95,7 +102,9 @@ def local_pixel_shuffling(
     return unpatchify(shuffled, block, grid_size(images.shape[2:], block), images.shape[1])
 
 
-def bezier_curves(generator: torch.Generator, batch: int, device: torch.device, samples: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def bezier_curves(
+    generator: torch.Generator, batch: int, device: torch.device, samples: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random cubic Bezier curves from (0, 0) to (1, 1), monotone in x: (B, samples) x and y values.
 
     The two inner control points are uniform in the unit square; their x are sorted, which
@@ -137,20 +146,30 @@ def random_cubes(
     b, device = images.shape[0], images.device
     extent = torch.tensor(images.shape[2:], device=device, dtype=torch.float32)
     low, high = size
-    edges = (extent * (low + (high - low) * torch.rand(b, count, 3, generator=generator, device=device))).floor().clamp_min(1)
+    edges = (
+        (extent * (low + (high - low) * torch.rand(b, count, 3, generator=generator, device=device)))
+        .floor()
+        .clamp_min(1)
+    )
     starts = ((extent - edges + 1) * torch.rand(b, count, 3, generator=generator, device=device)).floor()
-    used = torch.arange(count, device=device)[None, :] < torch.randint(1, count + 1, (b, 1), generator=generator, device=device)
+    used = torch.arange(count, device=device)[None, :] < torch.randint(
+        1, count + 1, (b, 1), generator=generator, device=device
+    )
     region = torch.zeros(b, *images.shape[2:], dtype=torch.bool, device=device)
     axes = [torch.arange(n, device=device, dtype=torch.float32) for n in images.shape[2:]]
     for k in range(count):
-        inside = [(axis >= starts[:, k, i, None]) & (axis < (starts[:, k, i] + edges[:, k, i])[:, None]) for i, axis in enumerate(axes)]
+        inside = [
+            (axis >= starts[:, k, i, None]) & (axis < (starts[:, k, i] + edges[:, k, i])[:, None])
+            for i, axis in enumerate(axes)
+        ]
         box = inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
         region |= box & used[:, k, None, None, None]
     return region[:, None]
 
 
-def _paint(images: torch.Tensor, masks: torch.Tensor, region: torch.Tensor, apply: torch.Tensor,
-           generator: torch.Generator) -> torch.Tensor:
+def _paint(
+    images: torch.Tensor, masks: torch.Tensor, region: torch.Tensor, apply: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """Replace ``region`` of the brain with uniform noise over the scan's brain range, for scans in ``apply``."""
     low, high = brain_range(images, masks)
     noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
@@ -158,13 +177,25 @@ def _paint(images: torch.Tensor, masks: torch.Tensor, region: torch.Tensor, appl
     return torch.where(region & masks & _per_scan(apply), noise, images)
 
 
-def inpainting(images: torch.Tensor, masks: torch.Tensor, apply: torch.Tensor, count: int,
-                size: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+def inpainting(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    apply: torch.Tensor,
+    count: int,
+    size: tuple[float, float],
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Noise inside 1 to ``count`` random cubes (Models Genesis: edges 1/6 to 1/3 of the grid)."""
     return _paint(images, masks, random_cubes(images, count, size, generator), apply, generator)
 
 
-def outpainting(images: torch.Tensor, masks: torch.Tensor, apply: torch.Tensor, count: int,
-                 size: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+def outpainting(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    apply: torch.Tensor,
+    count: int,
+    size: tuple[float, float],
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Noise outside 1 to ``count`` random cubes (Models Genesis: edges 3/7 to 4/7 of the grid)."""
     return _paint(images, masks, ~random_cubes(images, count, size, generator), apply, generator)

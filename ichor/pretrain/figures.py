@@ -5,9 +5,9 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def _mid_slices(volume: np.ndarray) -> list[np.ndarray]:
@@ -30,7 +30,7 @@ def reconstruction_figure(
     """
     error = np.abs(reconstruction - image)
     brain = image[image != 0]
-    vmin, vmax = (np.percentile(brain, [1, 99]) if brain.size else (0.0, 1.0))
+    vmin, vmax = np.percentile(brain, [1, 99]) if brain.size else (0.0, 1.0)
     rows = [
         ("input", image, "gray", (vmin, vmax)),
         ("masked input", masked, "gray", (vmin, vmax)),

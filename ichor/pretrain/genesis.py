@@ -67,7 +67,10 @@ class GenesisPretrainer(Pretrainer):
         self.encoder = self.build_encoder(img_size)
         preset = get_preset(self.backbone.preset)
         self.decoder = TransformerDecoder(
-            self.encoder.grid, self.encoder.patch_size, self.encoder.in_chans, self.encoder.embed_dim,
+            self.encoder.grid,
+            self.encoder.patch_size,
+            self.encoder.in_chans,
+            self.encoder.embed_dim,
             decoder_embed_dim=hp.decoder_embed_dim or preset.decoder_embed_dim,
             decoder_depth=hp.decoder_depth if hp.decoder_depth is not None else preset.decoder_depth,
             decoder_num_heads=hp.decoder_num_heads or preset.decoder_num_heads,

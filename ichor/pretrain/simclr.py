@@ -72,7 +72,9 @@ class ProjectionHead(nn.Sequential):
     """
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int) -> None:
-        super().__init__(nn.Linear(in_features, hidden_features), nn.ReLU(inplace=True), nn.Linear(hidden_features, out_features))
+        super().__init__(
+            nn.Linear(in_features, hidden_features), nn.ReLU(inplace=True), nn.Linear(hidden_features, out_features)
+        )
         self.apply(init_weights)
 
 

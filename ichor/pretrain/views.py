@@ -50,7 +50,9 @@ class ViewAugmentation:
                 raise ValueError(f"augmentation.{name} must be a probability in [0, 1], got {getattr(self, name)}")
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
-            raise ValueError(f"augmentation.crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}")
+            raise ValueError(
+                f"augmentation.crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}"
+            )
 
     def __call__(
         self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
@@ -62,7 +64,13 @@ class ViewAugmentation:
         """
         with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             views, view_masks = random_resized_crop(images, masks, self, generator)
-            factor = self._draw(views, self.intensity_p, generator, lambda u: torch.exp((2 * u - 1) * math.log1p(self.intensity_range)), 1.0)
+            factor = self._draw(
+                views,
+                self.intensity_p,
+                generator,
+                lambda u: torch.exp((2 * u - 1) * math.log1p(self.intensity_range)),
+                1.0,
+            )
             views = views * factor.view(-1, 1, 1, 1, 1)
             sigmas = self._draw(views, self.blur_p, generator, lambda u: u * self.blur_sigma, 0.0, axes=3)
             views = masked_blur(views, view_masks, sigmas)

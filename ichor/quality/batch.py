@@ -92,10 +92,17 @@ def missing_tissue_problems(rows: pd.DataFrame) -> list[Problem]:
         }
         absent = [column for column in TISSUE_COLUMNS if (values[column] == "").all()]
         if absent:
-            problems.append(Problem(str(manifest), None, None, (
-                f"no {', '.join(absent)} column(s): add tissue probability maps on the CBF grid, "
-                "or use --mni-priors for maps in MNI space"
-            )))
+            problems.append(
+                Problem(
+                    str(manifest),
+                    None,
+                    None,
+                    (
+                        f"no {', '.join(absent)} column(s): add tissue probability maps on the CBF grid, "
+                        "or use --mni-priors for maps in MNI space"
+                    ),
+                )
+            )
             continue
         for index in table.index:
             empty = [column for column in TISSUE_COLUMNS if values[column][index] == ""]

@@ -31,7 +31,9 @@ def mni_priors_1mm() -> tuple[nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image]
     return tuple(nib.Nifti1Image(p.astype(np.float32), gm.affine) for p in (p_gm, p_wm, p_csf))
 
 
-def priors_on_grid(reference: nib.spatialimages.SpatialImage) -> tuple[nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image]:
+def priors_on_grid(
+    reference: nib.spatialimages.SpatialImage,
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image]:
     """GM, WM and CSF MNI priors linearly resampled to ``reference``'s 3D grid (zero outside the template)."""
     affine = np.asarray(reference.affine, dtype=np.float64)
     return _resampled(tuple(int(n) for n in reference.shape[:3]), affine.tobytes())

@@ -13,6 +13,13 @@ from ichor.synth.plan import ScanPlan, StudyPlan, SynthOptions, plan_dataset
 from ichor.synth.render import render_scan
 
 __all__ = [
-    "MANIFEST_COLUMNS", "ScanPlan", "StudyPlan", "SynthOptions", "generate_dataset", "manifest_text",
-    "plan_dataset", "render_scan", "write_manifests",
+    "MANIFEST_COLUMNS",
+    "ScanPlan",
+    "StudyPlan",
+    "SynthOptions",
+    "generate_dataset",
+    "manifest_text",
+    "plan_dataset",
+    "render_scan",
+    "write_manifests",
 ]

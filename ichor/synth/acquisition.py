@@ -31,8 +31,13 @@ def rotation(angles_deg: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def oriented_affine(orientation: str, voxel_mm: tuple[float, float, float], shape: tuple[int, int, int],
-                    centre: np.ndarray, tilt_deg: float = 0.0) -> np.ndarray:
+def oriented_affine(
+    orientation: str,
+    voxel_mm: tuple[float, float, float],
+    shape: tuple[int, int, int],
+    centre: np.ndarray,
+    tilt_deg: float = 0.0,
+) -> np.ndarray:
     """Affine of a grid whose voxel axes point along ``orientation`` (e.g. "LPS"), centred on ``centre``."""
     axes = np.zeros((3, 3))
     for column, (code, size) in enumerate(zip(orientation, voxel_mm)):
@@ -50,12 +55,17 @@ def output_grid(protocol: Protocol, fov_centre: np.ndarray) -> tuple[tuple[int, 
     if protocol.space == MNI_SPACE:
         mni_centre = MNI_ORIGIN + 1.5 * (np.array(MNI_SHAPE) - 1) / 2
         return MNI_SHAPE, oriented_affine(protocol.orientation, protocol.out_voxel_mm, MNI_SHAPE, mni_centre)
-    return protocol.matrix, oriented_affine(protocol.orientation, protocol.out_voxel_mm, protocol.matrix,
-                                            fov_centre, protocol.oblique_deg)
+    return protocol.matrix, oriented_affine(
+        protocol.orientation, protocol.out_voxel_mm, protocol.matrix, fov_centre, protocol.oblique_deg
+    )
 
 
-def head_pose(rotation_deg: tuple[float, float, float], translation_mm: tuple[float, float, float],
-              scale: float, isocentre: np.ndarray) -> np.ndarray:
+def head_pose(
+    rotation_deg: tuple[float, float, float],
+    translation_mm: tuple[float, float, float],
+    scale: float,
+    isocentre: np.ndarray,
+) -> np.ndarray:
     """4x4 map from the subject's brain (MNI mm) to world mm: size, rotation about the brain centre, shift."""
     pose = np.eye(4)
     linear = rotation(rotation_deg) * scale
@@ -104,7 +114,9 @@ class Sampler:
         outs = [np.zeros(self.out_shape, np.float32) for _ in volumes]
         if min(self.box_shape) > 1:
             stack = torch.from_numpy(np.stack(volumes).astype(np.float32, copy=False))[None]
-            sampled = F.grid_sample(stack, self._grid(), mode="bilinear", padding_mode="zeros", align_corners=True)[0].numpy()
+            sampled = F.grid_sample(stack, self._grid(), mode="bilinear", padding_mode="zeros", align_corners=True)[
+                0
+            ].numpy()
             for out, channel in zip(outs, sampled):
                 out[self.box] = channel
         return outs

@@ -9,7 +9,7 @@ Regions are smooth Gaussian blobs at MNI coordinates, because no atlas can be fe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -82,8 +82,11 @@ def base_anatomy() -> Anatomy:
     factor = int(BASE_VOXEL_MM)
     maps = [
         np.asarray(loader(resolution=1).get_fdata(dtype=np.float32))
-        for loader in (datasets.load_mni152_gm_template, datasets.load_mni152_wm_template,
-                       datasets.load_mni152_brain_mask)
+        for loader in (
+            datasets.load_mni152_gm_template,
+            datasets.load_mni152_wm_template,
+            datasets.load_mni152_brain_mask,
+        )
     ]
     affine_1mm = datasets.load_mni152_brain_mask(resolution=1).affine
     gm, wm, brain = (_block_mean(np.clip(m, 0, 1), factor) for m in maps)
@@ -101,11 +104,13 @@ def base_anatomy() -> Anatomy:
 
 def _gaussian_blob(centre: tuple[float, float, float], fwhm: float) -> np.ndarray:
     sigma = fwhm / 2.3548
-    x, y, z = (np.exp(-0.5 * ((a - c) / sigma) ** 2).astype(np.float32) for a, c in zip(base_anatomy().axes_mm(), centre))
+    x, y, z = (
+        np.exp(-0.5 * ((a - c) / sigma) ** 2).astype(np.float32) for a, c in zip(base_anatomy().axes_mm(), centre)
+    )
     return x[:, None, None] * y[None, :, None] * z[None, None, :]
 
 
-@lru_cache(maxsize=None)
+@cache
 def region_map(name: str, side: str = "both") -> np.ndarray:
     """Blob map in [0, 1] of a named region; ``side`` "L", "R" or "both" hemispheres."""
     centres, fwhm = REGIONS[name]
@@ -163,7 +168,7 @@ def edge_distance_mm() -> np.ndarray:
     return (outside_d - inside_d).astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def blurred(name: str, fwhm_mm: tuple[float, float, float]) -> np.ndarray:
     """A base-grid map ("gm", "wm", "csf", "brain", "vessel") blurred by an anisotropic Gaussian.
 

@@ -58,7 +58,9 @@ def presence_probability(protocol: Protocol, subject: Subject) -> dict[str, floa
         "att": BASE_RATE["att"] * (0.5 + 1.5 * short_pld) * older * (1.6 if subject.diagnosis == "SVD" else 1.0),
         "labelfail": BASE_RATE["labelfail"] * (1.3 if protocol.asl_type == "PASL" else 1.0),
         "motion": BASE_RATE["motion"] * (1.5 if patient else 1.0),
-        "dropout": BASE_RATE["dropout"] * DROPOUT_SENSITIVITY[protocol.readout] * (1.3 if protocol.field_strength >= 3 else 0.8),
+        "dropout": BASE_RATE["dropout"]
+        * DROPOUT_SENSITIVITY[protocol.readout]
+        * (1.3 if protocol.field_strength >= 3 else 0.8),
     }
 
 
@@ -72,7 +74,9 @@ def draw_artefacts(rng: np.random.Generator, protocol: Protocol, subject: Subjec
     return Artefacts(**severities)
 
 
-def transit_effects(severity: float, vessels: np.ndarray, modulation: np.ndarray) -> tuple[np.ndarray | float, np.ndarray | float]:
+def transit_effects(
+    severity: float, vessels: np.ndarray, modulation: np.ndarray
+) -> tuple[np.ndarray | float, np.ndarray | float]:
     """(tissue multiplier, additive intravascular CBF) of an arterial transit artefact.
 
     ``vessels`` is the readout-blurred vessel map; ``modulation`` a unit-SD field on the
@@ -101,9 +105,12 @@ def dropout_multiplier(severity: float, readout: str, asymmetry: float) -> np.nd
     if severity <= 0:
         return 1.0
     left, right = 1 - max(asymmetry, 0.0), 1 + min(asymmetry, 0.0)
-    region = np.maximum(region_map("dropout_orbitofrontal"),
-                        np.maximum(left * region_map("dropout_inferior_temporal", "L"),
-                                   right * region_map("dropout_inferior_temporal", "R")))
+    region = np.maximum(
+        region_map("dropout_orbitofrontal"),
+        np.maximum(
+            left * region_map("dropout_inferior_temporal", "L"), right * region_map("dropout_inferior_temporal", "R")
+        ),
+    )
     return 1 - min(0.95, severity * DROPOUT_SENSITIVITY[readout]) * region
 
 

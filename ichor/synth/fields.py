@@ -37,8 +37,9 @@ def separable(coefficients: np.ndarray, bases: tuple[np.ndarray, np.ndarray, np.
     return np.einsum("ia,jb,kc,abc->ijk", *bases, coefficients, optimize=True).astype(np.float32, copy=False)
 
 
-def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], voxel_mm: tuple[float, float, float],
-                 correlation_mm: float) -> np.ndarray:
+def smooth_field(
+    rng: np.random.Generator, shape: tuple[int, int, int], voxel_mm: tuple[float, float, float], correlation_mm: float
+) -> np.ndarray:
     """Zero-mean, unit-SD random field with structure on the scale of ``correlation_mm``."""
     bases = tuple(gaussian_basis(n, v, correlation_mm) for n, v in zip(shape, voxel_mm))
     coefficients = rng.standard_normal(tuple(b.shape[1] for b in bases)).astype(np.float32)
@@ -47,8 +48,12 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], voxel_mm
     return field / max(float(field.std()), 1e-6)
 
 
-def correlated_noise(rng: np.random.Generator, shape: tuple[int, int, int], out_voxel_mm: tuple[float, float, float],
-                     acq_voxel_mm: tuple[float, float, float]) -> np.ndarray:
+def correlated_noise(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    out_voxel_mm: tuple[float, float, float],
+    acq_voxel_mm: tuple[float, float, float],
+) -> np.ndarray:
     """Noise that is white with unit SD on the acquisition grid, interpolated onto the output grid.
 
     A map reconstructed or resampled finer than it was acquired (GE spiral at 1.9 mm,

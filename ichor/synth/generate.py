@@ -32,9 +32,29 @@ from ichor.synth.rating import RATING_LEVELS, rating_level
 from ichor.synth.render import render_scan, warm_caches
 
 MANIFEST_COLUMNS = (
-    "subject", "session", "path", "study", "site", "vendor", "asl_type", "readout", "field_strength", "pld",
-    "age", "sex", "diagnosis", "att_severity", "labelfail_severity", "motion_severity", "dropout_severity",
-    "space", "gm", "wm", "csf", "disease_stage", "rating",
+    "subject",
+    "session",
+    "path",
+    "study",
+    "site",
+    "vendor",
+    "asl_type",
+    "readout",
+    "field_strength",
+    "pld",
+    "age",
+    "sex",
+    "diagnosis",
+    "att_severity",
+    "labelfail_severity",
+    "motion_severity",
+    "dropout_severity",
+    "space",
+    "gm",
+    "wm",
+    "csf",
+    "disease_stage",
+    "rating",
 )
 TISSUES = ("GM", "WM", "CSF")
 CBF_MANTISSA_BITS = 12
@@ -69,11 +89,17 @@ def sidecar(plan: ScanPlan) -> dict:
         "EffectiveResolution": list(p.psf_fwhm_mm),
         "Space": p.space,
         "SyntheticGroundTruth": {
-            "study": plan.study, "site": plan.site, "subject": plan.label, "session": plan.session,
+            "study": plan.study,
+            "site": plan.site,
+            "subject": plan.label,
+            "session": plan.session,
             **plan.subject.as_dict(),
             "severity": plan.artefacts.as_dict(),
-            "quality": plan.quality, "rating": plan.rating, "rating_level": RATING_LEVELS[rating_level(plan.quality)],
-            "head_rotation_deg": list(plan.rotation_deg), "head_translation_mm": list(plan.translation_mm),
+            "quality": plan.quality,
+            "rating": plan.rating,
+            "rating_level": RATING_LEVELS[rating_level(plan.quality)],
+            "head_rotation_deg": list(plan.rotation_deg),
+            "head_translation_mm": list(plan.translation_mm),
             "site_scale": round(p.scale, 4),
         },
     }
@@ -87,16 +113,33 @@ def manifest_rows(study: StudyPlan, prefix: str = "") -> list[dict[str, str]]:
     rows = []
     for plan in study.scans:
         p, s, a, files = plan.protocol, plan.subject, plan.artefacts, scan_files(plan)
-        rows.append({
-            "subject": plan.label, "session": plan.session, "path": prefix + files["path"], "study": plan.study,
-            "site": plan.site, "vendor": p.vendor, "asl_type": p.asl_type, "readout": p.readout,
-            "field_strength": f"{p.field_strength:.1f}", "pld": f"{p.pld:.3f}", "age": f"{s.age:.1f}",
-            "sex": s.sex, "diagnosis": s.diagnosis, "att_severity": f"{a.att:.3f}",
-            "labelfail_severity": f"{a.labelfail:.3f}", "motion_severity": f"{a.motion:.3f}",
-            "dropout_severity": f"{a.dropout:.3f}", "space": p.space, "gm": prefix + files["gm"],
-            "wm": prefix + files["wm"], "csf": prefix + files["csf"], "disease_stage": f"{s.stage:.3f}",
-            "rating": f"{plan.rating:.4f}",
-        })
+        rows.append(
+            {
+                "subject": plan.label,
+                "session": plan.session,
+                "path": prefix + files["path"],
+                "study": plan.study,
+                "site": plan.site,
+                "vendor": p.vendor,
+                "asl_type": p.asl_type,
+                "readout": p.readout,
+                "field_strength": f"{p.field_strength:.1f}",
+                "pld": f"{p.pld:.3f}",
+                "age": f"{s.age:.1f}",
+                "sex": s.sex,
+                "diagnosis": s.diagnosis,
+                "att_severity": f"{a.att:.3f}",
+                "labelfail_severity": f"{a.labelfail:.3f}",
+                "motion_severity": f"{a.motion:.3f}",
+                "dropout_severity": f"{a.dropout:.3f}",
+                "space": p.space,
+                "gm": prefix + files["gm"],
+                "wm": prefix + files["wm"],
+                "csf": prefix + files["csf"],
+                "disease_stage": f"{s.stage:.3f}",
+                "rating": f"{plan.rating:.4f}",
+            }
+        )
     return rows
 
 
@@ -120,7 +163,9 @@ def write_manifests(out_dir: Path, studies: list[StudyPlan], manifest_dir: Path 
         path = out_dir / study.study / "manifest.csv"
         write_text(path, manifest_text(study))
         if manifest_dir is not None:
-            write_text(manifest_dir / f"{study.study}.csv", manifest_text(study, _relative_prefix(path.parent, manifest_dir)))
+            write_text(
+                manifest_dir / f"{study.study}.csv", manifest_text(study, _relative_prefix(path.parent, manifest_dir))
+            )
         paths.append(path)
     return paths
 
@@ -132,7 +177,10 @@ def dataset_description(studies: list[StudyPlan], n_subjects: int, seed: int, op
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": GENERATOR_NAME, "Version": ichor.__version__}],
         "GeneratorParameters": {
-            "n_studies": len(studies), "subjects_per_study": n_subjects, "seed": seed, **options.as_dict(),
+            "n_studies": len(studies),
+            "subjects_per_study": n_subjects,
+            "seed": seed,
+            **options.as_dict(),
         },
         "Studies": {s.study: {"site": s.scans[0].site, **s.protocol.as_dict()} for s in studies},
     }
@@ -177,9 +225,18 @@ def _pool(workers: int) -> multiprocessing.pool.Pool:
     return context.Pool(workers, initializer=_single_threaded)
 
 
-def generate_dataset(out_dir: str | PathLike, n_studies: int, subjects_per_study: int, seed: int = 0,
-                     workers: int = 1, manifest_dir: str | PathLike | None = None, progress: bool = True, *,
-                     options: SynthOptions | None = None, manifests_only: bool = False) -> list[Path]:
+def generate_dataset(
+    out_dir: str | PathLike,
+    n_studies: int,
+    subjects_per_study: int,
+    seed: int = 0,
+    workers: int = 1,
+    manifest_dir: str | PathLike | None = None,
+    progress: bool = True,
+    *,
+    options: SynthOptions | None = None,
+    manifests_only: bool = False,
+) -> list[Path]:
     """Generate the dataset into ``out_dir``; returns the per-study manifest paths in study order.
 
     Existing files of the same names are replaced. ``manifests_only`` writes the manifests

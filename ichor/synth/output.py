@@ -34,8 +34,7 @@ def keep_mantissa_bits(data: np.ndarray, bits: int) -> np.ndarray:
     return (np.ascontiguousarray(data, dtype=np.float32).view(np.uint32) & mask).view(np.float32)
 
 
-def save_nifti_gz(data: np.ndarray, affine: np.ndarray, path: Path, xform_code: int,
-                  dtype: type = np.float32) -> None:
+def save_nifti_gz(data: np.ndarray, affine: np.ndarray, path: Path, xform_code: int, dtype: type = np.float32) -> None:
     """Save a 3D map as .nii.gz with identical bytes for identical input.
 
     ``dtype`` uint8 stores a probability map the way SPM stores its segmentations: bytes

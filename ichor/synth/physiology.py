@@ -29,8 +29,14 @@ FEMALE_FACTOR = 1.13
 #  SVD: reduced white-matter CBF, strongest in the deep and cortical watershed zones.
 PATTERNS: dict[str, dict[str, float]] = {
     "AD": {"posterior_cingulate": 1.0, "precuneus": 1.0, "inferior_parietal": 0.8, "posterior_temporal": 0.5},
-    "FTD": {"medial_prefrontal": 1.0, "orbitofrontal": 0.9, "anterior_cingulate": 0.9,
-            "dorsolateral_prefrontal": 0.7, "anterior_temporal": 0.9, "insula": 0.6},
+    "FTD": {
+        "medial_prefrontal": 1.0,
+        "orbitofrontal": 0.9,
+        "anterior_cingulate": 0.9,
+        "dorsolateral_prefrontal": 0.7,
+        "anterior_temporal": 0.9,
+        "insula": 0.6,
+    },
     "SVD": {"watershed_deep": 1.0, "watershed_cortical": 0.5},
 }
 REGIONAL_EFFECT = 0.25  # fractional reduction at the pattern core for stage 1
@@ -72,8 +78,17 @@ def draw_subject(rng: np.random.Generator, diagnosis: str, age_mean: float, age_
     wm = float(np.clip(gm / ratio, *WM_RANGE))
     atrophy = float(np.clip(0.002 * (age - 40), 0, 0.12) + (0.05 * stage if diagnosis in ("AD", "FTD") else 0.0))
     head_scale = float(np.clip(rng.normal(0.97 if female else 1.0, 0.035), 0.88, 1.1))
-    return Subject(round(age, 1), "F" if female else "M", diagnosis, round(stage, 3), round(asymmetry, 3),
-                   round(gm, 2), round(wm, 2), round(atrophy, 4), round(head_scale, 4))
+    return Subject(
+        round(age, 1),
+        "F" if female else "M",
+        diagnosis,
+        round(stage, 3),
+        round(asymmetry, 3),
+        round(gm, 2),
+        round(wm, 2),
+        round(atrophy, 4),
+        round(head_scale, 4),
+    )
 
 
 def disease_pattern(diagnosis: str, asymmetry: float) -> np.ndarray | float:
@@ -83,7 +98,9 @@ def disease_pattern(diagnosis: str, asymmetry: float) -> np.ndarray | float:
     left, right = 1 - max(asymmetry, 0.0), 1 + min(asymmetry, 0.0)
     pattern = np.zeros_like(region_map("precuneus"))
     for name, weight in PATTERNS[diagnosis].items():
-        np.maximum(pattern, weight * np.maximum(left * region_map(name, "L"), right * region_map(name, "R")), out=pattern)
+        np.maximum(
+            pattern, weight * np.maximum(left * region_map(name, "L"), right * region_map(name, "R")), out=pattern
+        )
     return pattern
 
 
@@ -96,8 +113,9 @@ def perfusion_multipliers(subject: Subject, effect_scale: float = 1.0) -> tuple[
     return gm_multiplier, wm_multiplier
 
 
-def tissue_cbf(subject: Subject, gm: np.ndarray, wm: np.ndarray, regional_field: np.ndarray,
-               effect_scale: float = 1.0) -> np.ndarray:
+def tissue_cbf(
+    subject: Subject, gm: np.ndarray, wm: np.ndarray, regional_field: np.ndarray, effect_scale: float = 1.0
+) -> np.ndarray:
     """True CBF on the base grid from (readout-blurred) tissue maps; ``regional_field`` is unit-SD smooth noise."""
     gm_multiplier, wm_multiplier = perfusion_multipliers(subject, effect_scale)
     cbf = subject.gm_cbf * (1 - subject.atrophy) * gm * gm_multiplier + subject.wm_cbf * wm * wm_multiplier

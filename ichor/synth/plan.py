@@ -44,8 +44,13 @@ class SynthOptions:
                 raise ValueError(f"{name} must be {'> 0' if name == 'snr_scale' else '>= 0'}, got {value}")
 
     def as_dict(self) -> dict:
-        return {"class_mix": dict(self.class_mix), "artefact_rate": self.artefact_rate,
-                "effect_scale": self.effect_scale, "snr_scale": self.snr_scale, "rater_noise": self.rater_noise}
+        return {
+            "class_mix": dict(self.class_mix),
+            "artefact_rate": self.artefact_rate,
+            "effect_scale": self.effect_scale,
+            "snr_scale": self.snr_scale,
+            "rater_noise": self.rater_noise,
+        }
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,9 @@ class ScanPlan:
     session: str = "01"
 
     def render_rng(self) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.study_index, self.subject_index, RENDER)))
+        return np.random.default_rng(
+            np.random.SeedSequence(self.seed, spawn_key=(self.study_index, self.subject_index, RENDER))
+        )
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,9 @@ def allocate_diagnoses(rng: np.random.Generator, n: int, class_mix: dict[str, fl
     return [labels[i] for i in rng.permutation(n)]
 
 
-def plan_scan(seed: int, study_index: int, subject_index: int, protocol: Protocol, diagnosis: str,
-              options: SynthOptions) -> ScanPlan:
+def plan_scan(
+    seed: int, study_index: int, subject_index: int, protocol: Protocol, diagnosis: str, options: SynthOptions
+) -> ScanPlan:
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(study_index, subject_index, META)))
     subject = draw_subject(rng, diagnosis, protocol.age_mean, protocol.age_sd)
     artefacts = draw_artefacts(rng, protocol, subject, options.artefact_rate)
@@ -103,9 +111,22 @@ def plan_scan(seed: int, study_index: int, subject_index: int, protocol: Protoco
     translation = rng.normal(0, shift_sd, 3)
     fov_shift = rng.normal(0, 4.0, 3)
     quality = round(latent_quality(artefacts, protocol.snr * options.snr_scale, options.rater_noise * rng.normal()), 3)
-    return ScanPlan(seed, study_index, subject_index, study_id(study_index), f"site-{study_index + 1:02d}",
-                    subject_label(study_index, subject_index), protocol, subject, artefacts,
-                    _rounded(rotation), _rounded(translation), _rounded(fov_shift), quality, rating(quality))
+    return ScanPlan(
+        seed,
+        study_index,
+        subject_index,
+        study_id(study_index),
+        f"site-{study_index + 1:02d}",
+        subject_label(study_index, subject_index),
+        protocol,
+        subject,
+        artefacts,
+        _rounded(rotation),
+        _rounded(translation),
+        _rounded(fov_shift),
+        quality,
+        rating(quality),
+    )
 
 
 def _rounded(values: np.ndarray) -> tuple[float, float, float]:
@@ -122,8 +143,9 @@ def subject_label(study_index: int, subject_index: int) -> str:
     return f"S{study_index + 1:02d}P{subject_index + 1:03d}"
 
 
-def plan_dataset(n_studies: int, subjects_per_study: int, seed: int = 0,
-                 options: SynthOptions | None = None) -> list[StudyPlan]:
+def plan_dataset(
+    n_studies: int, subjects_per_study: int, seed: int = 0, options: SynthOptions | None = None
+) -> list[StudyPlan]:
     """Draw all per-study and per-scan metadata (cheap; no volumes)."""
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")

@@ -56,5 +56,7 @@ def rating_model() -> str:
     """The model in one line, from the constants above (for ``ichor synth --help``)."""
     burden = " + ".join(f"{w:g} {name}" for name, w in SEVERITY_WEIGHTS.items())
     cuts = ", ".join(f"{t:g}" for t in THRESHOLDS)
-    return (f"latent quality = 1 - ({burden}) - {SNR_WEIGHT:g} clip(1 - SNR/{SNR_GOOD:g}, 0, 1) + e, "
-            f"cut at {cuts} into {', '.join(RATING_LEVELS)}")
+    return (
+        f"latent quality = 1 - ({burden}) - {SNR_WEIGHT:g} clip(1 - SNR/{SNR_GOOD:g}, 0, 1) + e, "
+        f"cut at {cuts} into {', '.join(RATING_LEVELS)}"
+    )

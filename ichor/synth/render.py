@@ -60,8 +60,13 @@ def base_cbf(plan: ScanPlan, options: SynthOptions, rng: np.random.Generator) ->
     def field(correlation_mm: float) -> np.ndarray:
         return smooth_field(rng, anatomy.shape, voxel, correlation_mm)
 
-    cbf = tissue_cbf(s, blurred("gm", p.psf_fwhm_mm), blurred("wm", p.psf_fwhm_mm),
-                     field(REGIONAL_CORRELATION_MM), options.effect_scale)
+    cbf = tissue_cbf(
+        s,
+        blurred("gm", p.psf_fwhm_mm),
+        blurred("wm", p.psf_fwhm_mm),
+        field(REGIONAL_CORRELATION_MM),
+        options.effect_scale,
+    )
     if a.att > 0:
         multiplier, vascular = art.transit_effects(a.att, blurred("vessel", p.psf_fwhm_mm), field(10.0))
         cbf = cbf * multiplier + vascular
