@@ -71,6 +71,11 @@ class IchorCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Fill what depends on the config as a whole: run name, checkpoint folder and monitor."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "predict" and not config.get("ckpt_path"):
+            raise ValueError(
+                "predict needs --ckpt_path, a trained checkpoint (e.g. runs/<name>/checkpoints/best.ckpt): "
+                "without one the untrained model would predict"
+            )
         name = run_name(config)
         logger = config.trainer.logger
         root = config.trainer.get("default_root_dir")

@@ -184,6 +184,27 @@ def test_exploreasl_population(tmp_path):
     assert check_manifests([str(out)]) == []
 
 
+def test_exploreasl_visits_are_sessions_of_one_subject(tmp_path):
+    """qCBF_<subject>_<visit>_ASL_<run>: one person's visits stay one subject (never split apart)."""
+    population = tmp_path / "study" / "Population"
+    save(population / "qCBF_sub-003_1_ASL_1.nii")
+    save(population / "qCBF_sub-003_2_ASL_1.nii", brain(1))
+    save(population / "qCBF_sub-003_2_ASL_2.nii", brain(2))
+    save(population / "qCBF_002_S_0413_ASL_1.nii", brain(3))  # an ADNI ID: its digit groups are not visits
+    out = tmp_path / "m.csv"
+    assert main(["manifest", "from-bids", str(tmp_path / "study"), "--out", str(out)]) == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header))  # every column once (session was written twice)
+    table = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert sorted(table[["subject", "session"]].values.tolist()) == [
+        ["002_S_0413", "1"],
+        ["003", "1"],
+        ["003", "2"],
+        ["003", "2run2"],
+    ]
+    assert check_manifests([str(out)]) == []
+
+
 def test_no_derivatives_found_says_what_was_searched(tmp_path, capsys):
     (tmp_path / "empty" / "sub-01").mkdir(parents=True)
     assert main(["manifest", "from-bids", str(tmp_path / "empty"), "--out", str(tmp_path / "m.csv")]) == 1

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -83,3 +84,34 @@ def test_encoder_without_harmonisation_settings_is_refused(setting, tmp_path, ca
     )
     assert "lacks harmonisation ['spacing', 'shape', 'normalization']" in capsys.readouterr().err
     assert json.loads((encoder / "encoder.json").read_text())["harmonisation"] == {"orientation": "RAS"}
+
+
+def test_outputs_are_new_files_and_never_an_input(setting, tmp_path, capsys):
+    out = tmp_path / "f.csv"
+    out.write_text("earlier features\n")
+    assert embed(setting, out) == 1
+    assert f"{out} exists: choose a new file, or pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "earlier features\n"
+    manifest = setting["manifests"][0]
+    before = Path(manifest).read_text()
+    assert embed(setting, manifest, "--overwrite") == 1  # even with --overwrite
+    assert "it is an input of this command" in capsys.readouterr().err
+    assert Path(manifest).read_text() == before
+    assert embed(setting, out, "--overwrite") == 0 and out.read_text().startswith("subject,")
+
+
+def test_skipped_scans_are_listed_beside_the_output(setting, tmp_path, capsys):
+    data = tmp_path / "data"
+    manifests = make_dataset(data, studies=1, subjects=3)
+    bad = pd.read_csv(manifests[0])["path"].iloc[1]
+    (data / "study-01" / bad).write_bytes(b"not a NIfTI")
+    out = tmp_path / "out" / "features.csv"
+    args = ["embed", "--encoder", setting["encoder"], "--manifest", *manifests, "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--on-bad-scan", "skip"]  # fmt: skip
+    assert main(args) == 0
+    report = tmp_path / "out" / "features.skipped.csv"
+    assert f"listed in {report}" in capsys.readouterr().err
+    skipped = pd.read_csv(report)
+    assert skipped[["manifest", "row"]].values.tolist() == [[manifests[0], 2]]
+    assert "cannot read as NIfTI" in skipped["reason"].iloc[0]
+    assert len(pd.read_csv(out)) == 2

@@ -190,11 +190,41 @@ def test_4d_series(study, tmp_path):
     assert str(only_problem([study])).startswith(f"{study} row 2 (sub-02_cbf.nii.gz): 4D series with 2 volumes")
 
 
-def test_non_finite_voxels(study, tmp_path):
+def test_non_finite_voxels_inside_the_brain(study, tmp_path):
     data = brain()
-    data[:2] = np.nan
+    data[6:10, 6:10, 6:10] = np.nan
     save(tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz", data)
-    assert str(only_problem([study])).startswith(f"{study} row 1 (sub-01_cbf.nii.gz): 512 non-finite voxels (NaN/Inf)")
+    expected = f"{study} row 1 (sub-01_cbf.nii.gz): 64 non-finite voxels (NaN/Inf) inside the brain"
+    assert str(only_problem([study])).startswith(expected)
+
+
+def test_nan_background_passes_the_check_with_a_note(study, tmp_path, capsys):
+    data = brain()
+    data[data == 0] = np.nan  # as ExploreASL writes maps
+    save(tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz", data)
+    assert main(["manifest", "check", "--quiet", study]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"note: {study} row 1 (sub-01_cbf.nii.gz): {int((data != data).sum())} non-finite voxels outside the brain read as 0"
+        in out
+    )
+    assert "no problems in 1 manifest, 2 rows checked; 1 map with a NaN background read as 0" in out
+
+
+def test_thin_map_is_a_row_problem(study, tmp_path):
+    save(tmp_path / "m" / "scans" / "sub-02_cbf.nii.gz", np.full((16, 16, 2), 50.0, np.float32))
+    assert str(only_problem([study])) == (
+        f"{study} row 2 (sub-02_cbf.nii.gz): too thin to harmonise: z (2) voxel(s) along this axis, "
+        "at least 4 needed (a single slice, or a map cut to a slab?)"
+    )
+
+
+def test_repeated_column_is_refused(tmp_path):
+    save(tmp_path / "scans" / "sub-01_cbf.nii.gz")
+    manifest = write_csv(tmp_path / "m.csv", "subject,path,study,session,session", "01,scans/sub-01_cbf.nii.gz,s,1,2")
+    assert str(only_problem([manifest])) == f"{manifest}: repeated column(s) session"
+    with pytest.raises(ManifestError, match="repeated column"):
+        read_manifest(manifest)
 
 
 def test_values_in_wrong_units(study, tmp_path):

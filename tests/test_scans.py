@@ -68,11 +68,41 @@ def test_all_zero_map(tmp_path):
         load_cbf(save(tmp_path / "cbf.nii.gz", np.zeros((8, 8, 8), np.float32)))
 
 
-def test_non_finite_voxels_are_counted(tmp_path):
+def test_non_finite_voxels_inside_the_brain_are_counted(tmp_path):
     data = brain()
-    data[0, 0, :5] = np.nan
-    data[1, 1, 1] = np.inf
-    with pytest.raises(ScanError, match=r"^6 non-finite voxels \(NaN/Inf\)"):
+    data[6:10, 6:10, 6:10] = np.nan  # a hole in the middle of the brain: lost data
+    data[8, 8, 10] = np.inf
+    with pytest.raises(ScanError, match=r"^65 non-finite voxels \(NaN/Inf\) inside the brain"):
+        load_cbf(save(tmp_path / "cbf.nii.gz", data))
+
+
+def test_a_nan_slice_through_the_brain_is_not_background(tmp_path):
+    data = brain()
+    data[8] = np.nan  # reaches the edge of the grid, but cuts the brain in two
+    with pytest.raises(ScanError, match="inside the brain"):
+        load_cbf(save(tmp_path / "cbf.nii.gz", data))
+
+
+def test_nan_background_reads_as_zero_and_is_noted(tmp_path):
+    """ExploreASL's convention: NaN everywhere outside the brain."""
+    data = brain()
+    background = data == 0
+    data[background] = np.nan
+    notes: list[str] = []
+    img = load_cbf(save(tmp_path / "cbf.nii.gz", data), notes=notes)
+    values = img.get_fdata()
+    assert np.isfinite(values).all() and (values[background] == 0).all()
+    np.testing.assert_allclose(values[~background], brain()[~background], rtol=1e-6)
+    assert notes == [
+        f"{int(background.sum())} non-finite voxels outside the brain read as 0 (background, as ExploreASL writes it)"
+    ]
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 3), (2, 16, 16), (16, 1, 16)])
+def test_maps_too_thin_to_harmonise_are_refused(tmp_path, shape):
+    data = np.full(shape, 50.0, np.float32)
+    axis = "xyz"[int(np.argmin(shape))]
+    with pytest.raises(ScanError, match=rf"too thin to harmonise: {axis} \({min(shape)}\) voxel\(s\).*at least 4"):
         load_cbf(save(tmp_path / "cbf.nii.gz", data))
 
 

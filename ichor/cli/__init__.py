@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+
+import ichor
 
 TRAINER_COMMANDS = {
     "fit": "train a model (pre-training or a task head)",
@@ -35,9 +38,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# A failing trainer command prints one line; its traceback only with this flag or variable.
+TRACEBACK_FLAG, TRACEBACK_ENV = "--traceback", "ICHOR_TRACEBACK"
+
+
 def _usage() -> str:
     lines = [
         "usage: ichor <command> [options]   (ichor <command> --help for its options)",
+        "       ichor --version",
         "",
         "training (Lightning CLI):",
     ]
@@ -60,19 +68,53 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     return int(module.run(parser.parse_args(list(argv))) or 0)
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    parts = []
+    for package in ("torch", "lightning"):
+        try:
+            parts.append(f"{package} {installed(package)}")
+        except PackageNotFoundError:
+            continue
+    return f"ichor {ichor.__version__}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def run_trainer(argv: list[str], from_shell: bool) -> int:
+    """A Lightning CLI command; an error in the config or the data is one line naming it (exit 1)."""
+    from ichor.config import IchorCLI  # imported here: tool commands start without Lightning
+
+    traceback = TRACEBACK_FLAG in argv or bool(os.environ.get(TRACEBACK_ENV))
+    argv = [arg for arg in argv if arg != TRACEBACK_FLAG]
+    if from_shell:  # LightningCLI reads sys.argv itself (and warns when also given args)
+        sys.argv[1:] = argv
+    try:
+        IchorCLI(args=None if from_shell else argv)
+    except (ValueError, OSError) as error:  # ManifestError, ScanError, WeightsError, bad settings, missing files
+        if traceback:
+            raise
+        print(
+            f"ichor {argv[0]}: {error}\n(the traceback: add {TRACEBACK_FLAG}, or set {TRACEBACK_ENV}=1)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    explicit = argv is not None
-    argv = list(argv if explicit else sys.argv[1:])
+    from_shell = argv is None
+    argv = list(sys.argv[1:] if from_shell else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(version())
+        return 0
     if argv[0] in COMMANDS:
         return run_command(argv[0], argv[1:])
     if argv[0] in TRAINER_COMMANDS or argv[0].startswith("-"):
-        from ichor.config import IchorCLI  # imported here: tool commands start without Lightning
-
-        IchorCLI(args=argv if explicit else None)
-        return 0
+        return run_trainer(argv, from_shell)
     print(f"ichor: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
     return 2
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from ichor.data.atomic import check_output
 from ichor.data.scans import ScanError
-from ichor.downstream.features import check_output, embed_scans, write_table
+from ichor.downstream.features import check_table_format, embed_scans, write_table
 from ichor.downstream.pooling import POOLINGS
 from ichor.models.weights import WeightsError
 
@@ -20,7 +22,8 @@ from ichor.models.weights import WeightsError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", required=True, help="`ichor export-encoder` folder, or an MAE checkpoint")
     parser.add_argument("--manifest", nargs="+", required=True, help="manifest CSV(s)")
-    parser.add_argument("--out", required=True, help="output table: .csv, or .parquet (needs pyarrow)")
+    parser.add_argument("--out", required=True, help="output table: .csv, or .parquet (needs pyarrow); a new file")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--pooling", choices=POOLINGS, default="brain_mean", help="how tokens become one vector")
     parser.add_argument("--cache-dir", default=".ichor_cache", help="harmonised-scan cache (shared with training)")
@@ -38,7 +41,10 @@ def _cuda() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        check_output(args.out)
+        inputs = [*args.manifest, args.encoder]
+        check_output(check_table_format(args.out), inputs, args.overwrite)
+        skipped = check_output(skipped_report_path(args.out), inputs, args.overwrite)  # part of the output
+        skipped.unlink(missing_ok=True)  # a previous run's list, replaced under --overwrite
         table = embed_scans(
             args.encoder,
             args.manifest,
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
             args.on_bad_scan,
             args.device,
             progress=not args.no_progress,
+            skipped_report=skipped,
         )
         path = write_table(table, args.out)
     except (WeightsError, ScanError, RuntimeError, ValueError) as error:
@@ -56,4 +63,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     features = sum(1 for column in table.columns if column.startswith("f") and column[1:].isdigit())
     print(f"{len(table)} scans x {features} features written to {path}")
+    if skipped.exists():
+        print(f"bad scans left out (--on-bad-scan skip) are listed in {skipped}", file=sys.stderr)
     return 0
+
+
+def skipped_report_path(out: str) -> Path:
+    """Where the list of skipped scans goes: beside the output, ``<out stem>.skipped.csv``."""
+    path = Path(out)
+    return path.with_name(f"{path.stem}.skipped.csv")

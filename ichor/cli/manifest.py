@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from ichor.data.bids import DEFAULT_SPACE, DerivativesError, build_manifest
-from ichor.data.manifest import check_manifests, count_rows
+from ichor.data.manifest import Problem, check_manifests, count_rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,14 +53,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    notes: list[Problem] = []
     problems = check_manifests(
-        args.manifests, read_images=not args.no_images, progress=not (args.quiet or args.no_images)
+        args.manifests, read_images=not args.no_images, progress=not (args.quiet or args.no_images), notes=notes
     )
+    for note in notes:
+        print(f"note: {note}")
     for problem in problems:
         print(problem)
     rows = count_rows(args.manifests)
     manifests = len({problem.manifest for problem in problems} if problems else args.manifests)
     summary = f"in {manifests} manifest{'s' if manifests != 1 else ''}, {rows} rows checked"
+    if notes:
+        summary += f"; {len(notes)} map{'s' if len(notes) != 1 else ''} with a NaN background read as 0 (notes above)"
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} {summary}")
         return 1

@@ -30,7 +30,7 @@ import sys
 import pandas as pd
 from tqdm import tqdm
 
-from ichor.data.atomic import write_csv
+from ichor.data.atomic import real_path, write_csv
 from ichor.data.manifest import ManifestError, Problem, read_manifests
 from ichor.quality.batch import (
     OUTPUT_COLUMNS,
@@ -105,12 +105,12 @@ def _usage_error(args: argparse.Namespace) -> str | None:
             return "--annotated-manifest needs --manifest"
         if not args.mni_priors and not all((args.gm, args.wm, args.csf)):
             return "one CBF map needs --gm, --wm and --csf (tissue maps on its grid), or --mni-priors"
-    inputs = {_identity(path) for path in args.manifest or []}
+    inputs = {real_path(path) for path in args.manifest or []}
     outputs = [path for path in (args.out, *(args.annotated_manifest or [])) if path]
     for path in outputs:
-        if _identity(path) in inputs:
+        if real_path(path) in inputs:
             return f"refusing to write {path}: it is an input manifest (write to a new file)"
-    if len({_identity(path) for path in outputs}) < len(outputs):
+    if len({real_path(path) for path in outputs}) < len(outputs):
         return "--out and each --annotated-manifest must be different files"
     return None
 
@@ -165,7 +165,3 @@ def _run_manifests(args: argparse.Namespace) -> int:
         return 1
     print(summary)
     return 0
-
-
-def _identity(path: str) -> str:
-    return os.path.realpath(os.path.expanduser(path))

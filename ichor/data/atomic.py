@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +22,23 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's own default is 0o600
+
+
+def real_path(path: str | os.PathLike) -> str:
+    """The file a path names, ``~`` and symbolic links resolved (it need not exist): to compare outputs with inputs."""
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), overwrite: bool = False) -> Path:
+    """A command's output path, refused before any work: never one of its inputs, and an existing file
+    only with ``overwrite``."""
+    out = Path(out)
+    for source in inputs:
+        if real_path(out) == real_path(source):
+            raise ValueError(f"refusing to write {out}: it is an input of this command (write to a new file)")
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists: choose a new file, or pass --overwrite to replace it")
+    return out
 
 
 @contextmanager

@@ -45,7 +45,9 @@ SIDECAR_FIELDS = {
 }
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
-_EXPLOREASL = re.compile(r"^qCBF_(?P<subject>.+)_ASL_(?P<run>\d+)\.nii(\.gz)?$")
+# qCBF_<subject>[_<visit>]_ASL_<run>: ExploreASL appends a short visit number to a longitudinal
+# subject's ID (sub-003_1, sub-003_2); longer digit groups belong to the ID (ADNI's 002_S_0413).
+_EXPLOREASL = re.compile(r"^qCBF_(?P<subject>.+?)(?:_(?P<visit>\d{1,2}))?_ASL_(?P<run>\d+)\.nii(\.gz)?$")
 _ASLPREP_GLOB = "sub-*_cbf.nii*"
 _ASLPREP_DIRS = ("", "derivatives/aslprep")
 _EXPLOREASL_DIRS = ("Population", "derivatives/ExploreASL/Population", "ExploreASL/Population")
@@ -184,14 +186,21 @@ def aslprep_rows(source: Path, desc: str | None = None, space: str | None = None
 
 
 def exploreasl_rows(population: Path) -> tuple[pd.DataFrame, list[str]]:
-    """One row per ExploreASL qCBF map; the ASL run number ``<n>`` becomes the session."""
+    """One row per ExploreASL qCBF map: the visit (else the ASL run) becomes the session, so that one
+    person's visits stay one subject and are never split apart."""
     rows = []
     for path in _exploreasl_files(population):
         match = _EXPLOREASL.match(path.name)
-        row = {"subject": match["subject"].removeprefix("sub-"), "session": match["run"], "path": str(path.resolve())}
+        session = match["run"] if match["visit"] is None else _visit_session(match["visit"], match["run"])
+        row = {"subject": match["subject"].removeprefix("sub-"), "session": session, "path": str(path.resolve())}
         row.update(read_sidecar(path))
         rows.append(row)
     return pd.DataFrame(rows), []
+
+
+def _visit_session(visit: str, run: str) -> str:
+    """Session label of visit ``visit``, ASL run ``run``: the visit alone for the first run."""
+    return visit if run == "1" else f"{visit}run{run}"
 
 
 def read_sidecar(image: Path) -> dict[str, object]:
@@ -353,9 +362,8 @@ def _tissue_maps(source: Path, entities: dict[str, str], cbf: Path) -> dict[str,
 def _order_columns(rows: pd.DataFrame) -> pd.DataFrame:
     """Required columns first, then known optional ones, then the rest; drop all-empty columns."""
     rows = rows.loc[:, [c for c in rows.columns if rows[c].map(_has_value).any()]]
-    known = [
-        c for c in (*REQUIRED_COLUMNS[:1], "session", *REQUIRED_COLUMNS[1:], *OPTIONAL_COLUMNS) if c in rows.columns
-    ]
+    order = dict.fromkeys((*REQUIRED_COLUMNS[:1], "session", *REQUIRED_COLUMNS[1:], *OPTIONAL_COLUMNS))  # each once
+    known = [c for c in order if c in rows.columns]
     return rows[known + [c for c in rows.columns if c not in known]]
 
 

@@ -10,6 +10,7 @@ Neither ever writes anything.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -148,18 +149,21 @@ def read_manifests(paths: Iterable[ManifestPath]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def check_manifests(paths: Sequence[ManifestPath], read_images: bool = True, progress: bool = False) -> list[Problem]:
+def check_manifests(
+    paths: Sequence[ManifestPath], read_images: bool = True, progress: bool = False, notes: list[Problem] | None = None
+) -> list[Problem]:
     """Every problem in these manifests, in manifest and row order; an empty list means usable.
 
     With ``read_images``, every CBF map goes through ``scans.load_cbf`` and every tissue map
     through ``scans.load_tissue_map`` (on the CBF grid); without it, files are only checked
-    for existence. ``progress`` shows a tqdm bar over rows on stderr.
+    for existence. ``progress`` shows a tqdm bar over rows on stderr. What a usable map needed
+    to be read (e.g. NaN background read as 0) is appended to ``notes``, one per row.
     """
     frames, problems = _read_all(paths)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     records = rows.to_dict("records")
     for record in tqdm(records, desc="checking scans", unit="row", disable=not progress or not records):
-        problems += _file_problems(record, read_images)
+        problems += _file_problems(record, read_images, notes)
     order = {p: i for i, p in enumerate(expand_manifests(paths))}
     return sorted(problems, key=lambda p: (order.get(p.manifest, len(order)), p.row or 0))
 
@@ -207,7 +211,8 @@ def _read_table(path: ManifestPath) -> tuple[pd.DataFrame | None, list[Problem]]
         problems.append(
             Problem(name, None, None, f"column(s) {', '.join(taken)} are reserved (added when reading); rename them")
         )
-    repeated = sorted({column for column in table.columns if list(table.columns).count(column) > 1})
+    header = _header(path)  # as written: pandas renames a repeated column ("session.1")
+    repeated = sorted({column for column in header if header.count(column) > 1})
     if repeated:
         problems.append(Problem(name, None, None, f"repeated column(s) {', '.join(repeated)}"))
     if len(table) == 0:
@@ -228,6 +233,12 @@ def _read_table(path: ManifestPath) -> tuple[pd.DataFrame | None, list[Problem]]
     if "session" not in table.columns:
         table["session"] = ""
     return table, problems
+
+
+def _header(path: ManifestPath) -> list[str]:
+    """The column names of a CSV's first line, stripped."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        return [name.strip() for name in next(csv.reader(handle, skipinitialspace=True), [])]
 
 
 def _convert_numbers(table: pd.DataFrame) -> list[Problem]:
@@ -277,7 +288,7 @@ def _duplicate_problems(frames: list[pd.DataFrame]) -> list[Problem]:
     return problems
 
 
-def _file_problems(record: dict, read_images: bool) -> list[Problem]:
+def _file_problems(record: dict, read_images: bool, notes: list[Problem] | None = None) -> list[Problem]:
     """Problems with the files of one row: missing, unreadable, or not a usable map."""
     problems = []
     cbf = None
@@ -292,7 +303,10 @@ def _file_problems(record: dict, read_images: bool) -> list[Problem]:
             if not read_images:
                 continue
             if column == "path":
-                cbf = load_cbf(value)
+                found: list[str] = []
+                cbf = load_cbf(value, notes=found)
+                if notes is not None:
+                    notes += [Problem(record["manifest"], record["row"], Path(value).name, note) for note in found]
             else:
                 load_tissue_map(value, reference=cbf)
         except ScanError as error:

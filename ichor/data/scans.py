@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 # Plausible band for the median of the non-zero voxels of a CBF map in mL/100 g/min.
 # Healthy adult GM is about 58 and WM about 20, children's GM about 97, elderly GM about
@@ -31,6 +32,10 @@ PROBABILITY_TOLERANCE = 0.01
 
 # Two grids are "the same" when their affines agree to this many mm (header float32 rounding).
 AFFINE_ATOL_MM = 1e-3
+# Harmonisation resamples and smooths: a map needs at least this many voxels along every axis.
+MIN_VOXELS_PER_AXIS = 4
+# Non-finite voxels tolerated inside a map's brain (as a fraction of it), at its edge, before refusal.
+NAN_EDGE_TOLERANCE = 0.001
 
 # What nibabel and the decompressors raise on damaged or foreign files.
 _READ_ERRORS = (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError)
@@ -40,17 +45,23 @@ class ScanError(ValueError):
     """A scan that cannot be used; the message says what is wrong with it."""
 
 
-def load_cbf(path: str | PathLike, volume: int | str | None = None) -> nib.Nifti1Image:
+def load_cbf(path: str | PathLike, volume: int | str | None = None, notes: list[str] | None = None) -> nib.Nifti1Image:
     """Read a CBF map in mL/100 g/min and check it; returns a 3D float32 image.
 
     ``volume`` picks one volume of a 4D series (an index) or averages them (``"mean"``);
     a series with more than one volume and no ``volume`` is an error, because averaging
     silently would hide that the manifest points at a time series instead of a map.
+    Non-finite background (ExploreASL's NaN outside the brain) becomes 0, said in ``notes``.
     """
     img, data = _read(path)
     data = _select_volume(data, volume)
     _check_affine(img.affine)
-    _check_finite(data)
+    _check_thickness(data.shape)
+    data, background = background_nan_as_zero(data)
+    if background and notes is not None:
+        notes.append(
+            f"{background} non-finite voxels outside the brain read as 0 (background, as ExploreASL writes it)"
+        )
     nonzero = data[data != 0]
     if nonzero.size == 0:
         raise ScanError("all voxels are zero (empty map)")
@@ -135,6 +146,38 @@ def _check_affine(affine: np.ndarray) -> None:
         raise ScanError(f"degenerate affine: zero voxel size {tuple(np.round(voxel_sizes, 4))}")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-6 * float(np.prod(voxel_sizes)):
         raise ScanError("degenerate affine: singular (voxel axes are not independent)")
+
+
+def _check_thickness(shape: tuple[int, ...]) -> None:
+    """A map must span a few voxels on every axis: harmonisation (resampling, smoothing) needs them."""
+    thin = [f"{'xyz'[axis]} ({size})" for axis, size in enumerate(shape[:3]) if size < MIN_VOXELS_PER_AXIS]
+    if thin:
+        raise ScanError(
+            f"too thin to harmonise: {', '.join(thin)} voxel(s) along {'these axes' if len(thin) > 1 else 'this axis'}, "
+            f"at least {MIN_VOXELS_PER_AXIS} needed (a single slice, or a map cut to a slab?)"
+        )
+
+
+def background_nan_as_zero(data: np.ndarray) -> tuple[np.ndarray, int]:
+    """Non-finite voxels outside the map's brain read as background (0); inside it they are an error.
+    Returns the data and how many background voxels were non-finite.
+
+    ExploreASL writes NaN outside the brain where ASLPrep writes 0: both mean "no brain here".
+    The brain is the map's finite non-zero voxels, closed over one-voxel gaps and with holes
+    filled; NaN/Inf inside it (beyond a few voxels at its edge, ``NAN_EDGE_TOLERANCE``) means
+    lost data, which a model must not read as zero CBF.
+    """
+    finite = np.isfinite(data)
+    if finite.all():
+        return data, 0
+    brain = ndimage.binary_fill_holes(ndimage.binary_closing(finite & (data != 0), iterations=1))
+    inside = int(np.count_nonzero(~finite & brain))
+    if inside > NAN_EDGE_TOLERANCE * max(1, int(np.count_nonzero(brain))):
+        raise ScanError(
+            f"{inside} non-finite voxels (NaN/Inf) inside the brain, of {data.size}: lost data, not background "
+            "(non-finite voxels outside the brain are read as 0)"
+        )
+    return np.where(finite, data, 0).astype(data.dtype, copy=False), int(np.count_nonzero(~finite))
 
 
 def _check_finite(data: np.ndarray) -> None:

@@ -55,8 +55,13 @@ def embed_scans(
     on_bad_scan: str = "error",
     device: str = "cpu",
     progress: bool = True,
+    skipped_report: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """One row per usable scan, in manifest order: identity columns, then features f000, f001, ..."""
+    """One row per usable scan, in manifest order: identity columns, then features f000, f001, ...
+
+    With ``on_bad_scan="skip"``, the scans left out are listed (manifest, row, path, reason) in
+    ``skipped_report``, written atomically, when there are any.
+    """
     encoder, metadata = load_encoder(encoder_path)
     encoder = encoder.to(device).eval()
     with tempfile.TemporaryDirectory() as audit:  # split table of a datamodule that does not split
@@ -74,6 +79,10 @@ def embed_scans(
         )
         datamodule.prepare_data()
         datamodule.setup("predict")
+    if skipped_report is not None and datamodule.skipped is not None and len(datamodule.skipped):
+        write_csv(datamodule.skipped, skipped_report)
+    if skipped_report is not None and datamodule.skipped is not None and len(datamodule.skipped):
+        write_csv(datamodule.skipped, skipped_report)
     identity: dict[str, list] = {column: [] for column in ID_COLUMNS if column in datamodule.rows.columns}
     features = []
     for batch in tqdm(datamodule.predict_dataloader(), desc="embedding", unit="batch", disable=not progress):
@@ -88,7 +97,7 @@ def embed_scans(
     return pd.concat([pd.DataFrame(identity), pd.DataFrame(matrix, columns=names)], axis=1)
 
 
-def check_output(out: str | os.PathLike) -> Path:
+def check_table_format(out: str | os.PathLike) -> Path:
     """The output path, refused before any work when its format cannot be written."""
     out = Path(out)
     if out.suffix not in (".csv", ".parquet"):
@@ -100,7 +109,7 @@ def check_output(out: str | os.PathLike) -> Path:
 
 def write_table(table: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Atomic CSV, or Parquet (``.parquet``, needs pyarrow)."""
-    out = check_output(out)
+    out = check_table_format(out)
     if out.suffix == ".parquet":
         with atomic_path(out) as temp:
             table.to_parquet(temp, index=False)
