@@ -50,9 +50,8 @@ def aslprep(tmp_path) -> Path:
                 }
             )
         )
-        pd.DataFrame({"FD": [0.1], "qei_cbf": [0.5 + int(session) / 10]}).to_csv(
-            perf / f"{stem}_desc-qualitycontrol_cbf.tsv", sep="\t", index=False
-        )
+        qc = {"FD": [0.1], "qei_cbf": [0.5 + int(session) / 10], "qei_cbf_basil": [0.3 + int(session) / 10]}
+        pd.DataFrame(qc).to_csv(perf / f"{stem}_desc-qualitycontrol_cbf.tsv", sep="\t", index=False)
     save(root / "sub-01" / "anat" / f"sub-01_space-{MNI}_label-GM_probseg.nii.gz", (brain() > 0) * np.float32(0.9))
     save(
         root / "sub-01" / "anat" / f"sub-01_space-{MNI}_label-WM_probseg.nii.gz",  # 1 mm: not the CBF grid
@@ -105,6 +104,9 @@ def test_desc_picks_another_cbf_variant_and_skips_scans_without_it(aslprep, tmp_
     ]
     assert set(result.rows["study"]) == {"adni"}
     assert any(note.startswith("skipped sub-02: no desc-basil CBF map") for note in result.notes)
+    assert result.rows["qei_cbf"].tolist() == pytest.approx([0.4, 0.5])  # the basil map's QEI, not the mean map's
+    scrub = build_manifest(aslprep, tmp_path / "scrub.csv", desc="timeseries")  # no qei_cbf_timeseries column
+    assert "qei_cbf" not in scrub.rows.columns or scrub.rows["qei_cbf"].isna().all()
 
 
 def test_space_option_and_ambiguous_spaces(aslprep, tmp_path):
@@ -225,3 +227,17 @@ def test_existing_manifest_is_kept_unless_overwrite(aslprep, tmp_path, capsys):
     assert out.read_text().startswith("subject,session,path,study")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.csv")] == []  # no temp file left
     assert os.access(out, os.R_OK)
+
+
+def test_sessions_tsv_is_merged_per_session(aslprep, tmp_path):
+    """Raw BIDS sub-X/sub-X_sessions.tsv: per-visit values (age) win over participants.tsv."""
+    (tmp_path / "ds001" / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t70\tF\nsub-02\t61\tM\n")
+    sessions = tmp_path / "ds001" / "sub-01" / "sub-01_sessions.tsv"
+    sessions.parent.mkdir(parents=True)
+    sessions.write_text("session_id\tage\tmoca\nses-1\t70.5\t27\nses-2\t72.1\tn/a\n")
+    result = build_manifest(aslprep, tmp_path / "m.csv")
+    table = result.rows.set_index(["subject", "session"])
+    assert table.loc[("01", "1"), "age"] == "70.5" and table.loc[("01", "2"), "age"] == "72.1"
+    assert table.loc[("02", ""), "age"] == "61" and table.loc[("01", "1"), "sex"] == "F"
+    assert table.loc[("01", "1"), "moca"] == "27" and table.loc[("01", "2"), "moca"] == ""  # n/a: unknown
+    assert any("merged the sessions.tsv of 1 subject(s)" in note for note in result.notes)

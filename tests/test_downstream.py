@@ -140,6 +140,7 @@ def test_predict_writes_one_row_per_scan(setting, tmp_path, monkeypatch):
         "session",
         "study",
         "path",
+        "split",
         "diagnosis",
         "prediction",
         "prob_AD",
@@ -147,6 +148,7 @@ def test_predict_writes_one_row_per_scan(setting, tmp_path, monkeypatch):
     ]
     assert predictions["subject"].tolist() == manifest["subject"].tolist()
     assert predictions["diagnosis"].tolist() == manifest["diagnosis"].tolist()
+    assert set(predictions["split"]) == {"train", "val", "test"}  # which scans the model was fitted on
     assert set(predictions["prediction"]) <= {"AD", "CN"}
     assert ((predictions["prob_AD"] + predictions["prob_CN"]) - 1).abs().max() < 1e-5
     assert not list(tmp_path.glob("runs/probe_diagnosis/.predictions.csv.*"))  # no temp file left behind

@@ -297,6 +297,23 @@ def test_mni_priors_score_a_map_on_a_4mm_mni_grid(tmp_path, capsys):
 
     status = main(["qei", str(tmp_path / "cbf_mni.nii.gz"), "--mni-priors", "--out", str(out)])
 
-    assert status == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert "warning" not in err  # the grid holds the MNI brain
     row = pd.read_csv(out).iloc[0]
     assert 0 <= row["qei"] <= 1 and row["qei"] > 0.7 and row["rho_ss"] > 0.8
+
+
+def test_mni_priors_warn_on_a_map_that_is_not_in_mni_space(tmp_path, capsys):
+    """A native-space slab (scanner coordinates, 96 mm of the head): the priors would fall on the wrong anatomy."""
+    affine = np.diag([4.0, 4.0, 6.0, 1.0])
+    affine[:3, 3] = [-116, -76, -44]  # the real ds000240 map's grid: 64 x 57 x 16 voxels
+    data = np.zeros((64, 57, 16), np.float32)
+    data[12:52, 10:50, 2:14] = 50.0
+    image = nib.Nifti1Image(data, affine)
+    image.set_sform(affine, code=1)
+    nib.save(image, tmp_path / "native.nii.gz")
+    assert main(["qei", str(tmp_path / "native.nii.gz"), "--mni-priors"]) in (0, 1)
+    err = capsys.readouterr().err
+    assert "warning: native.nii.gz: not marked as MNI space (sform/qform codes 1/" in err
+    assert "does not hold the MNI152 brain" in err

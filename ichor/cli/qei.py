@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
@@ -118,10 +119,13 @@ def _usage_error(args: argparse.Namespace) -> str | None:
 def _run_single(args: argparse.Namespace) -> int:
     tissues = None if args.mni_priors else {"gm": args.gm, "wm": args.wm, "csf": args.csf}
     try:
-        result = score_scan(args.cbf, tissues, args.thresh)
+        notes: list[str] = []
+        result = score_scan(args.cbf, tissues, args.thresh, notes)
     except ScanFailure as error:
         print(f"ichor qei: {error}", file=sys.stderr)
         return 1
+    for note in notes:
+        print(f"warning: {Path(args.cbf).name}: {note}", file=sys.stderr)
     print(f"qei {result.qei:.4f}  rho_ss {result.rho_ss:.4f}  di {result.di:.4f}  neg_gm {result.neg_gm:.4f}")
     if args.out:
         row = {"subject": "", "session": "", "study": "", "path": os.path.abspath(args.cbf), **vars(result)}
@@ -144,7 +148,9 @@ def _run_manifests(args: argparse.Namespace) -> int:
     ]
     results: dict[tuple[str, int], QEIResult] = {}
     bar = tqdm(total=len(records), desc="QEI", unit="scan", disable=args.quiet or not records)
-    for key, outcome in score_rows(records, args.mni_priors, args.thresh, args.workers):
+    notes: list[Problem] = []
+    for key, outcome, row_notes in score_rows(records, args.mni_priors, args.thresh, args.workers):
+        notes += row_notes
         if isinstance(outcome, Problem):
             problems.append(outcome)
         else:
@@ -156,6 +162,8 @@ def _run_manifests(args: argparse.Namespace) -> int:
     for manifest, out in zip(args.manifest, args.annotated_manifest or []):
         write_annotated(manifest, out, results)
 
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     order = {str(path): i for i, path in enumerate(args.manifest)}
     for problem in sorted(problems, key=lambda p: (order.get(p.manifest, len(order)), p.row or 0)):
         print(problem, file=sys.stderr)

@@ -96,6 +96,8 @@ def build_manifest(
     if participants is not None:
         rows, merge_notes = merge_participants(rows, participants)
         notes += merge_notes
+    rows, session_notes = merge_sessions(rows, metadata_folders(root, source))
+    notes += session_notes
     rows = _order_columns(rows)
     write_manifest(rows, out)
     return BuildResult(layout, source, rows, notes)
@@ -171,7 +173,7 @@ def aslprep_rows(source: Path, desc: str | None = None, space: str | None = None
         entities, path = wanted[0]
         row = {"subject": subject, "session": session, "path": str(path.resolve())}
         row.update(read_sidecar(path))
-        row.update(_qc_for(qc, entities))
+        row.update(_qc_for(qc, entities, desc))
         row.update(_tissue_maps(source, entities, path))
         rows.append(row)
     if ambiguous:
@@ -223,19 +225,57 @@ def read_sidecar(image: Path) -> dict[str, object]:
     return columns
 
 
-def find_participants(root: Path, source: Path) -> Path | None:
-    """participants.tsv of the derivatives or, for ``<bids>/derivatives/<pipeline>``, of the raw dataset."""
+def metadata_folders(root: Path, source: Path) -> list[Path]:
+    """Where participant and session tables may be: the derivatives, and the raw dataset above them."""
     folders = [root, source]
     if source.name == "Population":  # ExploreASL keeps participant data beside Population/
         folders.append(source.parent)
     for folder in (root, source):
         if folder.parent.name == "derivatives":
             folders.append(folder.parent.parent)
-    for folder in folders:
+    return list(dict.fromkeys(folders))
+
+
+def find_participants(root: Path, source: Path) -> Path | None:
+    """participants.tsv of the derivatives or, for ``<bids>/derivatives/<pipeline>``, of the raw dataset."""
+    for folder in metadata_folders(root, source):
         for name in ("participants.tsv", "Participants.tsv"):
             if (folder / name).is_file():
                 return folder / name
     return None
+
+
+def merge_sessions(rows: pd.DataFrame, folders: list[Path]) -> tuple[pd.DataFrame, list[str]]:
+    """Add each subject's ``sub-X/sub-X_sessions.tsv`` columns to its rows, matching ``session_id`` ses-Y to session Y.
+
+    Session values describe the person at that visit (e.g. age), so they win over participants.tsv.
+    """
+    tables, found = [], []
+    for subject in rows["subject"].unique():
+        path = next((f / f"sub-{subject}" / f"sub-{subject}_sessions.tsv" for f in folders
+                     if (f / f"sub-{subject}" / f"sub-{subject}_sessions.tsv").is_file()), None)  # fmt: skip
+        if path is None:
+            continue
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False).replace("n/a", "")
+        if "session_id" not in table.columns:
+            return rows, [f"{path}: no session_id column; sessions not merged"]
+        table["session"] = table.pop("session_id").str.removeprefix("ses-")
+        tables.append(table.assign(subject=subject))
+        found.append(path)
+    if not tables:
+        return rows, []
+    table = pd.concat(tables, ignore_index=True).drop_duplicates(["subject", "session"])
+    reserved = set(REQUIRED_COLUMNS) | set(PATH_COLUMNS) | {"manifest", "row"}
+    table = table.drop(columns=[c for c in table.columns if c in reserved and c != "subject"])
+    overlap = [c for c in table.columns if c not in ("subject", "session") and c in rows.columns]
+    merged = rows.merge(table, on=["subject", "session"], how="left", suffixes=("", "_sessions"))
+    for column in overlap:
+        per_session = merged.pop(column + "_sessions")
+        merged[column] = per_session.where(per_session.notna() & (per_session != ""), merged[column])
+    columns = len(table.columns) - 2
+    return merged, [
+        f"merged the sessions.tsv of {len(found)} subject(s) ({columns} column(s); they win over participants.tsv)"
+    ]
 
 
 def merge_participants(rows: pd.DataFrame, participants: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -324,13 +364,19 @@ def _qc_table(source: Path) -> dict[tuple, list[tuple[dict[str, str], Path]]]:
     return table
 
 
-def _qc_for(qc: dict, entities: dict[str, str]) -> dict[str, float]:
-    """``qei_cbf`` from the scan's QC file (the one in the same space when there are several)."""
+def _qc_for(qc: dict, entities: dict[str, str], desc: str | None = None) -> dict[str, float]:
+    """The QEI of the chosen map from the scan's QC file (the one in the same space when there are several).
+
+    ASLPrep's QC table has one column per CBF variant: ``qei_cbf`` for the mean map,
+    ``qei_cbf_<desc>`` for the others (``qei_cbf_score``, ...). A variant without its own column
+    gets no QEI rather than the mean map's.
+    """
+    column = "qei_cbf" if desc in MEAN_DESCS else f"qei_cbf_{desc}"
     matches = sorted(qc.get(_scan_key(entities), []), key=lambda m: m[0].get("space") != entities.get("space"))
     for _, path in matches:
         table = pd.read_csv(path, sep="\t")
-        if "qei_cbf" in table.columns and len(table):
-            return {"qei_cbf": float(table["qei_cbf"].iloc[0])}
+        if column in table.columns and len(table):
+            return {"qei_cbf": float(table[column].iloc[0])}
     return {}
 
 

@@ -294,7 +294,7 @@ class CBFDataModule(LightningDataModule):
                 hp.cbf_scale,
                 augmentation,
             )
-        self.datasets["predict"] = CachedScans(rows.drop(columns="split"), entries, hp.normalization, hp.cbf_scale)
+        self.datasets["predict"] = CachedScans(rows, entries, hp.normalization, hp.cbf_scale)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -31,7 +31,7 @@ from ichor.pretrain.optim import AdamW, configure_adamw
 Mode = Literal["linear_probe", "finetune", "scratch"]
 MODES = ("linear_probe", "finetune", "scratch")
 # Manifest fields copied into every prediction row, when the batch has them.
-ID_COLUMNS = ("subject", "session", "study", "path")
+ID_COLUMNS = ("subject", "session", "study", "path", "split")  # split: train/val/test/unlabelled, as the run used it
 # Harmonisation keys that must agree between pre-training and downstream data.
 CHECKED_SETTINGS = ("spacing", "normalization", "cbf_scale", "orientation")
 # The optimiser recipe of a task unless its config says otherwise: the lr is used as given.

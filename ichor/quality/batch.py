@@ -32,24 +32,32 @@ class ScanFailure(Exception):
         self.file, self.message = file, message
 
 
-def score_scan(cbf_path: str, tissues: dict[str, str] | None, thresh: float) -> QEIResult:
-    """QEI of one CBF file; ``tissues`` maps gm/wm/csf to files on its grid, or None for MNI priors."""
+def score_scan(
+    cbf_path: str, tissues: dict[str, str] | None, thresh: float, notes: list[str] | None = None
+) -> QEIResult:
+    """QEI of one CBF file; ``tissues`` maps gm/wm/csf to files on its grid, or None for MNI priors.
+
+    Doubts that do not stop the scoring (a map that may not be in MNI space) go to ``notes``.
+    """
     record = {"manifest": "", "row": 0, "path": cbf_path, **(tissues or {})}
     try:
-        return _score(record, tissues is None, thresh)
+        return _score(record, tissues is None, thresh, notes)
     except RowError as error:
         raise ScanFailure(error.problem.path or "", error.problem.message) from error
 
 
-def _score(record: dict, mni_priors: bool, thresh: float) -> QEIResult:
+def _score(record: dict, mni_priors: bool, thresh: float, notes: list[str] | None = None) -> QEIResult:
     """QEI of a manifest row; raises RowError naming the row and file."""
     if mni_priors:
-        from ichor.quality.priors import priors_on_grid  # nilearn is slow to import; only this mode needs it
+        from ichor.quality.priors import mni_space_doubt, priors_on_grid  # nilearn is slow to import
 
         try:
             cbf = load_cbf(record["path"])
         except ScanError as error:
             raise RowError.at(record, str(error)) from error
+        doubt = mni_space_doubt(cbf)
+        if doubt and notes is not None:
+            notes.append(doubt)
         maps = list(priors_on_grid(cbf))
     else:
         cbf, maps = load_row(record, TISSUE_COLUMNS)
@@ -60,20 +68,25 @@ def _score(record: dict, mni_priors: bool, thresh: float) -> QEIResult:
         raise RowError.at(record, f"{error}{hint}") from error
 
 
-def _score_row(task: tuple[dict, bool, float]) -> tuple[RowKey, QEIResult | Problem]:
-    """Score one manifest row in a worker; a failure comes back as a Problem, not an exception."""
+def _score_row(task: tuple[dict, bool, float]) -> tuple[RowKey, QEIResult | Problem, list[Problem]]:
+    """Score one manifest row in a worker; a failure comes back as a Problem, not an exception, and
+    doubts as notes about the row."""
     record, mni_priors, thresh = task
     key = (record["manifest"], record["row"])
+    found: list[str] = []
     try:
-        return key, _score(record, mni_priors, thresh)
+        outcome: QEIResult | Problem = _score(record, mni_priors, thresh, found)
     except RowError as error:
-        return key, error.problem
+        outcome = error.problem
+    notes = [Problem(str(record["manifest"]), int(record["row"]), Path(record["path"]).name, note) for note in found]
+    return key, outcome, notes
 
 
 def score_rows(
     records: list[dict], mni_priors: bool, thresh: float, workers: int = 1
-) -> Iterator[tuple[RowKey, QEIResult | Problem]]:
-    """Score ``read_manifests`` records in order, in this process or in a pool of ``workers`` processes."""
+) -> Iterator[tuple[RowKey, QEIResult | Problem, list[Problem]]]:
+    """Score ``read_manifests`` records in order, in this process or in a pool of ``workers`` processes:
+    (row, result or problem, notes about the row)."""
     tasks = [(record, mni_priors, thresh) for record in records]
     if workers == 1 or len(tasks) <= 1:
         yield from map(_score_row, tasks)

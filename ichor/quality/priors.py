@@ -18,6 +18,35 @@ from nilearn.image import resample_to_img
 
 # Distinct grids kept resampled per process; a dataset usually has a handful (one per study).
 GRID_CACHE_SIZE = 8
+# NIfTI's code for coordinates in MNI152 space (sform_code / qform_code).
+NIFTI_XFORM_MNI_152 = 4
+# World box (mm, RAS) of the MNI152 brain, cerebellum included, less a 10 mm margin: an MNI-space
+# map's field of view contains it.
+MNI_BRAIN_BOX = ((-62.0, 62.0), (-96.0, 62.0), (-50.0, 70.0))
+
+
+def mni_space_doubt(img: nib.spatialimages.SpatialImage) -> str | None:
+    """Why a map may not be in MNI space (None when it looks so): then the priors fall on the wrong anatomy.
+
+    A map is taken as MNI when its header says so, or when its field of view holds the MNI152 brain.
+    """
+    header = img.header
+    codes = tuple(
+        int(header[key]) if isinstance(header, nib.Nifti1Header) else 0 for key in ("sform_code", "qform_code")
+    )
+    if NIFTI_XFORM_MNI_152 in codes:
+        return None
+    corners = np.array([[i, j, k, 1] for i in (0, img.shape[0] - 1) for j in (0, img.shape[1] - 1)
+                        for k in (0, img.shape[2] - 1)], dtype=np.float64)  # fmt: skip
+    world = corners @ np.asarray(img.affine, dtype=np.float64).T
+    low, high = world[:, :3].min(0), world[:, :3].max(0)
+    if all(low[a] <= box[0] and high[a] >= box[1] for a, box in enumerate(MNI_BRAIN_BOX)):
+        return None
+    extent = " x ".join(f"{lo:.0f}..{hi:.0f}" for lo, hi in zip(low, high))
+    return (
+        f"not marked as MNI space (sform/qform codes {codes[0]}/{codes[1]}) and its field of view ({extent} mm) "
+        "does not hold the MNI152 brain: --mni-priors assumes MNI space, so this QEI may be meaningless"
+    )
 
 
 @lru_cache(maxsize=1)
