@@ -208,7 +208,7 @@ def test_nan_background_passes_the_check_with_a_note(study, tmp_path, capsys):
         f"note: {study} row 1 (sub-01_cbf.nii.gz): {int((data != data).sum())} non-finite voxels outside the brain read as 0"
         in out
     )
-    assert "no problems in 1 manifest, 2 rows checked; 1 map with a NaN background read as 0" in out
+    assert "no problems in 1 manifest, 2 rows checked; " in out and "notes (above)" in out
 
 
 def test_thin_map_is_a_row_problem(study, tmp_path):
@@ -262,7 +262,11 @@ def test_check_reports_every_problem_and_the_cli_exits_1(study, tmp_path, capsys
     add_row(study, "03,scans/missing.nii.gz,study-01,1,x,,,,")
     broken = write_csv(tmp_path / "m" / "broken.csv", "subject,path", "9,a.nii.gz")
     assert main(["manifest", "check", study, broken]) == 1
-    out = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()
+    notes, out = [x for x in lines if x.startswith("note: ")], [x for x in lines if not x.startswith("note: ")]
+    assert notes == [
+        f"note: {study} row 1 (sub-01_cbf.nii.gz): partial coverage: " + notes[0].split("coverage: ", 1)[1]
+    ]
     assert out[:-1] == [
         f"{study} row 2 (sub-02_cbf.nii.gz): " + out[0].split("): ", 1)[1],
         f"{study} row 3 (missing.nii.gz): age 'x' is not a number",
@@ -270,7 +274,7 @@ def test_check_reports_every_problem_and_the_cli_exits_1(study, tmp_path, capsys
         f"{broken}: missing required column(s) study (has: subject, path)",
     ]
     assert "median of the non-zero voxels" in out[0]
-    assert out[-1] == "4 problems in 2 manifests, 3 rows checked"
+    assert out[-1] == "4 problems in 2 manifests, 3 rows checked; 1 note (above)"
 
 
 def test_progress_bar_goes_to_stderr(study, capsys):

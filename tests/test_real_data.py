@@ -33,7 +33,11 @@ def real_manifest(tmp_path_factory) -> str:
 def test_the_real_map_passes_the_check(real_manifest, capsys):
     before = REAL.read_bytes()
     assert main(["manifest", "check", "--quiet", real_manifest]) == 0
-    assert "no problems in 1 manifest, 1 rows checked" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no problems in 1 manifest, 1 rows checked" in out
+    # 96 mm of the head: the check says so, and where the field of view ends
+    assert "partial coverage: covers about 64% of a brain's height (96 of 150 mm)" in out
+    assert "the field of view cuts the brain at inferior, superior" in out
     assert REAL.read_bytes() == before  # inputs are never modified
 
 
@@ -41,7 +45,9 @@ def test_the_real_map_harmonises_onto_the_demo_grid(real_manifest, tmp_path):
     datamodule = CBFDataModule([real_manifest], cache_dir=str(tmp_path / "cache"), spacing=4.0, shape=(48, 56, 48),
                                num_workers=0, progress=False, val_fraction=0.0, test_fraction=0.0)  # fmt: skip
     assert datamodule.build_cache([str(REAL)]) == {}
-    values = np.asarray(read_cached(datamodule.cache.lookup(str(REAL)).array_path), dtype=np.float32)
+    entry = datamodule.cache.lookup(str(REAL))
+    assert entry.coverage == {"height_mm": 96.0, "height_fraction": 0.64, "cut": ["inferior", "superior"]}
+    values = np.asarray(read_cached(entry.array_path), dtype=np.float32)
     brain = values[np.isfinite(values)]
     assert values.shape == (48, 56, 48)
     assert 30 < np.median(brain) < 50  # the README's median in the brain mask: 39.9 mL/100g/min

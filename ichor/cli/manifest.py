@@ -17,6 +17,8 @@ import sys
 from ichor.data.bids import DEFAULT_SPACE, DerivativesError, build_manifest
 from ichor.data.manifest import Problem, check_manifests, count_rows
 
+MAX_NOTES = 20  # notes listed by default: a study of slab acquisitions would otherwise list every map
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="action", required=True, metavar="{check,from-bids}")
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("manifests", nargs="+", metavar="MANIFEST.csv")
     check.add_argument("--no-images", action="store_true", help="only check the tables and that files exist (fast)")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.add_argument("--all-notes", action="store_true", help=f"list every note (default: the first {MAX_NOTES})")
 
     build = commands.add_parser("from-bids", help="write a manifest for ASLPrep or ExploreASL derivatives")
     build.add_argument(
@@ -57,15 +60,18 @@ def _check(args: argparse.Namespace) -> int:
     problems = check_manifests(
         args.manifests, read_images=not args.no_images, progress=not (args.quiet or args.no_images), notes=notes
     )
-    for note in notes:
+    shown = notes if args.all_notes else notes[:MAX_NOTES]
+    for note in shown:
         print(f"note: {note}")
+    if len(shown) < len(notes):
+        print(f"note: ... and {len(notes) - len(shown)} more (--all-notes lists every one)")
     for problem in problems:
         print(problem)
     rows = count_rows(args.manifests)
     manifests = len({problem.manifest for problem in problems} if problems else args.manifests)
     summary = f"in {manifests} manifest{'s' if manifests != 1 else ''}, {rows} rows checked"
     if notes:
-        summary += f"; {len(notes)} map{'s' if len(notes) != 1 else ''} with a NaN background read as 0 (notes above)"
+        summary += f"; {len(notes)} note{'s' if len(notes) != 1 else ''} (above)"
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} {summary}")
         return 1

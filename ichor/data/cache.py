@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ichor.data.atomic import atomic_path, write_bytes
+from ichor.data.coverage import brain_coverage
 from ichor.data.harmonise import HarmonisationSettings, harmonise
 from ichor.data.scans import ScanError, load_cbf
 
@@ -50,6 +51,7 @@ class CacheEntry:
     affine: np.ndarray
     brain_mean: float
     brain_std: float
+    coverage: dict | None = None  # ichor.data.coverage.Coverage of the source map (None: cached before it was recorded)
 
 
 def scan_key(path: str) -> str:
@@ -93,7 +95,11 @@ class ScanCache:
         except (OSError, ValueError):
             return None
         return CacheEntry(
-            str(self.folder / f"{key}.npy"), np.asarray(meta["affine"]), meta["brain_mean"], meta["brain_std"]
+            str(self.folder / f"{key}.npy"),
+            np.asarray(meta["affine"]),
+            meta["brain_mean"],
+            meta["brain_std"],
+            meta.get("coverage"),
         )
 
     def build(self, paths: Iterable[str], workers: int = 0, progress: bool = True) -> dict[str, str]:
@@ -128,7 +134,8 @@ def build_entry(path: str, settings: HarmonisationSettings, folder: str) -> str 
     """Load, check, harmonise and store one scan; returns the ScanError message instead of raising."""
     try:
         key = scan_key(path)
-        scan = harmonise(load_cbf(path, volume=settings.volume), settings)
+        source = load_cbf(path, volume=settings.volume)
+        scan = harmonise(source, settings)
     except FileNotFoundError:
         return f"file not found: {path}"
     except OSError as error:
@@ -148,6 +155,7 @@ def build_entry(path: str, settings: HarmonisationSettings, folder: str) -> str 
         "brain_voxels": int(brain.size),
         "brain_mean": float(brain.mean()),
         "brain_std": float(brain.std()),
+        "coverage": brain_coverage(source).as_dict(),  # missing regions are NaN (unknown) in the array, never 0
     }
     write_bytes(Path(folder) / f"{key}.json", json.dumps(meta).encode())
     return None

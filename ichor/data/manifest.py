@@ -21,6 +21,7 @@ import nibabel as nib
 import pandas as pd
 from tqdm import tqdm
 
+from ichor.data.coverage import brain_coverage
 from ichor.data.scans import ScanError, load_cbf, load_tissue_map
 
 REQUIRED_COLUMNS = ("subject", "path", "study")
@@ -156,8 +157,8 @@ def check_manifests(
 
     With ``read_images``, every CBF map goes through ``scans.load_cbf`` and every tissue map
     through ``scans.load_tissue_map`` (on the CBF grid); without it, files are only checked
-    for existence. ``progress`` shows a tqdm bar over rows on stderr. What a usable map needed
-    to be read (e.g. NaN background read as 0) is appended to ``notes``, one per row.
+    for existence. ``progress`` shows a tqdm bar over rows on stderr. What a user should know about
+    a usable map (NaN background read as 0, partial brain coverage) is appended to ``notes``.
     """
     frames, problems = _read_all(paths)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -305,6 +306,9 @@ def _file_problems(record: dict, read_images: bool, notes: list[Problem] | None 
             if column == "path":
                 found: list[str] = []
                 cbf = load_cbf(value, notes=found)
+                coverage = brain_coverage(cbf)
+                if coverage.partial:
+                    found.append(f"partial coverage: {coverage.describe()}")
                 if notes is not None:
                     notes += [Problem(record["manifest"], record["row"], Path(value).name, note) for note in found]
             else:
