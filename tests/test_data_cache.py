@@ -3,6 +3,9 @@
 import argparse
 import mmap
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -131,3 +134,37 @@ def test_settings_key_depends_on_every_geometry_setting():
         HarmonisationSettings.create(2.0, (96, 112, 96), volume="mean").key(),
     }
     assert len(keys) == 4 and base.key() == HarmonisationSettings.create((2, 2, 2), [96, 112, 96]).key()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_cache_workers_end_with_their_parent(tmp_path):
+    """A killed `ichor preprocess` leaves no worker running: the pool's initialiser ties workers to the parent."""
+    script = (
+        "import os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "from ichor.data.cache import _single_threaded\n"
+        "pool = ProcessPoolExecutor(2, mp_context=get_context('fork'), initializer=_single_threaded)\n"
+        "pids = pool.submit(os.getpid).result(), pool.submit(os.getpid).result()\n"
+        "for _ in range(2): pool.submit(time.sleep, 60)\n"
+        "print(*pids, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert workers and all(_alive(pid) for pid in workers)
+    parent.kill()  # SIGKILL: no clean-up code of the parent runs
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for its reaper does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

@@ -301,3 +301,14 @@ def test_check_never_modifies_its_inputs(study, tmp_path):
     assert main(["manifest", "check", "--quiet", study]) == 1
     assert {f: (f.read_bytes(), os.stat(f).st_mtime_ns) for f in files} == before
     assert sorted(os.listdir(tmp_path / "m")) == listing
+
+
+def test_implausible_numbers_are_noted_not_refused(study, capsys):
+    add_row(study, "03,scans/sub-01_cbf.nii.gz,study-01,2,860,1800,3,CN,")  # age in months, PLD in ms
+    notes: list[Problem] = []
+    assert check_manifests([study], notes=notes) == []
+    ranges = [str(note) for note in notes if "is outside" in note.message]
+    assert ranges == [
+        f"{study} row 3 (sub-01_cbf.nii.gz): pld 1800 is outside 0.1-5 seconds (post-labelling delay in ms?)",
+        f"{study} row 3 (sub-01_cbf.nii.gz): age 860 is outside 0-120 years (age in months or days?)",
+    ]

@@ -157,3 +157,20 @@ def test_tissue_map_must_be_probabilities_on_the_cbf_grid(tmp_path):
         load_tissue_map(save(tmp_path / "small.nii.gz", probability[:8]), reference=cbf)
     with pytest.raises(ScanError, match="affine differs"):
         load_tissue_map(save(tmp_path / "moved.nii.gz", probability, np.diag([2.0, 2, 2, 1])), reference=cbf)
+
+
+@pytest.mark.parametrize("background", [5.0, 0.5], ids=["noise", "weak"])
+def test_unmasked_maps_are_refused_as_unmasked(tmp_path, background):
+    """Signal outside the head: refused for that reason (a weak background used to read as 'wrong units')."""
+    data = brain()
+    outside = data == 0
+    rng = np.random.default_rng(0)
+    data[outside] = background * (1 + rng.random(int(outside.sum())))
+    with pytest.raises(ScanError, match=r"^not masked: 100% of the voxels on the edges of the grid are non-zero"):
+        load_cbf(save(tmp_path / "cbf.nii.gz", data))
+
+
+def test_a_slab_cut_through_the_brain_is_masked(tmp_path):
+    """A slab's first and last slices are brain; its in-plane edges are still air."""
+    data = brain(size=24)[:, :, 6:18]
+    assert load_cbf(save(tmp_path / "cbf.nii.gz", data)).shape == (24, 24, 12)

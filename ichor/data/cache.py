@@ -162,12 +162,27 @@ def build_entry(path: str, settings: HarmonisationSettings, folder: str) -> str 
 
 
 def _single_threaded() -> None:
-    """Pool initialiser: one thread per process, the processes are the parallelism."""
+    """Pool initialiser: one thread per process, the processes are the parallelism; and the worker
+    ends with its parent (a killed ``ichor preprocess`` leaves no worker harmonising on its own)."""
     import SimpleITK as sitk
     import torch
 
+    die_with_parent()
     torch.set_num_threads(1)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

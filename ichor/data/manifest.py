@@ -47,6 +47,12 @@ NUMERIC_COLUMNS = ("field_strength", "pld", "age")
 TEXT_COLUMNS = ("subject", "session", "study", "site", "vendor", "asl_type", "readout", "sex", *PATH_COLUMNS)
 # Columns read_manifest adds; a CSV that already has them would be ambiguous.
 ADDED_COLUMNS = ("manifest", "row")
+# Plausible values of numeric columns, with their unit: a value outside is noted by the check.
+PLAUSIBLE_RANGES = {
+    "pld": (0.1, 5.0, "seconds (post-labelling delay in ms?)"),
+    "age": (0.0, 120.0, "years (age in months or days?)"),
+    "field_strength": (0.1, 11.7, "tesla"),
+}
 
 ManifestPath = str | PathLike
 
@@ -165,6 +171,8 @@ def check_manifests(
     records = rows.to_dict("records")
     for record in tqdm(records, desc="checking scans", unit="row", disable=not progress or not records):
         problems += _file_problems(record, read_images, notes)
+    if notes is not None and len(rows):
+        notes += _range_notes(rows)
     order = {p: i for i, p in enumerate(expand_manifests(paths))}
     return sorted(problems, key=lambda p: (order.get(p.manifest, len(order)), p.row or 0))
 
@@ -287,6 +295,18 @@ def _duplicate_problems(frames: list[pd.DataFrame]) -> list[Problem]:
             scan = f"subject {subject!r}" + (f" session {session!r}" if session else "")
             problems.append(_row_problem(row, f"duplicate of {_where(earlier, row)} ({scan})"))
     return problems
+
+
+def _range_notes(rows: pd.DataFrame) -> list[Problem]:
+    """Numbers outside a plausible range (PLD in ms, age in months, ...): noted, since they may be right."""
+    notes = []
+    for column, (low, high, unit) in PLAUSIBLE_RANGES.items():
+        if column not in rows.columns or not pd.api.types.is_numeric_dtype(rows[column]):
+            continue
+        for index in rows.index[(rows[column] < low) | (rows[column] > high)]:
+            value = rows.at[index, column]
+            notes.append(_row_problem(rows.loc[index], f"{column} {value:g} is outside {low:g}-{high:g} {unit}"))
+    return notes
 
 
 def _file_problems(record: dict, read_images: bool, notes: list[Problem] | None = None) -> list[Problem]:

@@ -34,6 +34,8 @@ PROBABILITY_TOLERANCE = 0.01
 AFFINE_ATOL_MM = 1e-3
 # Harmonisation resamples and smooths: a map needs at least this many voxels along every axis.
 MIN_VOXELS_PER_AXIS = 4
+# Above this mean fraction of non-zero voxels on the six faces of the grid, a map counts as unmasked.
+UNMASKED_EDGE_FRACTION = 0.5
 # Non-finite voxels tolerated inside a map's brain (as a fraction of it), at its edge, before refusal.
 NAN_EDGE_TOLERANCE = 0.001
 
@@ -62,6 +64,7 @@ def load_cbf(path: str | PathLike, volume: int | str | None = None, notes: list[
         notes.append(
             f"{background} non-finite voxels outside the brain read as 0 (background, as ExploreASL writes it)"
         )
+    _check_masked(data)
     nonzero = data[data != 0]
     if nonzero.size == 0:
         raise ScanError("all voxels are zero (empty map)")
@@ -178,6 +181,21 @@ def background_nan_as_zero(data: np.ndarray) -> tuple[np.ndarray, int]:
             "(non-finite voxels outside the brain are read as 0)"
         )
     return np.where(finite, data, 0).astype(data.dtype, copy=False), int(np.count_nonzero(~finite))
+
+
+def _check_masked(data: np.ndarray) -> None:
+    """A CBF map is zero (or NaN) outside the brain; a map with signal all over the edges of its grid is not masked.
+
+    Even a slab's field of view has air around the head on its in-plane edges, so the edges of
+    a masked map are mostly zero; an unmasked map would count noise outside the head as brain.
+    """
+    faces = [data.take(index, axis=axis) for axis in range(3) for index in (0, data.shape[axis] - 1)]
+    fraction = float(np.mean([np.count_nonzero(face) / face.size for face in faces]))
+    if fraction > UNMASKED_EDGE_FRACTION:
+        raise ScanError(
+            f"not masked: {fraction:.0%} of the voxels on the edges of the grid are non-zero (signal outside the head); "
+            "set voxels outside the brain to 0 or NaN (e.g. with the brain mask of the pipeline that made the map)"
+        )
 
 
 def _check_finite(data: np.ndarray) -> None:
