@@ -152,3 +152,7 @@ def test_predict_writes_one_row_per_scan(setting, tmp_path, monkeypatch):
     assert set(predictions["prediction"]) <= {"AD", "CN"}
     assert ((predictions["prob_AD"] + predictions["prob_CN"]) - 1).abs().max() < 1e-5
     assert not list(tmp_path.glob("runs/probe_diagnosis/.predictions.csv.*"))  # no temp file left behind
+    # a second predict does not replace these predictions silently
+    before = (tmp_path / "runs/probe_diagnosis/predictions.csv").read_text()
+    assert main(["predict", *args, f"--ckpt_path={checkpoint}"]) == 1
+    assert (tmp_path / "runs/probe_diagnosis/predictions.csv").read_text() == before

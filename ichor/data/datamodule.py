@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 
+from ichor.data.atomic import write_csv
 from ichor.data.augment import Augmentation
 from ichor.data.cache import CacheEntry, ScanCache, read_cached
 from ichor.data.harmonise import HarmonisationSettings
@@ -32,7 +33,6 @@ from ichor.data.splits import (
     assign_splits,
     labelled_rows,
     read_split_file,
-    write_csv,
     write_splits,
 )
 
