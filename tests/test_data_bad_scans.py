@@ -51,6 +51,23 @@ def wrong_units(good, path):
     nib.save(nib.Nifti1Image(np.asarray(good.dataobj, dtype=np.float32) / 6000, good.affine), path)  # mL/g/s
 
 
+def thin(good, path):
+    """Two slices of a real map: a slab too thin to resample."""
+    data = np.asarray(good.dataobj, dtype=np.float32)
+    nib.save(
+        nib.Nifti1Image(np.ascontiguousarray(data[:, :, data.shape[2] // 2 : data.shape[2] // 2 + 2]), good.affine),
+        path,
+    )
+
+
+def unmasked(good, path):
+    """Noise outside the head, as a map saved without its brain mask."""
+    data = np.asarray(good.dataobj, dtype=np.float32).copy()
+    outside = data == 0
+    data[outside] = np.random.default_rng(0).normal(0, 8, int(outside.sum()))
+    nib.save(nib.Nifti1Image(data, good.affine), path)
+
+
 def missing(good, path):
     pass
 
@@ -62,6 +79,8 @@ BAD = {
     nan_voxels: "non-finite",
     degenerate_affine: "degenerate affine",
     wrong_units: "median",
+    thin: "too thin",
+    unmasked: "not masked",
     missing: "not found",
 }
 
