@@ -12,7 +12,10 @@ model and datamodule through this class, so a config means the same thing everyw
   (``checkpoint_monitor``: ``val/loss`` for pre-training, the head's metric for a task).
 
 Each default can still be overridden in a config or on the command line
-(e.g. ``--checkpoint.monitor val/loss``, ``--trainer.logger.init_args.name my_run``).
+(e.g. ``--checkpoint.monitor val/f1 --checkpoint.mode max``, ``--trainer.logger.init_args.name my_run``);
+a model class without ``checkpoint_monitor`` gets no monitor (``best.ckpt`` is then the latest epoch).
+``trainer.logger: false`` drops the LR monitor, ``trainer.enable_checkpointing: false`` the checkpoint.
+``ichor predict`` and ``ichor test`` need ``--ckpt_path``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -31,6 +34,8 @@ PRETRAINERS_GROUP = "ichor.pretrainers"
 RUNS_DIR = "runs"
 DEFAULT_RUN_NAME = "ichor"
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+# Commands that would score an untrained model without --ckpt_path, and what it would do.
+NEEDS_CHECKPOINT = {"predict": "predict", "test": "be tested"}
 
 
 class IchorCLI(LightningCLI):
@@ -71,11 +76,19 @@ class IchorCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Fill what depends on the config as a whole: run name, checkpoint folder and monitor."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if self.subcommand == "predict" and not config.get("ckpt_path"):
+        if self.subcommand in NEEDS_CHECKPOINT and not config.get("ckpt_path"):
             raise ValueError(
-                "predict needs --ckpt_path, a trained checkpoint (e.g. runs/<name>/checkpoints/best.ckpt): "
-                "without one the untrained model would predict"
+                f"{self.subcommand} needs --ckpt_path, a trained checkpoint (e.g. runs/<name>/checkpoints/best.ckpt): "
+                f"without one the untrained model would {NEEDS_CHECKPOINT[self.subcommand]}"
             )
+        for callback in config.trainer.get("callbacks") or []:
+            class_path = str(callback.get("class_path", "")) if isinstance(callback, Namespace) else ""
+            for cls, key in ((ModelCheckpoint, "checkpoint"), (LearningRateMonitor, "lr_monitor")):
+                if class_path.rsplit(".", 1)[-1] == cls.__name__:
+                    raise ValueError(
+                        f"trainer.callbacks lists a {cls.__name__}, which ichor fit adds itself: move its settings "
+                        f"to the config's top-level `{key}:` key (see CHANGELOG.md)"
+                    )
         name = run_name(config)
         logger = config.trainer.logger
         root = config.trainer.get("default_root_dir")
@@ -92,6 +105,15 @@ class IchorCLI(LightningCLI):
             checkpoint.dirpath = str(Path(save_dir) / name / "checkpoints")
         if checkpoint.monitor is None:
             checkpoint.monitor, checkpoint.mode = checkpoint_monitor(config.model)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        """The trainer, without the added callbacks that its settings rule out: no LR monitor without a
+        logger, no checkpoint callback with ``enable_checkpointing: false`` (Lightning refuses both)."""
+        if not config.get("logger"):
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def build_run(args: list[str], folder: Path) -> IchorCLI:

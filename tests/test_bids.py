@@ -186,15 +186,18 @@ def test_exploreasl_population(tmp_path):
     assert check_manifests([str(out)]) == []
 
 
-def test_exploreasl_visits_are_sessions_of_one_subject(tmp_path):
+def test_exploreasl_visits_are_sessions_of_one_subject(tmp_path, capsys):
     """qCBF_<subject>_<visit>_ASL_<run>: one person's visits stay one subject (never split apart)."""
     population = tmp_path / "study" / "Population"
     save(population / "qCBF_sub-003_1_ASL_1.nii")
     save(population / "qCBF_sub-003_2_ASL_1.nii", brain(1))
     save(population / "qCBF_sub-003_2_ASL_2.nii", brain(2))
     save(population / "qCBF_002_S_0413_ASL_1.nii", brain(3))  # an ADNI ID: its digit groups are not visits
+    save(population / "qCBF_HC_01_ASL_1.nii", brain(4))  # zero-padded: part of the ID, two people
+    save(population / "qCBF_HC_02_ASL_1.nii", brain(5))
     out = tmp_path / "m.csv"
     assert main(["manifest", "from-bids", str(tmp_path / "study"), "--out", str(out)]) == 0
+    assert "note: read as visits of one subject (suffix _<digit>): sub-003;" in capsys.readouterr().err
     header = out.read_text().splitlines()[0].split(",")
     assert len(header) == len(set(header))  # every column once (session was written twice)
     table = pd.read_csv(out, dtype=str, keep_default_na=False)
@@ -203,6 +206,8 @@ def test_exploreasl_visits_are_sessions_of_one_subject(tmp_path):
         ["003", "1"],
         ["003", "2"],
         ["003", "2run2"],
+        ["HC_01", "1"],
+        ["HC_02", "1"],
     ]
     assert check_manifests([str(out)]) == []
 
@@ -235,9 +240,13 @@ def test_sessions_tsv_is_merged_per_session(aslprep, tmp_path):
     sessions = tmp_path / "ds001" / "sub-01" / "sub-01_sessions.tsv"
     sessions.parent.mkdir(parents=True)
     sessions.write_text("session_id\tage\tmoca\nses-1\t70.5\t27\nses-2\t72.1\tn/a\n")
+    broken = tmp_path / "ds001" / "sub-02" / "sub-02_sessions.tsv"  # no session_id: noted, the others still merge
+    broken.parent.mkdir(parents=True)
+    broken.write_text("visit\tage\n1\t99\n")
     result = build_manifest(aslprep, tmp_path / "m.csv")
     table = result.rows.set_index(["subject", "session"])
     assert table.loc[("01", "1"), "age"] == "70.5" and table.loc[("01", "2"), "age"] == "72.1"
     assert table.loc[("02", ""), "age"] == "61" and table.loc[("01", "1"), "sex"] == "F"
     assert table.loc[("01", "1"), "moca"] == "27" and table.loc[("01", "2"), "moca"] == ""  # n/a: unknown
     assert any("merged the sessions.tsv of 1 subject(s)" in note for note in result.notes)
+    assert f"{broken}: no session_id column; not merged" in result.notes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from helpers import CONFIGS
 
 import ichor
@@ -35,3 +36,55 @@ def test_predict_needs_a_trained_checkpoint(tmp_path, monkeypatch, capsys, downs
     assert main(args) == 1
     assert "predict needs --ckpt_path, a trained checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "probe_diagnosis" / "predictions.csv").exists()
+
+
+def cli(*args: str):
+    from ichor.config import IchorCLI
+
+    return IchorCLI(args=list(args), run=False)
+
+
+@pytest.mark.parametrize(
+    ("config", "monitor", "mode"),
+    [("pretrain_demo.yaml", "val/loss", "min"), ("probe_diagnosis.yaml", "val/auroc", "max"),
+     ("finetune_quality.yaml", "val/mae", "min")],
+)  # fmt: skip
+def test_ichor_adds_logger_lr_monitor_and_a_checkpoint_on_the_models_metric(
+    tmp_path, monkeypatch, config, monitor, mode
+):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    monkeypatch.chdir(tmp_path)
+    trainer = cli("--config", str(CONFIGS / config), "--trainer.accelerator=cpu").trainer
+    name = config.removesuffix(".yaml")
+    checkpoint = trainer.checkpoint_callback
+    assert (checkpoint.monitor, checkpoint.mode) == (monitor, mode)
+    assert checkpoint.dirpath == str(tmp_path / "runs" / name / "checkpoints") and checkpoint.save_last
+    assert isinstance(trainer.logger, TensorBoardLogger) and trainer.logger.name == name
+    assert sum(isinstance(c, LearningRateMonitor) for c in trainer.callbacks) == 1
+
+
+def test_no_logger_drops_the_lr_monitor_and_no_checkpointing_the_checkpoint(tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    monkeypatch.chdir(tmp_path)
+    config = str(CONFIGS / "pretrain_demo.yaml")
+    trainer = cli("--config", config, "--trainer.logger=false", "--trainer.enable_checkpointing=false").trainer
+    assert not any(isinstance(c, (LearningRateMonitor, ModelCheckpoint)) for c in trainer.callbacks)
+
+
+def test_a_config_listing_its_own_checkpoint_callback_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load((CONFIGS / "pretrain_demo.yaml").read_text())
+    config["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint"}]  # as before 0.1
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(old)]) == 1
+    assert "trainer.callbacks lists a ModelCheckpoint, which ichor fit adds itself" in capsys.readouterr().err
+
+
+def test_test_needs_a_checkpoint_too(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["test", "--config", str(CONFIGS / "pretrain_demo.yaml")]) == 1
+    assert "test needs --ckpt_path" in capsys.readouterr().err

@@ -46,3 +46,10 @@ def test_a_slab_is_cut_at_its_ends_whatever_the_voxel_order(flip, expected):
 def test_a_brain_cut_on_one_side_names_that_side():
     data = ellipsoid((40, 40, 40), (15, 15, 15), centre=(5, 20, 20))  # reaches x = 0: the patient's left in RAS
     assert brain_coverage(nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0]))).cut == ("left",)
+
+
+def test_a_cut_side_is_named_in_world_terms_when_the_voxel_axis_runs_backwards():
+    """Voxel x runs right to left (LAS): the brain reaching voxel x = 0 is cut on the patient's right."""
+    data = ellipsoid((40, 40, 40), (15, 15, 15), centre=(5, 20, 20))
+    affine = np.diag([-3.0, 3.0, 3.0, 1.0])
+    assert brain_coverage(nib.Nifti1Image(data, affine)).cut == ("right",)

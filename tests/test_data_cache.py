@@ -144,7 +144,7 @@ def test_cache_workers_end_with_their_parent(tmp_path):
         "from concurrent.futures import ProcessPoolExecutor\n"
         "from multiprocessing import get_context\n"
         "from ichor.data.cache import _single_threaded\n"
-        "pool = ProcessPoolExecutor(2, mp_context=get_context('fork'), initializer=_single_threaded)\n"
+        "pool = ProcessPoolExecutor(2, mp_context=get_context('fork'), initializer=_single_threaded, initargs=(os.getpid(),))\n"
         "pids = pool.submit(os.getpid).result(), pool.submit(os.getpid).result()\n"
         "for _ in range(2): pool.submit(time.sleep, 60)\n"
         "print(*pids, flush=True)\n"

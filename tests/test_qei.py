@@ -234,8 +234,12 @@ def test_cli_refuses_to_write_over_an_input_manifest(tmp_path, capsys):
         ]
     )
     assert status == 2
-    assert "input manifest" in capsys.readouterr().err
+    assert "it is an input of this command" in capsys.readouterr().err
     assert (tmp_path / "m.csv").read_bytes() == before and not (tmp_path / "q.csv").exists()
+    (tmp_path / "q.csv").write_text("earlier\n")  # an existing output needs --overwrite
+    assert main(["qei", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "q.csv")]) == 2
+    assert "q.csv exists: choose a new file, or pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "q.csv").read_text() == "earlier\n"
 
 
 def test_cli_reports_every_bad_row_by_manifest_row_and_file_and_keeps_good_rows(tmp_path, capsys):

@@ -174,3 +174,11 @@ def test_a_slab_cut_through_the_brain_is_masked(tmp_path):
     """A slab's first and last slices are brain; its in-plane edges are still air."""
     data = brain(size=24)[:, :, 6:18]
     assert load_cbf(save(tmp_path / "cbf.nii.gz", data)).shape == (24, 24, 12)
+
+
+@pytest.mark.parametrize("width", [3, 4])
+def test_a_nan_slab_too_wide_to_close_still_cuts_the_brain(tmp_path, width):
+    data = brain(size=32)
+    data[14 : 14 + width] = np.nan  # a lost slab through the middle of the brain
+    with pytest.raises(ScanError, match=r"cut the brain into 2 parts"):
+        load_cbf(save(tmp_path / "cbf.nii.gz", data))

@@ -20,7 +20,7 @@ from ichor.models.weights import WeightsError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoder", required=True, help="`ichor export-encoder` folder, or an MAE checkpoint")
+    parser.add_argument("--encoder", required=True, help="`ichor export-encoder` folder, or a pre-training checkpoint")
     parser.add_argument("--manifest", nargs="+", required=True, help="manifest CSV(s)")
     parser.add_argument("--out", required=True, help="output table: .csv, or .parquet (needs pyarrow); a new file")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input)")

@@ -1,4 +1,4 @@
-"""Export the encoder of an MAE pre-training checkpoint for downstream use.
+"""Export the encoder of a pre-training checkpoint (any method) for downstream use.
 
 Writes DIR/encoder.safetensors (encoder weights only, no decoder) and DIR/encoder.json
 (architecture, patch, input shape, voxel spacing, normalisation, data summary, pre-training
@@ -16,7 +16,7 @@ from ichor.models.weights import WeightsError, export_encoder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) of an `ichor fit` MAE run")
+    parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) of an `ichor fit` pre-training run")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
 

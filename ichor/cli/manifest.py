@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from ichor.data.bids import DEFAULT_SPACE, DerivativesError, build_manifest
-from ichor.data.manifest import Problem, check_manifests, count_rows
+from ichor.data.manifest import ManifestError, Problem, check_manifests, count_rows, expand_manifests
 
 MAX_NOTES = 20  # notes listed by default: a study of slab acquisitions would otherwise list every map
 
@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    try:
+        paths = expand_manifests(args.manifests)
+    except ManifestError as error:
+        print(error)
+        return 1
     notes: list[Problem] = []
     problems = check_manifests(
         args.manifests, read_images=not args.no_images, progress=not (args.quiet or args.no_images), notes=notes
@@ -67,8 +72,8 @@ def _check(args: argparse.Namespace) -> int:
         print(f"note: ... and {len(notes) - len(shown)} more (--all-notes lists every one)")
     for problem in problems:
         print(problem)
-    rows = count_rows(args.manifests)
-    manifests = len({problem.manifest for problem in problems} if problems else args.manifests)
+    rows = count_rows(paths)
+    manifests = len({problem.manifest for problem in problems} if problems else paths)
     summary = f"in {manifests} manifest{'s' if manifests != 1 else ''}, {rows} rows checked"
     if notes:
         summary += f"; {len(notes)} note{'s' if len(notes) != 1 else ''} (above)"

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ichor.data.atomic import real_path, write_csv
+from ichor.data.atomic import check_output, real_path, write_csv
 from ichor.data.manifest import ManifestError, Problem, read_manifests
 from ichor.quality.batch import (
     OUTPUT_COLUMNS,
@@ -65,8 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--annotated-manifest",
         nargs="+",
         metavar="OUT.csv",
-        help="copies of the manifests (one per --manifest, same order) with a qei column added; new files only",
+        help="copies of the manifests (one per --manifest, same order) with a qei column added (new files, unless --overwrite)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     parser.add_argument("--workers", type=int, default=1, help="processes scoring scans in parallel (default 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -106,13 +107,17 @@ def _usage_error(args: argparse.Namespace) -> str | None:
             return "--annotated-manifest needs --manifest"
         if not args.mni_priors and not all((args.gm, args.wm, args.csf)):
             return "one CBF map needs --gm, --wm and --csf (tissue maps on its grid), or --mni-priors"
-    inputs = {real_path(path) for path in args.manifest or []}
+    if args.annotated_manifest and any(Path(path).is_dir() for path in args.manifest):
+        return "--annotated-manifest copies manifest files: list them, not a folder"
     outputs = [path for path in (args.out, *(args.annotated_manifest or [])) if path]
-    for path in outputs:
-        if real_path(path) in inputs:
-            return f"refusing to write {path}: it is an input manifest (write to a new file)"
     if len({real_path(path) for path in outputs}) < len(outputs):
         return "--out and each --annotated-manifest must be different files"
+    inputs = [*(args.manifest or []), *([args.cbf] if args.cbf else [])]
+    for path in outputs:
+        try:
+            check_output(path, inputs, args.overwrite)
+        except ValueError as error:
+            return str(error)
     return None
 
 

@@ -1,9 +1,10 @@
 """Build a manifest from ASLPrep or ExploreASL derivatives, without touching them.
 
 ASLPrep (BIDS derivatives): ``sub-X/[ses-Y/]perf/sub-X[_ses-Y]_..._[space-Z_][desc-D_]cbf.nii.gz``,
-QC in ``*_desc-qualitycontrol_cbf.tsv`` (column ``qei_cbf``), acquisition metadata in the
-JSON sidecars, demographics in ``participants.tsv``. ExploreASL:
-``Population/qCBF_<subject>_ASL_<n>.nii[.gz]``. The layout is detected from the folder.
+QC in ``*_desc-qualitycontrol_cbf.tsv`` (column ``qei_cbf``, ``qei_cbf_<desc>`` per variant),
+acquisition metadata in the JSON sidecars, demographics in ``participants.tsv`` and per visit in
+``sub-X_sessions.tsv``. ExploreASL: ``Population/qCBF_<subject>[_<visit>]_ASL_<n>.nii[.gz]``.
+The layout is detected from the folder.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ SIDECAR_FIELDS = {
 }
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
-# qCBF_<subject>[_<visit>]_ASL_<run>: ExploreASL appends a short visit number to a longitudinal
-# subject's ID (sub-003_1, sub-003_2); longer digit groups belong to the ID (ADNI's 002_S_0413).
-_EXPLOREASL = re.compile(r"^qCBF_(?P<subject>.+?)(?:_(?P<visit>\d{1,2}))?_ASL_(?P<run>\d+)\.nii(\.gz)?$")
+# qCBF_<subject>[_<visit>]_ASL_<run>: ExploreASL appends a one-digit visit number to a longitudinal
+# subject's ID (sub-003_1, sub-003_2); longer or zero-padded digit groups belong to the ID (HC_01,
+# ADNI's 002_S_0413).
+_EXPLOREASL = re.compile(r"^qCBF_(?P<subject>.+?)(?:_(?P<visit>[1-9]))?_ASL_(?P<run>\d+)\.nii(\.gz)?$")
 _ASLPREP_GLOB = "sub-*_cbf.nii*"
 _ASLPREP_DIRS = ("", "derivatives/aslprep")
 _EXPLOREASL_DIRS = ("Population", "derivatives/ExploreASL/Population", "ExploreASL/Population")
@@ -197,7 +199,20 @@ def exploreasl_rows(population: Path) -> tuple[pd.DataFrame, list[str]]:
         row = {"subject": match["subject"].removeprefix("sub-"), "session": session, "path": str(path.resolve())}
         row.update(read_sidecar(path))
         rows.append(row)
-    return pd.DataFrame(rows), []
+    visits = defaultdict(set)
+    for path in _exploreasl_files(population):
+        match = _EXPLOREASL.match(path.name)
+        if match["visit"] is not None:
+            visits[match["subject"]].add(match["visit"])
+    several = sorted(subject for subject, found in visits.items() if len(found) > 1)
+    notes = []
+    if several:
+        notes.append(
+            f"read as visits of one subject (suffix _<digit>): {', '.join(several[:10])}"
+            + (f" and {len(several) - 10} more" if len(several) > 10 else "")
+            + "; rename the files if these are different people"
+        )
+    return pd.DataFrame(rows), notes
 
 
 def _visit_session(visit: str, run: str) -> str:
@@ -250,7 +265,7 @@ def merge_sessions(rows: pd.DataFrame, folders: list[Path]) -> tuple[pd.DataFram
 
     Session values describe the person at that visit (e.g. age), so they win over participants.tsv.
     """
-    tables, found = [], []
+    tables, found, skipped = [], [], []
     for subject in rows["subject"].unique():
         path = next((f / f"sub-{subject}" / f"sub-{subject}_sessions.tsv" for f in folders
                      if (f / f"sub-{subject}" / f"sub-{subject}_sessions.tsv").is_file()), None)  # fmt: skip
@@ -258,12 +273,13 @@ def merge_sessions(rows: pd.DataFrame, folders: list[Path]) -> tuple[pd.DataFram
             continue
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False).replace("n/a", "")
         if "session_id" not in table.columns:
-            return rows, [f"{path}: no session_id column; sessions not merged"]
+            skipped.append(f"{path}: no session_id column; not merged")
+            continue
         table["session"] = table.pop("session_id").str.removeprefix("ses-")
         tables.append(table.assign(subject=subject))
         found.append(path)
     if not tables:
-        return rows, []
+        return rows, skipped
     table = pd.concat(tables, ignore_index=True).drop_duplicates(["subject", "session"])
     reserved = set(REQUIRED_COLUMNS) | set(PATH_COLUMNS) | {"manifest", "row"}
     table = table.drop(columns=[c for c in table.columns if c in reserved and c != "subject"])
@@ -273,9 +289,8 @@ def merge_sessions(rows: pd.DataFrame, folders: list[Path]) -> tuple[pd.DataFram
         per_session = merged.pop(column + "_sessions")
         merged[column] = per_session.where(per_session.notna() & (per_session != ""), merged[column])
     columns = len(table.columns) - 2
-    return merged, [
-        f"merged the sessions.tsv of {len(found)} subject(s) ({columns} column(s); they win over participants.tsv)"
-    ]
+    note = f"merged the sessions.tsv of {len(found)} subject(s) ({columns} column(s); they win over participants.tsv)"
+    return merged, [note, *skipped]
 
 
 def merge_participants(rows: pd.DataFrame, participants: Path) -> tuple[pd.DataFrame, list[str]]:

@@ -118,7 +118,9 @@ class ScanCache:
         failures: dict[str, str] = {}
         if workers > 0 and len(todo) > 1:
             context = get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_single_threaded) as pool:
+            with ProcessPoolExecutor(
+                min(workers, len(todo)), mp_context=context, initializer=_single_threaded, initargs=(os.getpid(),)
+            ) as pool:
                 futures = {pool.submit(build_entry, path, self.settings, str(self.folder)): path for path in todo}
                 for future in as_completed(futures):
                     _record(failures, futures[future], future.result(), bar)
@@ -161,19 +163,23 @@ def build_entry(path: str, settings: HarmonisationSettings, folder: str) -> str 
     return None
 
 
-def _single_threaded() -> None:
+def _single_threaded(parent: int | None = None) -> None:
     """Pool initialiser: one thread per process, the processes are the parallelism; and the worker
     ends with its parent (a killed ``ichor preprocess`` leaves no worker harmonising on its own)."""
     import SimpleITK as sitk
     import torch
 
-    die_with_parent()
+    die_with_parent(parent)
     torch.set_num_threads(1)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-def die_with_parent() -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere nothing."""
+def die_with_parent(parent: int | None = None) -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere nothing.
+
+    ``parent`` is the pid of the process that started this one: if it is no longer the parent, it
+    died before the request was made (adopted by init or a subreaper), and this process ends now.
+    """
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -181,7 +187,7 @@ def die_with_parent() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the parent died before the request was made
+    if parent is not None and os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -36,6 +36,8 @@ AFFINE_ATOL_MM = 1e-3
 MIN_VOXELS_PER_AXIS = 4
 # Above this mean fraction of non-zero voxels on the six faces of the grid, a map counts as unmasked.
 UNMASKED_EDGE_FRACTION = 0.5
+# A brain that non-finite voxels split into several parts this large (fraction of it) has lost a slab.
+NAN_SPLIT_PART = 0.05
 # Non-finite voxels tolerated inside a map's brain (as a fraction of it), at its edge, before refusal.
 NAN_EDGE_TOLERANCE = 0.001
 
@@ -173,12 +175,22 @@ def background_nan_as_zero(data: np.ndarray) -> tuple[np.ndarray, int]:
     finite = np.isfinite(data)
     if finite.all():
         return data, 0
-    brain = ndimage.binary_fill_holes(ndimage.binary_closing(finite & (data != 0), iterations=1))
+    tissue = finite & (data != 0)
+    brain = ndimage.binary_fill_holes(ndimage.binary_closing(tissue, iterations=1))
     inside = int(np.count_nonzero(~finite & brain))
     if inside > NAN_EDGE_TOLERANCE * max(1, int(np.count_nonzero(brain))):
         raise ScanError(
             f"{inside} non-finite voxels (NaN/Inf) inside the brain, of {data.size}: lost data, not background "
             "(non-finite voxels outside the brain are read as 0)"
+        )
+    # A band of NaN too wide to close (a lost slab) cuts the brain into large parts instead.
+    labels, count = ndimage.label(tissue)
+    sizes = np.bincount(labels.ravel())[1:]
+    parts = int(np.count_nonzero(sizes >= NAN_SPLIT_PART * sizes.sum())) if count else 0
+    if parts > 1:
+        raise ScanError(
+            f"{int(np.count_nonzero(~finite))} non-finite voxels (NaN/Inf) cut the brain into {parts} parts: "
+            "lost data inside the brain, not background"
         )
     return np.where(finite, data, 0).astype(data.dtype, copy=False), int(np.count_nonzero(~finite))
 

@@ -79,10 +79,6 @@ def embed_scans(
         )
         datamodule.prepare_data()
         datamodule.setup("predict")
-    if skipped_report is not None and datamodule.skipped is not None and len(datamodule.skipped):
-        write_csv(datamodule.skipped, skipped_report)
-    if skipped_report is not None and datamodule.skipped is not None and len(datamodule.skipped):
-        write_csv(datamodule.skipped, skipped_report)
     identity: dict[str, list] = {column: [] for column in ID_COLUMNS if column in datamodule.rows.columns}
     features = []
     for batch in tqdm(datamodule.predict_dataloader(), desc="embedding", unit="batch", disable=not progress):
@@ -91,6 +87,8 @@ def embed_scans(
         for column, values in identity.items():
             value = batch[column]
             values.extend(value.tolist() if isinstance(value, torch.Tensor) else value)
+    if skipped_report is not None and datamodule.skipped is not None and len(datamodule.skipped):
+        write_csv(datamodule.skipped, skipped_report)
     matrix = torch.cat(features).numpy()
     width = max(3, len(str(matrix.shape[1] - 1)))  # f000 ... f767 for ViT-B
     names = [f"f{i:0{width}d}" for i in range(matrix.shape[1])]

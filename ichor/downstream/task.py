@@ -73,7 +73,7 @@ class DownstreamTask(LightningModule):
     and saved with the checkpoint. The checkpoint monitor is the head's (``monitor``, ``mode``).
 
     Args:
-        encoder: an ``ichor export-encoder`` folder, or a Lightning checkpoint of an MAE run.
+        encoder: an ``ichor export-encoder`` folder, or a Lightning checkpoint of a pre-training run (any method).
         head: head name (``ichor heads`` lists them) or class path ``package.module.Class``.
         head_args: the head's constructor arguments; those learnt from the training scans
             (class names, target scale) are filled in at setup and saved with the checkpoint.
@@ -104,7 +104,7 @@ class DownstreamTask(LightningModule):
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         check_pooling(pooling)
         self.save_hyperparameters()
-        self.optim = as_dataclass(AdamW, optim)
+        self.optim = as_dataclass(AdamW, optim, TASK_OPTIM)
         self.hparams.optim = self.optim.as_dict()  # plain values in the checkpoint
         self.head_class = resolve_head(head)  # fail at config time, not after caching the data
         self.target: str | None = None  # the datamodule's label column, set at setup
@@ -123,7 +123,7 @@ class DownstreamTask(LightningModule):
     def setup(self, stage: str) -> None:
         """Build encoder and head once the datamodule (input grid, label column, training labels) is known."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        self._adopt_target((getattr(datamodule, "hparams", None) or {}).get("target"))
+        self._adopt_target((getattr(datamodule, "hparams", None) or {}).get("target"), "data.init_args.target")
         if self.target is None:
             raise ValueError("the task needs a label column: set data.init_args.target to a manifest column")
         if self.head is not None:
@@ -233,14 +233,16 @@ class DownstreamTask(LightningModule):
         checkpoint[TARGET_KEY] = self.target
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._adopt_target(checkpoint.get(TARGET_KEY))
+        self._adopt_target(checkpoint.get(TARGET_KEY), "the checkpoint's label column")
 
-    def _adopt_target(self, target: str | None) -> None:
-        """Take the label column from the datamodule or a checkpoint; the two must agree."""
+    def _adopt_target(self, target: str | None, source: str) -> None:
+        """Take the label column from the datamodule or a checkpoint (``source``); the two must agree."""
         if target is None:
             return
         if self.target is not None and target != self.target:
-            raise ValueError(f"the checkpoint's task predicts {target!r}, but data.init_args.target is {self.target!r}")
+            raise ValueError(
+                f"{source} is {target!r}, but the task already predicts {self.target!r} (from the data or its checkpoint)"
+            )
         self.target = target
 
     def on_validation_epoch_end(self) -> None:

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from ichor.models.pos_embed import sincos_3d
 from ichor.models.vit import Block, gather_tokens, run_blocks
 
+# Parts of the decoder whose state-dict names were ``decoder_<part>`` before it was shared (in the
+# MAE and in Models Genesis' own decoder): checkpoints written then still load, and resume.
+LEGACY_PARTS = ("embed", "blocks", "norm", "pred")
+
+
+def rename_on_load(module: nn.Module, state_dict: dict, prefix: str, *args: object, renames: dict[str, str]) -> None:
+    """Load-state-dict pre-hook: rename keys that start with ``prefix + old`` to ``prefix + new``, in place."""
+    for key in list(state_dict):
+        for old, new in renames.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
+
 
 class TransformerDecoder(nn.Module):
-    """Embed encoder tokens to the decoder width, add fixed sin-cos positions, run blocks, predict voxels.
+    """Encoder tokens -> voxel predictions: ``embed`` (to the decoder width) and ``positions`` (fixed
+    sin-cos) are for the caller, which places tokens (MAE adds mask tokens between them);
+    ``forward`` runs the blocks and predicts the voxels of each row.
 
     The owner initialises the weights (``apply(init_weights)``), so that a model built from
     parts draws its initial weights in one fixed order.
@@ -44,6 +60,9 @@ class TransformerDecoder(nn.Module):
         self.norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         self.pred = nn.Linear(decoder_embed_dim, in_chans * patch_size**3)
         self.set_grid(grid)
+        self.register_load_state_dict_pre_hook(
+            partial(rename_on_load, renames={f"decoder_{part}.": f"{part}." for part in LEGACY_PARTS})
+        )
 
     def set_grid(self, grid: tuple[int, int, int]) -> None:
         """Regenerate the position table for another input shape (weights are unaffected)."""

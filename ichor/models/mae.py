@@ -16,24 +16,19 @@ dynamic dimensions after the first recompilation.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ichor.models.decoder import TransformerDecoder
+from ichor.models.decoder import LEGACY_PARTS, TransformerDecoder, rename_on_load
 from ichor.models.patching import brain_patches, unpatchify
 from ichor.models.vit import ViTEncoder3D, check_has_brain, gather_tokens, init_weights, padding_mask
 
-# State-dict names of the decoder before it became the shared TransformerDecoder: checkpoints
-# written then still load (and resume).
-LEGACY_DECODER_KEYS = {
-    "decoder_embed.": "decoder.embed.",
-    "decoder_blocks.": "decoder.blocks.",
-    "decoder_norm.": "decoder.norm.",
-    "decoder_pred.": "decoder.pred.",
-}
+# State-dict names of the MAE's decoder before it became the shared TransformerDecoder.
+LEGACY_DECODER_KEYS = {f"decoder_{part}.": f"decoder.{part}." for part in LEGACY_PARTS}
 
 
 class Masking(NamedTuple):
@@ -115,7 +110,7 @@ class MaskedAutoencoderViT3D(nn.Module):
         )
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.initialize_weights()
-        self.register_load_state_dict_pre_hook(_rename_legacy_decoder_keys)
+        self.register_load_state_dict_pre_hook(partial(rename_on_load, renames=LEGACY_DECODER_KEYS))
 
     def initialize_weights(self) -> None:
         """MAE initialisation (xavier-uniform linears, unit LayerNorms, normal(0.02) mask token)."""
@@ -269,14 +264,6 @@ class MaskedAutoencoderViT3D(nn.Module):
         latent, masking = self.forward_encoder(imgs, brain_mask, mask_ratio, noise)
         pred = self.forward_decoder(latent, masking)
         return self.forward_loss(imgs, pred, masking.mask), pred, masking.mask
-
-
-def _rename_legacy_decoder_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-    """Load-time hook: rename the decoder keys of earlier checkpoints (LEGACY_DECODER_KEYS), in place."""
-    for key in list(state_dict):
-        for old, new in LEGACY_DECODER_KEYS.items():
-            if key.startswith(prefix + old):
-                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
 
 
 def check_mask_ratio(mask_ratio: float) -> None:

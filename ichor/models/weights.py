@@ -86,7 +86,7 @@ def _metadata_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> dict[st
 
 
 def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write ``encoder.safetensors`` and ``encoder.json`` from an MAEPretrainer checkpoint."""
+    """Write ``encoder.safetensors`` and ``encoder.json`` from a pre-training checkpoint (MAE, SimCLR, Models Genesis, ...)."""
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
     target = out_dir / WEIGHTS_FILE
     if target.exists() and not overwrite:
@@ -124,7 +124,7 @@ def read_metadata(export_dir: str | Path) -> dict[str, Any]:
 def load_encoder(
     source: str | Path, img_size: tuple[int, int, int] | None = None
 ) -> tuple[ViTEncoder3D, dict[str, Any]]:
-    """Build the encoder of an export folder or an MAEPretrainer checkpoint, with its metadata.
+    """Build the encoder of an export folder or a pre-training checkpoint, with its metadata.
 
     ``img_size`` other than the pre-training shape regenerates the fixed position embeddings
     (weights are shape-independent); it must still be a multiple of the patch size.
