@@ -5,7 +5,7 @@ Modules, in the order data flows: ``anatomy`` (MNI152 tissue maps, regions), ``p
 (every per-scan random draw), ``artefacts``, ``rating`` (simulated expert quality ratings),
 ``acquisition`` (grids, pose, resampling), ``fields`` (smooth random fields, correlated
 noise), ``render`` (one scan's maps), ``output`` (deterministic writing), ``generate``
-(the dataset); the command is :mod:`ichor.cli.synth`.
+(the dataset); the command is ``ichor synth``.
 """
 
 from ichor.synth.generate import MANIFEST_COLUMNS, generate_dataset, manifest_text, write_manifests
