@@ -54,6 +54,8 @@ def test_the_real_map_harmonises_onto_the_demo_grid(real_manifest, tmp_path):
     # 96 mm of the head: the brain fills far fewer of the 48 axial slices (4 mm) than a whole-brain map would
     slices = np.flatnonzero(np.isfinite(values).any(axis=(0, 1)))
     assert 15 <= len(slices) <= 30
+    datamodule.setup("fit")
+    assert datamodule.data_summary()["partial_coverage"] == 1  # what an exported encoder's data summary says
 
 
 def test_the_real_map_embeds(real_manifest, tmp_path, tiny_encoder):

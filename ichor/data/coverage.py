@@ -42,6 +42,10 @@ class Coverage:
     def as_dict(self) -> dict:
         return {**asdict(self), "cut": list(self.cut)}
 
+    @classmethod
+    def from_dict(cls, values: dict) -> Coverage:
+        return cls(values["height_mm"], values["height_fraction"], tuple(values["cut"]))
+
 
 def brain_coverage(img: nib.spatialimages.SpatialImage) -> Coverage:
     """Coverage of a loaded CBF map (non-zero voxels are brain)."""

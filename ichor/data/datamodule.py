@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 from ichor.data.atomic import write_csv
 from ichor.data.augment import Augmentation
 from ichor.data.cache import CacheEntry, ScanCache, read_cached
+from ichor.data.coverage import Coverage
 from ichor.data.harmonise import HarmonisationSettings
 from ichor.data.manifest import read_manifests
 from ichor.data.scans import ScanError
@@ -225,6 +226,7 @@ class CBFDataModule(LightningDataModule):
         self.rows: pd.DataFrame | None = None  # kept scans, with their `split`
         self.skipped: pd.DataFrame | None = None
         self._known_bad: dict[str, str] = {}
+        self.partial_coverage = 0  # after setup: scans with partial brain coverage
 
     # ------------------------------------------------------------------ metadata
     def harmonisation_settings(self) -> dict:
@@ -255,6 +257,7 @@ class CBFDataModule(LightningDataModule):
             "skipped": 0 if self.skipped is None else len(self.skipped),
             "unlabelled": int((self.rows["split"] == UNLABELLED).sum()),
             "unlisted": int((self.rows["split"] == UNLISTED).sum()),
+            "partial_coverage": self.partial_coverage,  # scans whose brain is short or cut (ichor.data.coverage)
         }
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -283,6 +286,11 @@ class CBFDataModule(LightningDataModule):
         self.rows = rows
         self._write_audit_files()
         entries = [self.cache.lookup(path) for path in rows["path"]]
+        self.partial_coverage = sum(
+            1
+            for entry in entries
+            if entry is not None and entry.coverage and Coverage.from_dict(entry.coverage).partial
+        )
         hp = self.hparams
         for split in SPLITS:
             chosen = rows.index[rows["split"] == split]
