@@ -152,6 +152,22 @@ def small_data_args(manifests) -> list[str]:
     ]
 
 
+def tiny_task_args(encoder, manifests, cache: Path) -> list[str]:
+    """Overrides that run a shipped task config for one CPU epoch on ``make_dataset`` data and a ``make_encoder`` encoder."""
+    return [
+        f"--model.init_args.encoder={encoder}",
+        f"--data.init_args.manifests=[{','.join(map(str, manifests))}]",
+        f"--data.init_args.cache_dir={cache}",
+        "--data.init_args.shape=[16,16,16]",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.progress=false",
+        "--trainer.max_epochs=1",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+    ]
+
+
 # ---------------------------------------------------------------- benchmark configs
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CONFIGS
+from helpers import CONFIGS, tiny_task_args
 
 from ichor.cli import main
 from ichor.downstream.cv import markdown, subject_folds, summarise
@@ -94,16 +94,7 @@ def test_cv_command_runs_every_fold(tmp_path, monkeypatch, downstream_manifests,
             "--out",
             str(out),
             "--",
-            f"--model.init_args.encoder={encoder}",
-            f"--data.init_args.manifests=[{','.join(manifests)}]",
-            f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-            "--data.init_args.shape=[16,16,16]",
-            "--data.init_args.num_workers=0",
-            "--data.init_args.batch_size=4",
-            "--data.init_args.progress=false",
-            "--trainer.max_epochs=1",
-            "--trainer.accelerator=cpu",
-            "--trainer.enable_progress_bar=false",
+            *tiny_task_args(encoder, manifests, tmp_path / "cache"),
         ]
     )
     assert status == 0

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import CONFIGS, REPO, make_dataset
+from helpers import CONFIGS, REPO, make_dataset, tiny_task_args
 from scipy.stats import spearmanr
 
 from ichor.cli import main
@@ -89,9 +89,7 @@ def test_cv_stops_before_training_when_the_qei_baseline_cannot_be_computed(tmp_p
             "--out",
             str(out),
             "--",
-            f"--model.init_args.encoder={tiny_encoder}",
-            f"--data.init_args.manifests=[{','.join(manifests)}]",
-            "--data.init_args.shape=[16,16,16]",
+            *tiny_task_args(tiny_encoder, manifests, tmp_path / "cache"),
         ]
     )
     assert status == 1
@@ -130,16 +128,7 @@ def test_cv_reports_the_qei_baseline_next_to_the_model(study, tmp_path, monkeypa
             "--out",
             str(out),
             "--",
-            f"--model.init_args.encoder={tiny_encoder}",
-            f"--data.init_args.manifests=[{','.join(manifests)}]",
-            f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-            "--data.init_args.shape=[16,16,16]",
-            "--data.init_args.num_workers=0",
-            "--data.init_args.batch_size=4",
-            "--data.init_args.progress=false",
-            "--trainer.max_epochs=1",
-            "--trainer.accelerator=cpu",
-            "--trainer.enable_progress_bar=false",
+            *tiny_task_args(tiny_encoder, manifests, tmp_path / "cache"),
         ]
     )
     assert status == 0
