@@ -212,6 +212,21 @@ def test_exploreasl_visits_are_sessions_of_one_subject(tmp_path, capsys):
     assert check_manifests([str(out)]) == []
 
 
+def test_exploreasl_unknown_prefix_is_refused_by_name(tmp_path, capsys):
+    """qCBF_untreated_sub-001_ASL_1 is not a subject "untreated_sub-001": refused, the file named."""
+    population = tmp_path / "study" / "Population"
+    save(population / "qCBF_sub-001_ASL_1.nii")
+    save(population / "qCBF_untreated_sub-001_ASL_1.nii", brain(1))
+    save(population / "qCBF_old_HC_02_ASL_1.nii", brain(2))
+    save(population / "qCBF_HC_02_ASL_1.nii", brain(3))
+    out = tmp_path / "m.csv"
+    assert main(["manifest", "from-bids", str(tmp_path / "study"), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "2 qCBF map(s) with an unknown prefix before the subject ID" in error
+    assert "qCBF_old_HC_02_ASL_1.nii, qCBF_untreated_sub-001_ASL_1.nii" in error
+    assert not out.exists()
+
+
 def test_no_derivatives_found_says_what_was_searched(tmp_path, capsys):
     (tmp_path / "empty" / "sub-01").mkdir(parents=True)
     assert main(["manifest", "from-bids", str(tmp_path / "empty"), "--out", str(tmp_path / "m.csv")]) == 1

@@ -192,6 +192,7 @@ def aslprep_rows(source: Path, desc: str | None = None, space: str | None = None
 def exploreasl_rows(population: Path) -> tuple[pd.DataFrame, list[str]]:
     """One row per ExploreASL qCBF map: the visit (else the ASL run) becomes the session, so that one
     person's visits stay one subject and are never split apart."""
+    _refuse_prefixed(population)
     rows = []
     for path in _exploreasl_files(population):
         match = _EXPLOREASL.match(path.name)
@@ -213,6 +214,29 @@ def exploreasl_rows(population: Path) -> tuple[pd.DataFrame, list[str]]:
             + "; rename the files if these are different people"
         )
     return pd.DataFrame(rows), notes
+
+
+def _refuse_prefixed(population: Path) -> None:
+    """Refuse, by file name, qCBF maps whose "subject" is another subject behind an unknown prefix.
+
+    ExploreASL variants and user copies (``qCBF_untreated_sub-001_ASL_1``, ``qCBF_old_sub-001_ASL_1``)
+    match the file pattern, so read naively they become extra subjects with one person's map twice.
+    A subject is prefixed when it ends in ``_<another subject>`` or holds ``_sub-`` after its start.
+    """
+    subjects = {path: _EXPLOREASL.match(path.name)["subject"] for path in _exploreasl_files(population)}
+    known = set(subjects.values())
+    prefixed = sorted(
+        path.name
+        for path, subject in subjects.items()
+        if "_sub-" in subject or any(subject.endswith(f"_{other}") for other in known if other != subject)
+    )
+    if prefixed:
+        raise DerivativesError(
+            f"{population}: {len(prefixed)} qCBF map(s) with an unknown prefix before the subject ID: "
+            + ", ".join(prefixed[:10])
+            + (f" and {len(prefixed) - 10} more" if len(prefixed) > 10 else "")
+            + "; ICHOR reads qCBF_<subject>[_<visit>]_ASL_<run>.nii[.gz]: move these files out of the folder"
+        )
 
 
 def _visit_session(visit: str, run: str) -> str:
