@@ -52,6 +52,19 @@ def test_random_masking_keeps_exact_ratio_over_all_patches():
         assert mask.sum(1).tolist() == [expected] * 3
 
 
+def test_all_patches_mae_never_learns_unknown_regions_as_zero():
+    """brain_aware=False: non-brain (or not acquired) patches enter the encoder but are never targets."""
+    model = make_mae(brain_aware=False)
+    imgs, brain = brain_batch()
+    with torch.no_grad():
+        loss, pred, mask = model(imgs, brain)
+        outside = ~model.brain_patches(imgs, brain)
+        assert outside.any() and mask[outside].sum() == 0 and mask.sum() > 0
+        garbage = pred.clone()
+        garbage[outside] = 1e3  # any prediction there: the loss does not change
+        torch.testing.assert_close(model.forward_loss(imgs, garbage, mask), loss)
+
+
 def test_brain_aware_masking_draws_only_among_brain_patches():
     model = make_mae()
     imgs, brain = brain_batch()

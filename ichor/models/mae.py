@@ -60,7 +60,7 @@ class MaskedAutoencoderViT3D(nn.Module):
         norm_pix_loss: regress each patch normalised by its own mean and variance.
         mask_ratio: default fraction of (brain) patches hidden from the encoder, in (0, 1).
         brain_aware: drop non-brain patches from encoder, decoder and loss; False gives the
-            classic MAE over the whole grid.
+            classic MAE over the whole grid (the loss still counts brain patches only).
     """
 
     def __init__(
@@ -215,10 +215,17 @@ class MaskedAutoencoderViT3D(nn.Module):
         mask_ratio: float | None = None,
         noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Masking]:
-        """Mask, then embed and encode only the visible patches: (B, keep, C) latent."""
-        token_mask = self.brain_patches(imgs, brain_mask) if self.brain_aware else None
+        """Mask, then embed and encode only the visible patches: (B, keep, C) latent.
+
+        Without ``brain_aware`` every patch can be visible or masked, but only masked *brain*
+        patches are reconstruction targets: outside the brain, and in regions the scan did not
+        cover, the voxels are unknown (stored as NaN, fed as 0), not zero CBF to be learned.
+        """
+        brain = self.brain_patches(imgs, brain_mask)
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        visible, masking = self.random_masking(self.patchify(imgs), ratio, noise, token_mask)
+        visible, masking = self.random_masking(self.patchify(imgs), ratio, noise, brain if self.brain_aware else None)
+        if not self.brain_aware:
+            masking = masking._replace(mask=masking.mask * brain.float())
         x = self.encoder.embed(visible, masking.ids_shuffle[:, : masking.keep])
         return self.encoder.forward_blocks(x, masking.keep_padding), masking
 
