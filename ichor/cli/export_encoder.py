@@ -1,10 +1,11 @@
 """Export the encoder of a pre-training checkpoint (any method) for downstream use.
 
-Writes DIR/encoder.safetensors (encoder weights only, no decoder) and DIR/encoder.json
-(architecture, patch, input shape, voxel spacing, normalisation, data summary, pre-training
-settings), each written atomically. Example:
+Writes DIR/encoder.safetensors (encoder weights only, no decoder) and DIR/encoder.json (the
+adaptation record: architecture, grid, spacing, orientation, normalisation, pooling, data
+summary, pre-training settings, software versions, licence, citation), each written atomically.
+With --pack, also DIR.tar.gz, a reproducible archive to share, and its sha256, which pins it:
 
-  ichor export-encoder runs/pretrain_demo/checkpoints/last.ckpt --out runs/pretrain_demo/encoder
+  ichor export-encoder runs/pretrain_demo/checkpoints/last.ckpt --out runs/pretrain_demo/encoder --pack
 """
 
 from __future__ import annotations
@@ -19,13 +20,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) of an `ichor fit` pre-training run")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    add_sharing_arguments(parser)
+
+
+def add_sharing_arguments(parser: argparse.ArgumentParser) -> None:
+    """--licence, --citation and --pack: shared with `ichor import-encoder`."""
+    parser.add_argument("--licence", help="licence of the weights, recorded in encoder.json")
+    parser.add_argument("--citation", help="how to cite the weights (default: the ICHOR paper)")
+    parser.add_argument("--pack", action="store_true", help="also write OUT.tar.gz and print its sha256")
+
+
+def report(out, pack: bool) -> None:
+    """Say where the export went; with ``pack``, pack it and print the checksum and the pinned source."""
+    from ichor.models.hub import pack_encoder, pinned_url
+
+    print(f"encoder written to {out}")
+    if pack:
+        archive, sha256 = pack_encoder(out)
+        print(f"packed: {archive}\nsha256: {sha256}\nsource: {pinned_url(archive, sha256)}")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        out = export_encoder(args.checkpoint, args.out, overwrite=args.overwrite)
+        out = export_encoder(
+            args.checkpoint, args.out, overwrite=args.overwrite, licence=args.licence, citation=args.citation
+        )
+        report(out, args.pack)
     except WeightsError as error:
         print(f"ichor export-encoder: {error}", file=sys.stderr)
         return 1
-    print(f"encoder written to {out}")
     return 0

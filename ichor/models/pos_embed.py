@@ -1,12 +1,24 @@
-"""Fixed 3D sine-cosine position embeddings.
+"""3D position embeddings: fixed sine-cosine tables, and resizing of learned ones.
 
-Fixed (not learned) so that a pre-trained encoder can be used at another input shape: the
-table is a pure function of the patch grid and is simply regenerated (never interpolated).
+ICHOR's own encoders use fixed tables, so that a pre-trained encoder can be used at another
+input shape: the table is a pure function of the patch grid and is simply regenerated. Imported
+encoders (MONAI ViTs) bring learned tables, which can only be interpolated to a new grid.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+POS_EMBEDS = ("sincos", "learned")
+
+
+def resize_table(table: torch.Tensor, grid: tuple[int, ...], new_grid: tuple[int, ...]) -> torch.Tensor:
+    """(1, prod(grid), C) table in row-major grid order -> (1, prod(new_grid), C), trilinearly interpolated."""
+    channels = table.shape[-1]
+    volume = table.reshape(1, *grid, channels).permute(0, 4, 1, 2, 3)
+    resized = F.interpolate(volume.float(), size=tuple(new_grid), mode="trilinear", align_corners=False)
+    return resized.permute(0, 2, 3, 4, 1).reshape(1, -1, channels).to(table.dtype)
 
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:

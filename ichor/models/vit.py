@@ -5,11 +5,14 @@ Design choices, for readers who know ViT/MAE:
   The two are the same map (see :mod:`ichor.models.patching` for the voxel order), but the
   linear form embeds only the tokens actually used: with 75 % masking and non-brain patches
   dropped, that is a fraction of the grid.
-- No ``cls`` token: downstream pooling is the mean of brain tokens, and a token that some
-  path never uses would be an unused parameter under DDP.
-- Position embeddings are fixed 3D sin-cos tables held in a non-persistent buffer: they are
-  not in ``state_dict()``, so weights load at any input shape; :meth:`ViTEncoder3D.set_img_size`
-  regenerates them.
+- No ``cls`` token by default: downstream pooling is the mean of brain tokens. Imported
+  encoders trained with one (MONAI's ``MaskedAutoEncoderViT``) keep it (``cls_token=True``):
+  it is prepended before the blocks, so every token attends to it as in training, and dropped
+  from the output.
+- Position embeddings are fixed 3D sin-cos tables (``pos_embed="sincos"``) held in a
+  non-persistent buffer: they are not in ``state_dict()``, so weights load at any input shape;
+  :meth:`ViTEncoder3D.set_img_size` regenerates them. Imported encoders with learned tables
+  (``pos_embed="learned"``) hold them as a parameter, interpolated to a new grid.
 - Variable token counts per scan (brain sizes differ) are padded to the longest in the batch
   and hidden from attention with a key-padding mask passed to ``scaled_dot_product_attention``.
 """
@@ -22,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ichor.models.patching import brain_patches, grid_size, patchify
-from ichor.models.pos_embed import sincos_3d
+from ichor.models.pos_embed import POS_EMBEDS, resize_table, sincos_3d
 
 
 def init_weights(module: nn.Module) -> None:
@@ -79,12 +82,12 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6) -> None:
         super().__init__()
-        hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = round(dim * mlp_ratio)  # round: an imported MLP width (512 for 768) is not a float-exact ratio
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,6 +133,10 @@ class ViTEncoder3D(nn.Module):
         grad_checkpointing: recompute blocks in backward (less memory, about 30 % more compute).
         min_brain_fraction: a patch counts as brain when at least this fraction of its voxels
             are brain (and at least one is); 0 means any brain voxel.
+        pos_embed: "sincos" (fixed, regenerated for any grid) or "learned" (a parameter,
+            interpolated to a new grid; imported encoders).
+        cls_token: prepend a learned token before the blocks (imported encoders trained with one).
+        norm_eps: LayerNorm epsilon (1e-6 as in MAE; MONAI's ViT uses PyTorch's 1e-5).
     """
 
     def __init__(
@@ -143,8 +150,13 @@ class ViTEncoder3D(nn.Module):
         mlp_ratio: float = 4.0,
         grad_checkpointing: bool = False,
         min_brain_fraction: float = 0.0,
+        pos_embed: str = "sincos",
+        cls_token: bool = False,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got {pos_embed!r}")
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.embed_dim = embed_dim
@@ -153,20 +165,29 @@ class ViTEncoder3D(nn.Module):
         self.mlp_ratio = mlp_ratio
         self.grad_checkpointing = grad_checkpointing
         self.min_brain_fraction = min_brain_fraction
+        self.pos_embed_kind = pos_embed
+        self.norm_eps = norm_eps
         self.patch_embed = PatchEmbed3D(patch_size, in_chans, embed_dim)
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, norm_eps) for _ in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.set_img_size(img_size)
         self.apply(init_weights)
 
     def set_img_size(self, img_size: tuple[int, int, int]) -> None:
-        """Adopt a new input shape: regenerate the fixed position table (weights are unaffected)."""
+        """Adopt a new input shape: regenerate a fixed position table, or interpolate a learned one."""
+        old_grid = getattr(self, "grid", None)
         self.grid = grid_size(img_size, self.patch_size)
         self.img_size = tuple(int(n) for n in img_size)
         self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
         device = self.patch_embed.proj.weight.device
-        table = sincos_3d(self.grid, self.embed_dim).unsqueeze(0).to(device)
-        self.register_buffer("pos_embed", table, persistent=False)
+        if self.pos_embed_kind == "sincos":
+            table = sincos_3d(self.grid, self.embed_dim).unsqueeze(0).to(device)
+            self.register_buffer("pos_embed", table, persistent=False)
+        elif old_grid is None:  # learned, at construction: filled by load_state_dict
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, self.embed_dim, device=device))
+        elif old_grid != self.grid:
+            self.pos_embed = nn.Parameter(resize_table(self.pos_embed.detach(), old_grid, self.grid))
 
     @property
     def config(self) -> dict:
@@ -180,6 +201,9 @@ class ViTEncoder3D(nn.Module):
             "num_heads": self.num_heads,
             "mlp_ratio": self.mlp_ratio,
             "min_brain_fraction": self.min_brain_fraction,
+            "pos_embed": self.pos_embed_kind,
+            "cls_token": self.cls_token is not None,
+            "norm_eps": self.norm_eps,
         }
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -201,8 +225,13 @@ class ViTEncoder3D(nn.Module):
         return x + gather_tokens(pos.expand(x.shape[0], -1, -1), ids)
 
     def forward_blocks(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Transformer blocks and the final LayerNorm."""
-        return self.norm(run_blocks(self.blocks, x, key_padding_mask, self.grad_checkpointing))
+        """Transformer blocks and the final LayerNorm (with the ``cls`` token in front, if any, dropped after)."""
+        if self.cls_token is None:
+            return self.norm(run_blocks(self.blocks, x, key_padding_mask, self.grad_checkpointing))
+        x = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        if key_padding_mask is not None:
+            key_padding_mask = F.pad(key_padding_mask, (1, 0), value=True)
+        return self.norm(run_blocks(self.blocks, x, key_padding_mask, self.grad_checkpointing))[:, 1:]
 
     def forward_features(
         self, imgs: torch.Tensor, brain_mask: torch.Tensor | None = None

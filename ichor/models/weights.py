@@ -1,14 +1,25 @@
 """Encoder weights with their metadata: export from a pre-training checkpoint, load for downstream use.
 
-An export is a folder with ``encoder.safetensors`` (encoder weights only) and ``encoder.json``
-(everything needed to use them: architecture, patch, input shape, voxel spacing, intensity
-normalisation, data summary, pre-training settings). Loading checks that metadata, and the
-decoder is stripped in exactly one place, :func:`encoder_state_from_checkpoint`.
+An export is a folder with ``encoder.safetensors`` (encoder weights only) and ``encoder.json``,
+the adaptation record: everything needed to rebuild and use the encoder elsewhere, as nnssl's
+``adaptation_plan.json`` and TorchGeo's weight metadata do:
+
+- ``architecture`` (patch size, widths, position-embedding kind, cls token) and ``img_size``;
+- ``harmonisation``: grid (``shape``), ``spacing``, ``orientation``, intensity ``normalization``;
+- ``pooling``: how tokens become one vector per scan;
+- ``data_summary`` (studies, scans) and ``pretraining`` (method, epochs, optimiser);
+- ``software`` versions, ``licence``, ``citation``; and ``source`` for imported encoders.
+
+Loading checks the record against this installation and the weights against the record, and
+says everything that differs at once (:func:`check_compatibility`). The decoder is stripped in
+exactly one place, :func:`encoder_state_from_checkpoint`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +28,23 @@ from safetensors.torch import load_file, save_file
 
 import ichor
 from ichor.data.atomic import atomic_path, write_text
+from ichor.models.pos_embed import POS_EMBEDS
 from ichor.models.vit import ViTEncoder3D
 
 FORMAT = "ichor-encoder"
-FORMAT_VERSION = 1
+# v2 added the adaptation record (pooling, software, licence, citation, source) and the
+# architecture keys pos_embed, cls_token and norm_eps; v1 exports read with their defaults.
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "encoder.safetensors"
 METADATA_FILE = "encoder.json"
 REQUIRED_METADATA = ("format", "format_version", "architecture", "img_size", "harmonisation")
+DEFAULT_POOLING = "brain_mean"
+ICHOR_CITATION = (
+    "Beltran-Urbano et al., ICHOR: A Robust Representation Learning Approach for ASL CBF Maps "
+    "with Self-Supervised Masked Autoencoders, arXiv:2603.05247"
+)
+UNSPECIFIED_LICENCE = "unspecified (ask the weights' authors)"
+SOFTWARE = ("torch", "lightning", "safetensors", "monai")
 
 # Checkpoints of every ichor.pretrain.Pretrainer carry two records beside the state dict:
 # the data record (harmonisation settings and data summary of the run), and the encoder record
@@ -62,46 +83,100 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def _metadata_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
-    record = checkpoint[ENCODER_RECORD_KEY]
-    data = checkpoint.get(DATA_RECORD_KEY, {})
-    architecture = {k: v for k, v in record["config"].items() if k != "img_size"}
+def software_versions() -> dict[str, str]:
+    """Versions of ICHOR and the installed packages its weights depend on, as recorded in ``encoder.json``."""
+    versions = {"ichor": ichor.__version__}
+    for package in SOFTWARE:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def encoder_metadata(
+    config: dict[str, Any],
+    harmonisation: dict[str, Any],
+    pretraining: dict[str, Any],
+    licence: str | None = None,
+    citation: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The adaptation record of an encoder of ``config`` (``ViTEncoder3D.config``; see the module docstring).
+
+    ``extra`` adds keys such as ``source``.
+    """
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "ichor_version": ichor.__version__,
-        "preset": record["preset"],
-        "architecture": architecture,
-        "img_size": list(record["config"]["img_size"]),
-        "harmonisation": data.get("harmonisation", {}),
-        "data_summary": data.get("data_summary", {}),
-        "pretraining": {
-            "method": record["method"],
-            "checkpoint": str(path),
-            "epoch": checkpoint.get("epoch"),
-            "global_step": checkpoint.get("global_step"),
-            **record["pretraining"],
-        },
+        "architecture": {k: v for k, v in config.items() if k != "img_size"},
+        "img_size": list(config["img_size"]),
+        "harmonisation": harmonisation,
+        "pooling": DEFAULT_POOLING,
+        "pretraining": pretraining,
+        "software": software_versions(),
+        "licence": licence or UNSPECIFIED_LICENCE,
+        "citation": citation or ICHOR_CITATION,
+        **extra,
     }
 
 
-def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write ``encoder.safetensors`` and ``encoder.json`` from a pre-training checkpoint (MAE, SimCLR, Models Genesis, ...)."""
-    checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
+def _metadata_from_checkpoint(
+    path: Path, checkpoint: dict[str, Any], licence: str | None = None, citation: str | None = None
+) -> dict[str, Any]:
+    record = checkpoint[ENCODER_RECORD_KEY]
+    data = checkpoint.get(DATA_RECORD_KEY, {})
+    pretraining = {
+        "method": record["method"],
+        "checkpoint": str(path),
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        **record["pretraining"],
+    }
+    return encoder_metadata(
+        record["config"],
+        data.get("harmonisation", {}),
+        pretraining,
+        licence,
+        citation,
+        preset=record["preset"],
+        data_summary=data.get("data_summary", {}),
+    )
+
+
+def write_export(
+    state: dict[str, torch.Tensor], metadata: dict[str, Any], out_dir: str | Path, overwrite: bool = False
+) -> Path:
+    """Write an export folder: ``encoder.safetensors`` (float32) and ``encoder.json``, each atomically."""
+    out_dir = Path(out_dir)
     target = out_dir / WEIGHTS_FILE
     if target.exists() and not overwrite:
         raise WeightsError(f"{target} exists: pass overwrite=True (--overwrite) to replace it")
-    checkpoint = _read_checkpoint(checkpoint_path)
-    metadata = _metadata_from_checkpoint(checkpoint_path, checkpoint)
-    state = encoder_state_from_checkpoint(
-        checkpoint["state_dict"], checkpoint[ENCODER_RECORD_KEY], str(checkpoint_path)
-    )
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous() for k, v in state.items()}
     with atomic_path(target) as temp:
         save_file(tensors, str(temp), metadata={"format": FORMAT})
     write_text(out_dir / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def export_encoder(
+    checkpoint_path: str | Path,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    licence: str | None = None,
+    citation: str | None = None,
+) -> Path:
+    """Write ``encoder.safetensors`` and ``encoder.json`` from a pre-training checkpoint (MAE, SimCLR, Models Genesis, ...)."""
+    checkpoint_path = Path(checkpoint_path)
+    if (Path(out_dir) / WEIGHTS_FILE).exists() and not overwrite:  # before reading a large checkpoint
+        raise WeightsError(f"{Path(out_dir) / WEIGHTS_FILE} exists: pass overwrite=True (--overwrite) to replace it")
+    checkpoint = _read_checkpoint(checkpoint_path)
+    metadata = _metadata_from_checkpoint(checkpoint_path, checkpoint, licence, citation)
+    state = encoder_state_from_checkpoint(
+        checkpoint["state_dict"], checkpoint[ENCODER_RECORD_KEY], str(checkpoint_path)
+    )
+    return write_export(state, metadata, out_dir, overwrite=True)
 
 
 def read_metadata(export_dir: str | Path) -> dict[str, Any]:
@@ -113,12 +188,50 @@ def read_metadata(export_dir: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_METADATA if k not in metadata]
     if missing:
         raise WeightsError(f"{path}: missing metadata {missing}")
-    if metadata["format"] != FORMAT or metadata["format_version"] > FORMAT_VERSION:
-        raise WeightsError(
-            f"{path}: format {metadata['format']!r} v{metadata['format_version']} is not readable by "
-            f"ichor {ichor.__version__} ({FORMAT!r} up to v{FORMAT_VERSION})"
-        )
+    check_compatibility(metadata, path)
     return metadata
+
+
+def check_compatibility(metadata: dict[str, Any], source: str | Path) -> None:
+    """Refuse a record this installation cannot use, naming every difference at once."""
+    problems = []
+    if metadata["format"] != FORMAT or metadata["format_version"] > FORMAT_VERSION:
+        written_by = metadata.get("software", {}).get("ichor", metadata.get("ichor_version", "?"))
+        problems.append(
+            f"format {metadata['format']!r} v{metadata['format_version']} (written by ichor {written_by}) "
+            f"is not readable by ichor {ichor.__version__} ({FORMAT!r} up to v{FORMAT_VERSION})"
+        )
+    known = set(inspect.signature(ViTEncoder3D).parameters) - {"img_size"}
+    unknown = sorted(set(metadata["architecture"]) - known)
+    if unknown:
+        problems.append(f"architecture key(s) {', '.join(unknown)} unknown to this ichor's ViTEncoder3D")
+    kind = metadata["architecture"].get("pos_embed", "sincos")
+    if kind not in POS_EMBEDS:
+        problems.append(f"position embedding {kind!r} is not one of {', '.join(POS_EMBEDS)}")
+    shape = metadata["harmonisation"].get("shape")
+    if shape is not None and list(shape) != list(metadata["img_size"]):
+        problems.append(f"harmonisation shape {list(shape)} differs from img_size {list(metadata['img_size'])}")
+    if problems:
+        raise WeightsError(f"{source}: " + "; ".join(problems))
+
+
+def load_state(encoder: ViTEncoder3D, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``load_state_dict(strict=True)``, after naming every key and shape that differs from the architecture."""
+    expected = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    problems = []
+    if missing := sorted(expected.keys() - got.keys()):
+        problems.append(f"missing {', '.join(missing)}")
+    if unexpected := sorted(got.keys() - expected.keys()):
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    problems += [
+        f"{k}: {got[k]} in the weights, {expected[k]} in the architecture"
+        for k in sorted(expected.keys() & got.keys())
+        if got[k] != expected[k]
+    ]
+    if problems:
+        raise WeightsError(f"{source}: the weights do not fit the recorded architecture: " + "; ".join(problems))
+    encoder.load_state_dict(state, strict=True)
 
 
 def load_encoder(
@@ -126,8 +239,8 @@ def load_encoder(
 ) -> tuple[ViTEncoder3D, dict[str, Any]]:
     """Build the encoder of an export folder or a pre-training checkpoint, with its metadata.
 
-    ``img_size`` other than the pre-training shape regenerates the fixed position embeddings
-    (weights are shape-independent); it must still be a multiple of the patch size.
+    ``img_size`` other than the pre-training shape regenerates fixed position embeddings (weights
+    are shape-independent) or interpolates learned ones; it must still be a multiple of the patch size.
     """
     source = Path(source)
     if source.is_dir():
@@ -138,7 +251,7 @@ def load_encoder(
         metadata = _metadata_from_checkpoint(source, checkpoint)
         state = encoder_state_from_checkpoint(checkpoint["state_dict"], checkpoint[ENCODER_RECORD_KEY], str(source))
     encoder = ViTEncoder3D(img_size=tuple(metadata["img_size"]), **metadata["architecture"])
-    encoder.load_state_dict(state, strict=True)
+    load_state(encoder, state, source)
     if img_size is not None and tuple(img_size) != encoder.img_size:
         encoder.set_img_size(tuple(img_size))
     return encoder, metadata

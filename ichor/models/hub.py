@@ -1,0 +1,147 @@
+"""Encoders people can share: packed export folders, fetched once from a pinned URL into a cache.
+
+A packed encoder is a ``.tar.gz`` of an export folder's two files (``encoder.json``,
+``encoder.safetensors``) written reproducibly (fixed owner and times), so the same export always
+packs to the same sha256. A source is an export folder, or a ``https://`` or ``file://`` URL of a
+packed encoder pinned by its checksum, ``URL#sha256=<hex>``: the archive is downloaded once into
+the cache, verified before anything is unpacked, and unpacked under its checksum. A checksum
+that differs is refused, and nothing of that download is left behind.
+
+The cache is ``$ICHOR_CACHE_DIR/encoders``, by default the user cache folder
+(``$XDG_CACHE_HOME/ichor`` or ``~/.cache/ichor``; ``%LOCALAPPDATA%\\ichor`` on Windows).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+from urllib.error import URLError
+
+from ichor.data.atomic import atomic_path
+from ichor.models.weights import METADATA_FILE, WEIGHTS_FILE, WeightsError, read_metadata
+
+CACHE_ENV = "ICHOR_CACHE_DIR"
+PACKED_FILES = (METADATA_FILE, WEIGHTS_FILE)
+URL_SCHEMES = ("https://", "file://")
+PIN = re.compile(r"^(?P<url>[^#]+)#sha256=(?P<sha256>[0-9a-fA-F]{64})$")
+CHUNK = 1 << 20
+
+
+def cache_dir() -> Path:
+    """Where fetched encoders are kept: ``$ICHOR_CACHE_DIR/encoders``, else the user cache folder's ``ichor/encoders``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser() / "encoders"
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "ichor" / "encoders"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ichor" / "encoders"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pack_encoder(export_dir: str | os.PathLike, archive: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """Write ``<export_dir>.tar.gz`` (or ``archive``) atomically; returns its path and sha256.
+
+    The archive holds the two export files at its root, with fixed owner, mode and times, so that
+    its checksum depends on their contents alone.
+    """
+    export_dir = Path(export_dir)
+    read_metadata(export_dir)  # pack only what loads
+    archive = Path(archive) if archive is not None else export_dir.with_name(export_dir.name + ".tar.gz")
+    with (
+        atomic_path(archive) as temp,
+        open(temp, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w") as tar,
+    ):
+        for name in PACKED_FILES:
+            data = (export_dir / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return archive, sha256_file(archive)
+
+
+def pinned_url(archive: str | os.PathLike, sha256: str) -> str:
+    """The ``file://`` source of a local archive, pinned: what ``Encoder.from_pretrained`` takes."""
+    return f"{Path(archive).resolve().as_uri()}#sha256={sha256}"
+
+
+def resolve(source: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:
+    """The export folder of ``source``: a folder as given, or a pinned URL's cached (fetched if new) copy."""
+    text = str(source)
+    if not text.startswith(URL_SCHEMES):
+        return Path(source)
+    match = PIN.match(text)
+    if match is None:
+        raise WeightsError(
+            f"{text}: a URL source needs its checksum, {text.split('#')[0]}#sha256=<hex> "
+            "(`ichor export-encoder --pack` prints it)"
+        )
+    url, sha256 = match["url"], match["sha256"].lower()
+    folder = Path(cache) if cache is not None else cache_dir()
+    target = folder / sha256
+    if not (target / METADATA_FILE).is_file():
+        fetch(url, sha256, target)
+    return target
+
+
+def fetch(url: str, sha256: str, target: Path) -> None:
+    """Download ``url``, check its sha256, unpack it to ``target``; on any failure leave nothing behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{sha256[:12]}-") as work:
+        archive = Path(work) / "encoder.tar.gz"
+        got = download(url, archive)
+        if got != sha256:
+            raise WeightsError(f"{url}: sha256 {got} differs from the pinned {sha256}; refused (nothing was kept)")
+        unpacked = Path(work) / "encoder"
+        unpack(archive, unpacked, url)
+        read_metadata(unpacked)
+        try:
+            unpacked.rename(target)
+        except OSError:  # another process unpacked the same archive first: keep its copy
+            if not (target / METADATA_FILE).is_file():
+                raise
+
+
+def download(url: str, out: Path) -> str:
+    """Stream ``url`` to ``out``; returns the sha256 of what arrived."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(out, "wb") as stream:
+            while chunk := response.read(CHUNK):
+                digest.update(chunk)
+                stream.write(chunk)
+    except (URLError, OSError) as error:
+        raise WeightsError(f"{url}: could not be read ({error})") from error
+    return digest.hexdigest()
+
+
+def unpack(archive: Path, out: Path, url: str) -> None:
+    """Extract the two export files, refusing any other member (paths, links) by name."""
+    out.mkdir()
+    with tarfile.open(archive, "r:gz") as tar:
+        members = tar.getmembers()
+        names = sorted(m.name for m in members)
+        if names != sorted(PACKED_FILES) or not all(m.isfile() for m in members):
+            raise WeightsError(f"{url}: a packed encoder holds exactly {', '.join(PACKED_FILES)}, found {names}")
+        for member in members:
+            source = tar.extractfile(member)
+            assert source is not None  # a regular file, checked above
+            with source, open(out / member.name, "wb") as stream:
+                shutil.copyfileobj(source, stream, CHUNK)
