@@ -68,6 +68,8 @@ class BenchmarkConfig:
     Args:
         pretrain: method name -> pre-training config (``mae: lightning_configs/pretrain_demo.yaml``),
             or -> ``{config: ..., overrides: [...]}`` for overrides of that method alone.
+        encoders: method name -> an encoder used as it is, beside the pre-trained ones: an export
+            folder (``ichor export-encoder``, ``ichor import-encoder``) or a pinned URL.
         tasks: the downstream tasks.
         modes: adaptation modes run for every pre-trained encoder.
         scratch: also train the finetune architecture from random weights, once per task.
@@ -81,6 +83,7 @@ class BenchmarkConfig:
 
     pretrain: dict[str, PretrainSpec]
     tasks: list[TaskSpec]
+    encoders: dict[str, str] = field(default_factory=dict)
     modes: list[str] = field(default_factory=lambda: list(MODES))
     scratch: bool = True
     baseline: bool = True
@@ -95,8 +98,8 @@ class BenchmarkConfig:
     task_overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not self.pretrain:
-            raise ValueError("benchmark config: `pretrain` names no method")
+        if not self.pretrain and not self.encoders:
+            raise ValueError("benchmark config: neither `pretrain` nor `encoders` names a method")
         self.pretrain = {
             method: spec
             if isinstance(spec, PretrainSpec)
@@ -105,10 +108,12 @@ class BenchmarkConfig:
             else PretrainSpec(**spec)
             for method, spec in self.pretrain.items()
         }
-        if {"scratch", "regional_mean"} & set(self.pretrain):
+        if {"scratch", "regional_mean"} & (set(self.pretrain) | set(self.encoders)):
             raise ValueError(
                 "benchmark config: `scratch` and `regional_mean` are reserved names, not pre-training methods"
             )
+        if both := sorted(set(self.pretrain) & set(self.encoders)):
+            raise ValueError(f"benchmark config: {', '.join(both)} named under both `pretrain` and `encoders`")
         if not self.tasks:
             raise ValueError("benchmark config: `tasks` is empty")
         bad = [m for m in self.modes if m not in MODES]

@@ -1,7 +1,8 @@
 """Run a benchmark: pre-train each method once, then every task x method x mode x budget x fold.
 
 Pre-training goes through the method's own config (``IchorCLI`` fit), and its last checkpoint
-is exported with ``ichor.models.weights.export_encoder``. The folds are planned once per task
+is exported with ``ichor.models.weights.export_encoder``; the config's ``encoders`` (imported
+brain encoders, shared exports) join them as they are. The folds are planned once per task
 (subject-grouped, stratified, or one study held out at a time) and are the same for every
 method, so methods are compared on identical test subjects. A label budget keeps a stratified
 fraction of each fold's training subjects (validation and test subjects are unchanged).
@@ -168,9 +169,11 @@ def plan(cfg: BenchmarkConfig, task: TaskSpec, rows: pd.DataFrame) -> dict[float
 def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
     """Run everything ``cfg`` describes under ``out``; returns one row per run and fold (also written as CSV)."""
     from ichor.benchmark.report import write_report
+    from ichor.models.hub import resolve
 
     out = Path(out)
     encoders = {method: pretrain(method, spec, cfg, out) for method, spec in cfg.pretrain.items()}
+    encoders.update({method: resolve(source) for method, source in cfg.encoders.items()})  # used as they are
     architecture = next(iter(encoders.values()))  # scratch only borrows its architecture
     trained = [
         (method, mode, encoder) for method, encoder in encoders.items() for mode in cfg.modes if mode != "linear_probe"
