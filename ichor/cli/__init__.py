@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("ichor.cli.manifest", "check manifests, or build one from ASLPrep/ExploreASL derivatives"),
     "preprocess": ("ichor.cli.preprocess", "build the harmonised cache of a config's data ahead of training"),
     "export-encoder": ("ichor.cli.export_encoder", "write a checkpoint's encoder weights and metadata"),
+    "import-encoder": ("ichor.cli.import_encoder", "import a MONAI ViT / MAE encoder as an ICHOR encoder"),
     "heads": ("ichor.cli.heads", "list the installed task heads, their package and arguments"),
     "cv": ("ichor.cli.cv", "k-fold cross-validation of a task config, grouped by subject"),
     "embed": ("ichor.cli.embed", "write pooled encoder features, one row per scan"),
