@@ -59,6 +59,15 @@ def test_one_row_per_scan_in_manifest_order(setting, tmp_path):
     assert not np.allclose(pd.read_csv(tmp_path / "max.csv")[features], table[features])
 
 
+def test_last_blocks_and_region_pooling(setting, tmp_path):
+    """--blocks 2 concatenates two blocks; --pooling region keeps the grid's 8 octants side by side."""
+    assert embed(setting, tmp_path / "f.csv", "--pooling", "region", "--blocks", "2") == 0
+    table = pd.read_csv(tmp_path / "f.csv")
+    features = [c for c in table.columns if c.startswith("f")]
+    assert features == [f"f{i:04d}" for i in range(8 * 2 * 96)]
+    assert np.isfinite(table[features].to_numpy()).all()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow is installed")
 def test_parquet_without_pyarrow_is_a_clear_error(setting, tmp_path, capsys):
     assert embed(setting, tmp_path / "f.parquet") == 1

@@ -4,6 +4,9 @@ Scans are harmonised with the encoder's own settings (from its encoder.json), so
 come from the grid and intensity scale the encoder was pre-trained on. Example:
 
   ichor embed --encoder runs/pretrain_demo/encoder --manifest data_manifests/demo/study-01.csv --out features.csv
+
+--blocks 4 concatenates the last four blocks; --pooling region keeps coarse spatial layout
+(brain tokens averaged per region of the grid, --regions parts per axis).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from ichor.data.atomic import check_output
 from ichor.data.scans import ScanError
 from ichor.downstream.features import check_table_format, embed_scans, write_table
-from ichor.downstream.pooling import POOLINGS
+from ichor.downstream.pooling import POOLINGS, REGIONS
 from ichor.models.weights import WeightsError
 
 
@@ -26,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--pooling", choices=POOLINGS, default="brain_mean", help="how tokens become one vector")
+    parser.add_argument(
+        "--blocks", type=int, default=1, help="read the last N blocks, concatenated (DINO's linear evaluation uses 4)"
+    )
+    parser.add_argument(
+        "--regions", type=int, default=REGIONS, help="region pooling: parts per grid axis (2: 8 regions, 3: 27)"
+    )
     parser.add_argument("--cache-dir", default=".ichor_cache", help="harmonised-scan cache (shared with training)")
     parser.add_argument("--num-workers", type=int, default=0, help="processes for caching and loading")
     parser.add_argument("--on-bad-scan", choices=("error", "skip"), default="error")
@@ -56,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             args.device,
             progress=not args.no_progress,
             skipped_report=skipped,
+            blocks=args.blocks,
+            regions=args.regions,
         )
         path = write_table(table, args.out)
     except (WeightsError, ScanError, RuntimeError, ValueError) as error:

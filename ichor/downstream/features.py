@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ichor.data import CBFDataModule
 from ichor.data.atomic import atomic_path, write_csv
-from ichor.downstream.pooling import Pooling, encode
+from ichor.downstream.pooling import REGIONS, Pooling, encode
+from ichor.models import ViTEncoder3D
 from ichor.models.weights import WeightsError, load_encoder
 
 ID_COLUMNS = ("subject", "session", "study", "path")
@@ -56,14 +58,16 @@ def embed_scans(
     device: str = "cpu",
     progress: bool = True,
     skipped_report: str | os.PathLike | None = None,
+    blocks: int = 1,
+    regions: int = REGIONS,
 ) -> pd.DataFrame:
     """One row per usable scan, in manifest order: identity columns, then features f000, f001, ...
 
+    ``pooling``, ``blocks`` and ``regions`` are those of :func:`ichor.downstream.pooling.encode`.
     With ``on_bad_scan="skip"``, the scans left out are listed (manifest, row, path, reason) in
     ``skipped_report``, written atomically, when there are any.
     """
     encoder, metadata = load_encoder(encoder_path)
-    encoder = encoder.to(device).eval()
     with tempfile.TemporaryDirectory() as audit:  # split table of a datamodule that does not split
         datamodule = datamodule_for_encoder(
             metadata,
@@ -79,20 +83,53 @@ def embed_scans(
         )
         datamodule.prepare_data()
         datamodule.setup("predict")
-    identity: dict[str, list] = {column: [] for column in ID_COLUMNS if column in datamodule.rows.columns}
-    features = []
-    for batch in tqdm(datamodule.predict_dataloader(), desc="embedding", unit="batch", disable=not progress):
-        pooled = encode(encoder, batch["image"].to(device), batch["mask"].to(device), pooling)
-        features.append(pooled.float().cpu())
-        for column, values in identity.items():
-            value = batch[column]
-            values.extend(value.tolist() if isinstance(value, torch.Tensor) else value)
+    table = embed_loader(
+        encoder.to(device), datamodule.predict_dataloader(), pooling, blocks, regions, device, progress
+    )
     if skipped_report is not None and datamodule.skipped is not None and len(datamodule.skipped):
         write_csv(datamodule.skipped, skipped_report)
+    return table
+
+
+@torch.no_grad()
+def embed_loader(
+    encoder: ViTEncoder3D,
+    batches: Iterable[dict],
+    pooling: Pooling = "brain_mean",
+    blocks: int = 1,
+    regions: int = REGIONS,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Features of an encoder in memory over ``batches`` (a CBFDataModule loader): identity columns, f000, ...
+
+    The encoder runs in eval mode (dropout off, as for every frozen read-out) and is left in
+    the mode it came in, so a pre-training run can call this between its epochs.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    identity: dict[str, list] = {}
+    features = []
+    try:
+        for batch in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
+            mask = batch.get("mask")
+            images = batch["image"].to(device)
+            pooled = encode(encoder, images, None if mask is None else mask.to(device), pooling, blocks, regions)
+            features.append(pooled.float().cpu())
+            for column in ID_COLUMNS:
+                if column in batch:
+                    value = batch[column]
+                    identity.setdefault(column, []).extend(value.tolist() if isinstance(value, torch.Tensor) else value)
+    finally:
+        encoder.train(was_training)
     matrix = torch.cat(features).numpy()
-    width = max(3, len(str(matrix.shape[1] - 1)))  # f000 ... f767 for ViT-B
-    names = [f"f{i:0{width}d}" for i in range(matrix.shape[1])]
-    return pd.concat([pd.DataFrame(identity), pd.DataFrame(matrix, columns=names)], axis=1)
+    return pd.concat([pd.DataFrame(identity), pd.DataFrame(matrix, columns=feature_names(matrix.shape[1]))], axis=1)
+
+
+def feature_names(width: int) -> list[str]:
+    """f000 ... f767 for ViT-B: zero-padded to at least three digits, so names sort as columns do."""
+    digits = max(3, len(str(width - 1)))
+    return [f"f{i:0{digits}d}" for i in range(width)]
 
 
 def check_table_format(out: str | os.PathLike) -> Path:

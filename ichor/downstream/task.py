@@ -22,7 +22,7 @@ from torch import nn
 
 from ichor.downstream.lrd import param_groups_lrd
 from ichor.downstream.plugins import resolve_head
-from ichor.downstream.pooling import Pooling, check_pooling, encode
+from ichor.downstream.pooling import Pooling, check_pooling, encode, feature_width
 from ichor.models import ViTEncoder3D
 from ichor.models.weights import WeightsError, load_encoder
 from ichor.pretrain.base import as_dataclass
@@ -78,7 +78,8 @@ class DownstreamTask(LightningModule):
         head_args: the head's constructor arguments; those learnt from the training scans
             (class names, target scale) are filled in at setup and saved with the checkpoint.
         mode: "linear_probe", "finetune" or "scratch" (see the module docstring).
-        pooling: "brain_mean" (mean of brain tokens), "mean" (all tokens) or "max" (brain tokens).
+        pooling: "brain_mean" (mean of brain tokens), "mean" (all tokens), "max" (brain tokens) or
+            "region" (brain-token means of the grid's 8 octants, side by side).
         optim: the optimiser recipe (:class:`ichor.pretrain.optim.AdamW`); ``lr`` is the head's peak
             rate (in finetune, the last encoder block trains at ``lr * layer_decay``), as given
             (``lr_batch`` null) unless a reference batch is set.
@@ -143,14 +144,14 @@ class DownstreamTask(LightningModule):
         encoder.grad_checkpointing = hp.grad_checkpointing
         if hp.mode == "linear_probe":
             encoder.requires_grad_(False)
-            self.feature_norm = nn.BatchNorm1d(encoder.embed_dim, affine=False, eps=1e-6)
+            self.feature_norm = nn.BatchNorm1d(feature_width(encoder.embed_dim, hp.pooling), affine=False, eps=1e-6)
         self.encoder = encoder
         self.train(self.training)  # puts a frozen encoder in eval mode
 
     def configure_head(self, train_targets: list) -> None:
         hp = self.hparams
         args = self.head_class.complete_args(dict(hp.head_args or {}), train_targets)
-        self.head = self.head_class(self.encoder.embed_dim, **args)
+        self.head = self.head_class(feature_width(self.encoder.embed_dim, hp.pooling), **args)
         hp.head_args = args  # saved in the checkpoint: prediction rebuilds the same head
         self.train_metrics = self.head.metrics().clone(prefix="train/")
         self.val_metrics = self.head.metrics().clone(prefix="val/")
@@ -178,7 +179,7 @@ class DownstreamTask(LightningModule):
 
     # ------------------------------------------------------------------ steps
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Pooled encoder features (B, embed_dim); no graph through a frozen encoder."""
+        """Pooled encoder features (B, feature_width); no graph through a frozen encoder."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.hparams.mode != "linear_probe"):
             return encode(self.encoder, batch["image"], batch.get("mask"), self.hparams.pooling)
 
