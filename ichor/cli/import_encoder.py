@@ -5,8 +5,7 @@ The weights are mapped key by key (ichor/models/imports.py); a part ICHOR's enco
 have is refused by name. A MONAI checkpoint does not record the number of heads, nor how scans
 were prepared for it: give them. Example (a ViT-B with 16^3 patches on 96^3 inputs, as BrainIAC's):
 
-  ichor import-encoder --format monai-vit brainiac.ckpt --num-heads 12 --spacing 2 --normalization zscore \
-      --out encoders/brainiac
+  ichor import-encoder --format monai-vit brainiac_vit.pt --num-heads 12 --spacing 2 --normalization zscore --out encoders/brainiac
 
 --shape harmonises CBF maps to another grid than the source's input (its learned position
 embeddings are then interpolated).
