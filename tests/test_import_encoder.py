@@ -181,3 +181,17 @@ def test_benchmark_encoders_are_named_once(tmp_path):
     path.write_text(json.dumps({"pretrain": {}, "tasks": [task]}))
     with pytest.raises(ValueError, match="neither `pretrain` nor `encoders` names a method"):
         load_config(path)
+
+
+def test_fine_tuning_treats_learned_tables_as_the_embedding_layer(tmp_path):
+    """Layer-wise lr decay: the position table and cls token train with the patch embedding, without weight decay."""
+    from ichor.downstream.lrd import param_groups_lrd
+
+    mae = MaskedAutoEncoderViT(**SMALL, mlp_dim=96, num_layers=2, decoder_num_heads=3, decoder_hidden_size=24)
+    torch.save(mae.state_dict(), tmp_path / "mae.pt")
+    model = torch.nn.Module()
+    model.encoder, _ = load_encoder(import_monai(tmp_path / "mae.pt", tmp_path / "e", "monai-mae", **IMPORT))
+    groups = {name: group for group in param_groups_lrd(model, 1e-3, 0.05, 2) for name in group["names"]}
+    for name in ("encoder.pos_embed", "encoder.cls_token"):
+        assert groups[name]["layer_id"] == 0 and groups[name]["weight_decay"] == 0.0
+    assert groups["encoder.patch_embed.proj.weight"]["weight_decay"] == 0.05

@@ -1,6 +1,7 @@
 """Layer-wise learning-rate decay for fine-tuning a pre-trained ViT (the MAE/BEiT recipe).
 
-Layer 0 is the patch embedding, layer i the i-th Transformer block, and layer depth + 1
+Layer 0 is the patch embedding (with a learned position table and cls token, as imported
+encoders have; neither gets weight decay, as in MAE), layer i the i-th Transformer block, and layer depth + 1
 everything after the blocks (final norm, feature norm, head). Layer i trains at
 ``lr * decay ** (depth + 1 - i)``: the head at the full rate, early blocks, whose generic
 features pre-training got right, barely moved.
@@ -11,11 +12,12 @@ from __future__ import annotations
 from torch import nn
 
 ENCODER = "encoder."
+EMBEDDING_TABLES = (ENCODER + "pos_embed", ENCODER + "cls_token")
 
 
 def layer_id(name: str, depth: int) -> int:
     """The layer of parameter ``name`` of a module whose ViT encoder is its ``encoder`` attribute."""
-    if name.startswith(ENCODER + "patch_embed."):
+    if name.startswith(ENCODER + "patch_embed.") or name in EMBEDDING_TABLES:
         return 0
     if name.startswith(ENCODER + "blocks."):
         return int(name[len(ENCODER + "blocks.") :].split(".")[0]) + 1
@@ -34,7 +36,7 @@ def param_groups_lrd(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        layer, decays = layer_id(name, depth), param.ndim > 1
+        layer, decays = layer_id(name, depth), param.ndim > 1 and name not in EMBEDDING_TABLES
         scale = layer_decay ** (depth + 1 - layer)
         group = groups.setdefault(
             (layer, decays),
