@@ -49,7 +49,7 @@ class Encoder:
         pooling: str | None = None,
         batch_size: int = 8,
         cache_dir: str = ".ichor_cache",
-        device: str = "cpu",
+        device: str | None = None,
         num_workers: int = 0,
         on_bad_scan: str = "error",
         progress: bool = False,
@@ -57,8 +57,10 @@ class Encoder:
         """Pooled features, one row per scan (subject, session, study, path, f000, ...), as ``ichor embed`` writes.
 
         ``scans``: a manifest CSV, a folder of manifests, or CBF maps (``.nii``/``.nii.gz``), one
-        or a list. ``pooling`` defaults to the encoder's recorded one.
+        or a list. ``pooling`` defaults to the encoder's recorded one, ``device`` to CUDA when there is one.
         """
+        import torch
+
         from ichor.downstream.features import embed_scans  # the data stack, only when embedding
 
         items = [scans] if isinstance(scans, (str, os.PathLike)) else list(scans)
@@ -69,7 +71,7 @@ class Encoder:
             cache_dir=cache_dir,
             num_workers=num_workers,
             on_bad_scan=on_bad_scan,
-            device=device,
+            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             progress=progress,
         )
         images = [str(item).endswith(IMAGE_SUFFIXES) for item in items]

@@ -13,7 +13,7 @@ from helpers import make_dataset, make_encoder
 
 from ichor import Encoder
 from ichor.cli import main
-from ichor.models.hub import CACHE_ENV, cache_dir, pack_encoder, pinned_url
+from ichor.models.hub import CACHE_ENV, cache_dir, pack_encoder, pinned_url, sha256_file
 from ichor.models.weights import WeightsError, load_encoder, read_metadata
 
 
@@ -75,9 +75,24 @@ def test_wrong_checksum_is_refused_and_nothing_is_left(shared, tmp_path):
     assert list(cache.rglob("*")) == []  # no partial download, no unpacked folder
     with pytest.raises(WeightsError, match="needs its checksum"):
         Encoder.from_pretrained(archive.resolve().as_uri(), cache_dir=cache)
+    with pytest.raises(WeightsError, match="only https:// and file:// sources"):
+        Encoder.from_pretrained(f"http://example.org/e.tar.gz#sha256={sha256}", cache_dir=cache)
     with pytest.raises(WeightsError, match="could not be read"):
         Encoder.from_pretrained(pinned_url(tmp_path / "absent.tar.gz", sha256), cache_dir=cache)
     assert list(cache.rglob("*")) == []
+
+
+def test_an_archive_with_anything_else_is_refused(tmp_path):
+    """Only the two export files are unpacked: no other names, no paths out of the cache, no links."""
+    folder = make_encoder(tmp_path)
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder / "encoder.json", arcname="encoder.json")
+        tar.add(folder / "encoder.safetensors", arcname="../encoder.safetensors")
+    cache = tmp_path / "cache"
+    with pytest.raises(WeightsError, match=r"holds exactly encoder.json, encoder.safetensors, found \['../encoder"):
+        Encoder.from_pretrained(pinned_url(archive, sha256_file(archive)), cache_dir=cache)
+    assert list(cache.rglob("*")) == [] and not (tmp_path / "encoder.safetensors").exists()
 
 
 def test_packing_is_reproducible_and_holds_only_the_export(tmp_path):

@@ -86,6 +86,8 @@ def resolve(source: str | os.PathLike, cache: str | os.PathLike | None = None) -
     """The export folder of ``source``: a folder as given, or a pinned URL's cached (fetched if new) copy."""
     text = str(source)
     if not text.startswith(URL_SCHEMES):
+        if "://" in text:
+            raise WeightsError(f"{text}: only {' and '.join(URL_SCHEMES)} sources are fetched (or give a folder)")
         return Path(source)
     match = PIN.match(text)
     if match is None:
