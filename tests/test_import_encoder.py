@@ -9,6 +9,7 @@ import torch
 from helpers import CONFIGS
 
 from ichor.cli import main
+from ichor.models.hub import sha256_file
 from ichor.models.imports import import_monai
 from ichor.models.weights import WeightsError, load_encoder
 
@@ -42,6 +43,7 @@ def test_a_monai_vit_gives_the_same_tokens(tmp_path):
     assert record["architecture"]["pos_embed"] == "learned" and record["architecture"]["norm_eps"] == 1e-5
     source = record["source"]
     assert source["format"] == "monai-vit" and source["position_table"] == "kept"
+    assert source["sha256"] == sha256_file(tmp_path / "vit.pt") and source["checkpoint"] == str(tmp_path / "vit.pt")
     assert source["dropped"] == {"cross-attention LayerNorm, unused without cross-attention": 4}
 
 

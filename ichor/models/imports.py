@@ -30,8 +30,9 @@ import torch
 
 from ichor.data.datamodule import Normalization
 from ichor.data.harmonise import HarmonisationSettings
+from ichor.models.hub import sha256_file
 from ichor.models.vit import ViTEncoder3D
-from ichor.models.weights import WeightsError, encoder_metadata, load_state, write_export
+from ichor.models.weights import WeightsError, check_export_target, encoder_metadata, load_state, write_export
 
 FORMATS = ("monai-vit", "monai-mae")
 MONAI_NORM_EPS = 1e-5
@@ -216,6 +217,7 @@ def import_monai(
     if normalization not in get_args(Normalization):
         raise WeightsError(f"normalization {normalization!r} is not one of {', '.join(get_args(Normalization))}")
     path = Path(checkpoint)
+    check_export_target(out, overwrite)  # before any work
     state, prefix = read_state(path, prefix)
     architecture = infer_architecture(state, num_heads, str(path))
     source_shape = grid_of(state, architecture["patch_size"], img_size, str(path))
@@ -231,6 +233,7 @@ def import_monai(
     record = {
         "format": fmt,
         "checkpoint": str(path.resolve()),
+        "sha256": sha256_file(path),
         "prefix": prefix,
         "img_size": list(source_shape),
         "position_table": "kept" if target == source_shape else f"interpolated from {list(source_shape)}",
@@ -241,7 +244,7 @@ def import_monai(
     metadata = encoder_metadata(
         encoder.config,
         harmonisation,
-        {"method": fmt, "checkpoint": str(path.resolve())},
+        {"method": f"unknown: imported from {fmt} (see source)"},
         licence,
         citation or "see the source checkpoint's authors",
         source=record,

@@ -144,14 +144,20 @@ def _metadata_from_checkpoint(
     )
 
 
+def check_export_target(out_dir: str | Path, overwrite: bool) -> Path:
+    """The weights file of an export folder, refused when it exists and ``overwrite`` is not given."""
+    target = Path(out_dir) / WEIGHTS_FILE
+    if target.exists() and not overwrite:
+        raise WeightsError(f"{target} exists: pass overwrite=True (--overwrite) to replace it")
+    return target
+
+
 def write_export(
     state: dict[str, torch.Tensor], metadata: dict[str, Any], out_dir: str | Path, overwrite: bool = False
 ) -> Path:
     """Write an export folder: ``encoder.safetensors`` (float32) and ``encoder.json``, each atomically."""
     out_dir = Path(out_dir)
-    target = out_dir / WEIGHTS_FILE
-    if target.exists() and not overwrite:
-        raise WeightsError(f"{target} exists: pass overwrite=True (--overwrite) to replace it")
+    target = check_export_target(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous() for k, v in state.items()}
     with atomic_path(target) as temp:
@@ -169,8 +175,7 @@ def export_encoder(
 ) -> Path:
     """Write ``encoder.safetensors`` and ``encoder.json`` from a pre-training checkpoint (MAE, SimCLR, Models Genesis, ...)."""
     checkpoint_path = Path(checkpoint_path)
-    if (Path(out_dir) / WEIGHTS_FILE).exists() and not overwrite:  # before reading a large checkpoint
-        raise WeightsError(f"{Path(out_dir) / WEIGHTS_FILE} exists: pass overwrite=True (--overwrite) to replace it")
+    check_export_target(out_dir, overwrite)  # before reading a large checkpoint
     checkpoint = _read_checkpoint(checkpoint_path)
     metadata = _metadata_from_checkpoint(checkpoint_path, checkpoint, licence, citation)
     state = encoder_state_from_checkpoint(
