@@ -110,10 +110,14 @@ def make_dataset(root: Path, studies: int = 2, subjects: int = 6, seed: int = 0)
     return manifests
 
 
-def make_encoder(root: Path, harmonisation: dict | None = None) -> Path:
-    """An exported untrained mae_vit_micro encoder (patch 8) for SHAPE, with ``harmonisation`` metadata."""
+def make_encoder(
+    root: Path, harmonisation: dict | None = None, shape=SHAPE, patch_size: int = 8, overrides: dict | None = None
+) -> Path:
+    """An exported untrained mae_vit_micro encoder (patch 8, SHAPE unless given; ``overrides`` change its
+    widths) with ``harmonisation`` metadata."""
     torch.manual_seed(0)
-    module = MAEPretrainer(backbone=Backbone("mae_vit_micro", patch_size=8, img_size=SHAPE))
+    backbone = Backbone("mae_vit_micro", patch_size=patch_size, img_size=shape, overrides=overrides or {})
+    module = MAEPretrainer(backbone=backbone)
     module.data_record = {"harmonisation": harmonisation or HARMONISATION}
     checkpoint = {
         "state_dict": module.state_dict(),

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "heads": ("ichor.cli.heads", "list the installed task heads, their package and arguments"),
     "cv": ("ichor.cli.cv", "k-fold cross-validation of a task config, grouped by subject"),
     "embed": ("ichor.cli.embed", "write pooled encoder features, one row per scan"),
+    "explain": ("ichor.cli.explain", "attribution maps of a trained task per scan and group (NIfTI + PNG)"),
     "qei": ("ichor.cli.qei", "the automated CBF quality evaluation index (QEI) per scan"),
     "benchmark": ("ichor.cli.benchmark", "compare pre-training methods over tasks, label budgets and folds"),
 }

@@ -1,0 +1,65 @@
+"""Attribution maps of a trained task: where in each scan its prediction comes from (occlusion over patches).
+
+Each brain patch's token is left out in turn and the change of the task's score is the patch's
+attribution (a classifier's log-odds of the explained class; a regression's output): red where
+the patch pushes towards the class. Costs one forward pass per brain patch of every scan.
+Per scan, under --out: <study>/sub-<subject>[_ses-<session>]_attribution.nii.gz on the input
+file's own grid (open it over the CBF map) and a PNG of three slices; per group,
+group/<group>_attribution.nii.gz, the mean on the harmonisation lattice; explanations.csv.
+
+  ichor explain runs/finetune_diagnosis/checkpoints/best.ckpt \\
+      --manifest data_manifests/demo/study-01.csv --out explain/study-01 --class AD
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ichor.data.scans import ScanError
+from ichor.explain import explain
+from ichor.models.weights import WeightsError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a downstream task's checkpoint (`ichor fit` with a task config)")
+    parser.add_argument("--manifest", nargs="+", required=True, help="manifest CSV(s) of the scans to explain")
+    parser.add_argument("--out", required=True, help="output folder (existing files in it need --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs (never an input)")
+    parser.add_argument(
+        "--class", dest="class_name", help="class to explain in every scan (default: the predicted one)"
+    )
+    parser.add_argument("--group-by", help="manifest column of the group averages (default: the task's label)")
+    parser.add_argument("--batch-size", type=int, default=16, help="occluded copies of a scan per forward pass")
+    parser.add_argument("--cache-dir", default=".ichor_cache", help="harmonised-scan cache (shared with training)")
+    parser.add_argument("--num-workers", type=int, default=0, help="processes for caching")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        table = explain(
+            args.checkpoint,
+            args.manifest,
+            args.out,
+            class_name=args.class_name,
+            group_by=args.group_by,
+            batch_size=args.batch_size,
+            cache_dir=args.cache_dir,
+            num_workers=args.num_workers,
+            device=args.device,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except (WeightsError, ScanError, ValueError, OSError) as error:
+        print(f"ichor explain: {error}", file=sys.stderr)
+        return 1
+    print(f"attribution maps of {len(table)} scans written to {args.out} (summary: explanations.csv)")
+    return 0

@@ -1,0 +1,75 @@
+"""Occlusion over patch tokens: how much a task's score changes when one brain patch is left out.
+
+ICHOR's encoder sees a scan as a set of patch tokens (brain patches only, with ``brain_mean``
+or ``max`` pooling), and MAE pre-training drops 75 % of them, so a scan with one token left out
+is an input the encoder knows. Occluding a patch is therefore leaving its token out: no fill
+value (zero, the mean, a blur) has to be invented, as pixel occlusion of a CNN must, and the
+fill value cannot itself look like disease (a zero-filled patch is "no flow").
+
+The attribution of patch i is ``score(all patches) - score(all but patch i)``: positive where
+the patch pushes the prediction towards the explained class. The score is the class's
+log-odds for a classifier (``logit_c - logsumexp(other logits)``, which does not saturate as a
+probability does) and the output itself for a one-output head (regression).
+
+Cost: one pass of encoder and head per brain patch, plus one, each with one token fewer: a scan
+with N brain patches costs what N + 1 scans cost through ``ichor predict`` (N is at most the
+grid's 252 patches for 96 x 112 x 96 voxels with patch 16; about 220 in the tests' 6 mm grid
+with patch 4, where 8 scans take about 4 s on 2 CPU cores with a 2-block micro encoder).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ichor.downstream.pooling import pool_tokens
+from ichor.downstream.task import DownstreamTask
+from ichor.models.patching import brain_patches
+
+
+def class_score(outputs: torch.Tensor, class_index: int | None) -> torch.Tensor:
+    """(B,) score of head outputs: log-odds of class ``class_index`` for (B, K) logits, else the (B,) output."""
+    outputs = outputs.float()
+    if class_index is None:
+        if outputs.dim() != 1:
+            raise ValueError(f"a head with outputs of shape {tuple(outputs.shape)} needs a class to explain")
+        return outputs
+    others = torch.cat([outputs[:, :class_index], outputs[:, class_index + 1 :]], dim=1)
+    return outputs[:, class_index] - others.logsumexp(dim=1)
+
+
+def task_score(task: DownstreamTask, images: torch.Tensor, keep: torch.Tensor, class_index: int | None) -> torch.Tensor:
+    """(B,) scores of a batch whose tokens are the patches that hold a ``keep`` voxel, pooled as the task pools."""
+    tokens, token_mask = task.encoder.forward_features(images, keep)
+    pooled = pool_tokens(tokens, token_mask, task.hparams.pooling)
+    return class_score(task.head(task.feature_norm(pooled)), class_index)
+
+
+@torch.inference_mode()
+def occlusion(
+    task: DownstreamTask, image: torch.Tensor, brain: torch.Tensor, class_index: int | None, batch_size: int = 16
+) -> tuple[torch.Tensor, float]:
+    """Attribution of every patch of one scan, (L,) in grid order (0 for patches the task never sees), and its score.
+
+    ``image`` and ``brain`` are one scan's (1, D, H, W) model input and brain mask, on ``task``'s device.
+    """
+    encoder = task.encoder
+    p = encoder.patch_size
+    # With "mean" pooling the task encodes every patch: all of them are tokens to leave out.
+    keep = torch.ones_like(brain, dtype=torch.bool) if task.hparams.pooling == "mean" else brain.bool()
+    tokens = brain_patches(keep[None], p, encoder.min_brain_fraction)[0]
+    ids = tokens.nonzero().squeeze(1).tolist()
+    if len(ids) < 2:
+        raise ValueError(f"the scan has {len(ids)} brain patch(es): occlusion needs at least 2")
+    full = float(task_score(task, image[None], keep[None], class_index)[0])
+    attribution = torch.zeros(encoder.num_patches, device=image.device)
+    grid = encoder.grid
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        masks = keep[None].repeat(len(chunk), 1, 1, 1, 1)
+        for slot, index in enumerate(chunk):
+            d, rest = divmod(index, grid[1] * grid[2])
+            h, w = divmod(rest, grid[2])
+            masks[slot, :, d * p : (d + 1) * p, h * p : (h + 1) * p, w * p : (w + 1) * p] = False
+        images = image[None].expand(len(chunk), *image.shape)
+        attribution[chunk] = full - task_score(task, images, masks, class_index)
+    return attribution, full
