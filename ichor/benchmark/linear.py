@@ -141,27 +141,61 @@ def fit_and_score(
     probe = fit_probe(x_train, y_train, classification, groups, seed=seed)
     chosen = {"probe/regularisation": probe.regularisation, "probe/inner_folds": float(probe.inner_folds)}
     if classification:
-        return {**classification_scores(probe, x_test, y_test, "test/"), **chosen}
-    return {**regression_scores(y_test, probe.predict(x_test), "test/"), **chosen}
+        scores = classification_scores(y_test, probe.predict(x_test), probe.predict_proba(x_test), probe.classes_)
+    else:
+        scores = regression_scores(y_test, probe.predict(x_test))
+    return {**{f"test/{name}": value for name, value in scores.items()}, **chosen}
 
 
-def classification_scores(probe: LinearProbe, x: np.ndarray, y: np.ndarray, prefix: str) -> dict[str, float]:
-    """Balanced accuracy and macro one-vs-rest AUROC of ``probe`` on ``x``, as ``<prefix><metric>``."""
-    return {
-        f"{prefix}balanced_accuracy": balanced_accuracy_score(y, probe.predict(x)),
-        f"{prefix}auroc": auroc(y, probe.predict_proba(x), probe.classes_),
-    }
+def cross_validated_scores(
+    x: np.ndarray,
+    y: np.ndarray,
+    classification: bool,
+    groups: Sequence | np.ndarray | None = None,
+    folds: int = INNER_FOLDS,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Scores of the probe on data without a test set: nested cross-validation, outer folds as the inner ones.
+
+    Each outer fold's probe is fitted (with its own inner CV) on the other folds; the scores are
+    those of the pooled out-of-fold predictions, steadier than a mean over small folds.
+    """
+    y = np.asarray(y)
+    groups = None if groups is None else np.asarray(groups)
+    splitter = inner_splitter(y, groups, classification, folds, seed)
+    if splitter is None:
+        raise ValueError(f"cross-validating the probe needs two subjects per class at least; {len(y)} scans given")
+    classes = np.unique(y)
+    predicted = np.empty(len(y), dtype=y.dtype if classification else float)
+    probabilities = np.zeros((len(y), len(classes)))
+    for train, test in splitter.split(x, y, groups):
+        probe = fit_probe(
+            x[train], y[train], classification, None if groups is None else groups[train], None, folds, seed
+        )
+        predicted[test] = probe.predict(x[test])
+        if classification:
+            probabilities[np.ix_(test, np.searchsorted(classes, probe.classes_))] = probe.predict_proba(x[test])
+    if classification:
+        return classification_scores(y, predicted, probabilities, classes)
+    return regression_scores(y, predicted)
 
 
-def regression_scores(y: np.ndarray, predicted: np.ndarray, prefix: str) -> dict[str, float]:
-    """MAE, RMSE, Pearson and Spearman r (NaN when either side is constant), R^2, as ``<prefix><metric>``."""
+def classification_scores(
+    y: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, classes: np.ndarray
+) -> dict[str, float]:
+    """Balanced accuracy and macro one-vs-rest AUROC (``probabilities`` has one column per entry of ``classes``)."""
+    return {"balanced_accuracy": balanced_accuracy_score(y, predicted), "auroc": auroc(y, probabilities, classes)}
+
+
+def regression_scores(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE, Pearson and Spearman r (NaN when either side is constant), R^2."""
     constant = np.ptp(predicted) == 0 or np.ptp(y) == 0
     return {
-        f"{prefix}mae": mean_absolute_error(y, predicted),
-        f"{prefix}rmse": float(np.sqrt(np.mean((y - predicted) ** 2))),
-        f"{prefix}pearson": float("nan") if constant else float(pearsonr(predicted, y)[0]),
-        f"{prefix}spearman": float("nan") if constant else float(spearmanr(predicted, y)[0]),
-        f"{prefix}r2": r2_score(y, predicted),
+        "mae": mean_absolute_error(y, predicted),
+        "rmse": float(np.sqrt(np.mean((y - predicted) ** 2))),
+        "pearson": float("nan") if constant else float(pearsonr(predicted, y)[0]),
+        "spearman": float("nan") if constant else float(spearmanr(predicted, y)[0]),
+        "r2": r2_score(y, predicted),
     }
 
 

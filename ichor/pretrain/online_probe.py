@@ -1,0 +1,192 @@
+"""``OnlineProbe``: is the representation improving, not only the pretext loss falling?
+
+A Lightning callback for any :class:`ichor.pretrain.Pretrainer` (MAE, SimCLR, Models Genesis:
+it reads ``encoder_network()``). Before training and every ``every_n_epochs`` epochs it embeds
+a small labelled probe set with the frozen encoder (eval mode, no gradients) and logs to every
+logger (TensorBoard: the ``probe/`` scalars, at the training step):
+
+- ``probe/<metric>``: the linear probe of :mod:`ichor.benchmark.linear` (regularisation by
+  inner CV), cross-validated over subjects on the probe set: ``auroc`` and
+  ``balanced_accuracy`` for a class label, ``mae``, ``rmse``, ``pearson``, ``spearman``, ``r2``
+  for a number;
+- ``probe/site_balanced_accuracy`` and ``probe/site_chance``: how well the same probe tells
+  the study from the features (lower is more site-invariant), and its chance level, 1 / studies;
+- ``probe/rankme``: the effective rank of the feature matrix (Garrido et al., ICML 2023);
+  a collapsing representation (every scan alike) drives it towards 1.
+
+The anchors are nidl's ``ModelProbingCallback`` and lightly's online linear classifier. Set it in
+YAML::
+
+    trainer:
+      callbacks:
+        - class_path: ichor.pretrain.online_probe.OnlineProbe
+          init_args: {target: diagnosis, manifests: [data_manifests/probe], every_n_epochs: 5}
+
+Without ``manifests`` it probes the pre-training manifests themselves (their ``target`` column):
+handy for a demo, but a label the pre-training data carries is then seen by the monitor, never
+by the training. The probe set is harmonised as the pre-training data is (the datamodule's
+settings) and embedded on global rank 0 only; the values also enter ``trainer.callback_metrics``,
+so a checkpoint can monitor ``probe/auroc``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from ichor.benchmark.linear import INNER_FOLDS, cross_validated_scores
+from ichor.data.splits import labelled_rows
+from ichor.downstream.pooling import REGIONS, Pooling, check_pooling
+
+log = logging.getLogger(__name__)
+
+PREFIX = "probe/"
+
+
+def rankme(features: np.ndarray, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of (N, D) features."""
+    singular = np.linalg.svd(np.asarray(features, dtype=np.float64), compute_uv=False)
+    p = singular / max(singular.sum(), eps) + eps
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def probe_scores(
+    features: np.ndarray,
+    labels: np.ndarray,
+    classification: bool,
+    subjects: np.ndarray,
+    studies: np.ndarray,
+    folds: int = INNER_FOLDS,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The callback's scalars (without ``probe/``) for one feature matrix: label probe, site probe, RankMe."""
+    scores = cross_validated_scores(features, labels, classification, subjects, folds, seed)
+    sites = np.unique(studies)
+    if len(sites) > 1:
+        site = cross_validated_scores(features, studies, True, subjects, folds, seed)
+        scores.update(site_balanced_accuracy=site["balanced_accuracy"], site_chance=1.0 / len(sites))
+    scores["rankme"] = rankme(features)
+    return scores
+
+
+class OnlineProbe(Callback):
+    """Probe the encoder during pre-training (see the module docstring).
+
+    Args:
+        target: the label column of the probe manifests.
+        manifests: the probe set's manifests (or folders); None: the pre-training manifests.
+        task: "classification" or "regression" of ``target``.
+        target_values: the label values to keep (e.g. ``[CN, AD]``); None keeps every labelled scan.
+        every_n_epochs: probe after every this many epochs (and once before training).
+        pooling, blocks, regions: the frozen features (:func:`ichor.downstream.pooling.encode`).
+        folds: outer and inner cross-validation folds (grouped by subject).
+        batch_size: scans per embedding batch.
+        seed: seed of the folds.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        manifests: list[str] | None = None,
+        task: Literal["classification", "regression"] = "classification",
+        target_values: list | None = None,
+        every_n_epochs: int = 1,
+        pooling: Pooling = "brain_mean",
+        blocks: int = 1,
+        regions: int = REGIONS,
+        folds: int = INNER_FOLDS,
+        batch_size: int = 8,
+        seed: int = 0,
+    ) -> None:
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be at least 1, got {every_n_epochs}")
+        check_pooling(pooling)
+        self.target = target
+        self.manifests = manifests
+        self.classification = task == "classification"
+        self.target_values = target_values
+        self.every_n_epochs = every_n_epochs
+        self.pooling: Pooling = pooling
+        self.blocks = blocks
+        self.regions = regions
+        self.folds = folds
+        self.batch_size = batch_size
+        self.seed = seed
+        self._loader: DataLoader | None = None
+        self._rows: pd.DataFrame | None = None
+
+    # ---------------------------------------------------------------- hooks
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.probe(trainer, pl_module)  # the curve's origin: the encoder as initialised (or resumed)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.probe(trainer, pl_module)
+
+    # ---------------------------------------------------------------- probing
+    def probe(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        """Embed the probe set, score it and log the scalars (global rank 0); returns them (empty elsewhere)."""
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return {}
+        from ichor.downstream.features import embed_loader
+
+        loader, rows = self.probe_set(trainer)
+        encoder = pl_module.encoder_network()  # type: ignore[operator]
+        table = embed_loader(encoder, loader, self.pooling, self.blocks, self.regions, pl_module.device)
+        table = table.merge(rows[["path", self.target]], on="path", how="inner", validate="many_to_one")
+        features = table.filter(regex=r"^f\d+$").to_numpy()
+        labels = table[self.target].astype(str if self.classification else float).to_numpy()
+        scores = probe_scores(
+            features,
+            labels,
+            self.classification,
+            table["subject"].astype(str).to_numpy(),
+            table["study"].astype(str).to_numpy(),
+            self.folds,
+            self.seed,
+        )
+        metrics = {f"{PREFIX}{name}": float(value) for name, value in scores.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        return metrics
+
+    def probe_set(self, trainer: Trainer) -> tuple[DataLoader, pd.DataFrame]:
+        """The probe set's loader and labelled rows, harmonised as the pre-training data (built once)."""
+        if self._loader is not None and self._rows is not None:
+            return self._loader, self._rows
+        from ichor.downstream.features import datamodule_for_encoder
+
+        data = trainer.datamodule  # type: ignore[attr-defined]
+        if data is None or not hasattr(data, "harmonisation_settings"):
+            raise ValueError("OnlineProbe needs a CBFDataModule (its harmonisation settings) in the run")
+        manifests = self.manifests or list(data.hparams.manifests)
+        with tempfile.TemporaryDirectory() as audit:  # the split table of a datamodule that does not split
+            probe_data = datamodule_for_encoder(
+                {"harmonisation": data.harmonisation_settings()},
+                manifests,
+                "the pre-training data",
+                cache_dir=data.hparams.cache_dir,
+                batch_size=self.batch_size,
+                num_workers=0,
+                log_dir=audit,
+                persistent_workers=False,
+                progress=False,
+            )
+            probe_data.prepare_data()
+            probe_data.setup("predict")
+        rows: Any = probe_data.rows
+        rows = rows.loc[labelled_rows(rows, self.target, self.target_values)]
+        log.info("online probe: %d labelled scans of %d subjects (%s)", len(rows), rows["subject"].nunique(), manifests)
+        self._loader, self._rows = probe_data.predict_dataloader(), rows
+        return self._loader, self._rows

@@ -1,0 +1,105 @@
+"""The online probe: set in YAML, logs its scalars, and follows a representation that improves."""
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+from helpers import make_dataset
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ichor.data import CBFDataModule
+from ichor.models import Backbone
+from ichor.pretrain import MAEPretrainer
+from ichor.pretrain.online_probe import OnlineProbe, rankme
+from ichor.pretrain.optim import AdamW
+
+SCALARS = {
+    "probe/auroc",
+    "probe/balanced_accuracy",
+    "probe/site_balanced_accuracy",
+    "probe/site_chance",
+    "probe/rankme",
+}
+
+
+def test_rankme_counts_the_effective_dimensions():
+    rng = np.random.default_rng(0)
+    assert rankme(np.outer(rng.standard_normal(50), rng.standard_normal(8))) == pytest.approx(1.0, abs=1e-3)
+    assert rankme(np.eye(8)) == pytest.approx(8.0, rel=1e-3)
+    assert 6 < rankme(rng.standard_normal((200, 8))) <= 8
+
+
+@pytest.mark.slow
+def test_probe_metric_rises_as_the_encoder_learns_and_reaches_tensorboard(tmp_path):
+    """From a collapsed encoder (patch embedding zeroed: every scan has the same features, AUROC 0.5),
+    a few epochs of MAE on maps whose CBF level is the label make the probe read it."""
+    manifests = make_dataset(tmp_path / "data", subjects=10)  # 2 studies x 10 subjects, CN/AD by CBF level
+    data = CBFDataModule(
+        manifests,
+        cache_dir=str(tmp_path / "cache"),
+        spacing=4.0,
+        shape=(16, 16, 16),
+        batch_size=4,
+        num_workers=0,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        augment=None,
+        progress=False,
+        persistent_workers=False,
+    )
+    torch.manual_seed(0)
+    module = MAEPretrainer(
+        backbone=Backbone("mae_vit_micro", patch_size=8, img_size=(16, 16, 16)),
+        optim=AdamW(lr=0.1, warmup_epochs=1),
+        figure_every_n_steps=0,
+    )
+    torch.nn.init.zeros_(module.encoder_network().patch_embed.proj.weight)
+    probe = OnlineProbe(target="diagnosis", every_n_epochs=2, folds=3)
+    trainer = L.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        logger=TensorBoardLogger(str(tmp_path), name="tb"),
+        callbacks=[probe],
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, data)
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    assert set(events.Tags()["scalars"]) >= SCALARS
+    auroc = [event.value for event in events.Scalars("probe/auroc")]
+    steps = [event.step for event in events.Scalars("probe/auroc")]
+    assert steps == [0, 10, 20]  # before training, then every second epoch (5 batches an epoch)
+    assert auroc[0] == pytest.approx(0.5) and auroc[-1] > 0.8, auroc
+    assert events.Scalars("probe/site_chance")[0].value == 0.5
+    assert trainer.callback_metrics["probe/auroc"] == pytest.approx(auroc[-1])
+    assert module.encoder_network().training  # embedding left the encoder in the mode it found
+
+
+def test_online_probe_is_set_in_yaml(tmp_path):
+    """A trainer.callbacks entry with its class_path builds the callback, with its arguments."""
+    from ichor.config import IchorCLI
+
+    config = {
+        "trainer": {
+            "callbacks": [
+                {
+                    "class_path": "ichor.pretrain.online_probe.OnlineProbe",
+                    "init_args": {"target": "rating", "task": "regression", "every_n_epochs": 5, "blocks": 2},
+                }
+            ]
+        },
+        "model": {"class_path": "ichor.pretrain.MAEPretrainer"},
+        "data": {"class_path": "ichor.data.CBFDataModule", "init_args": {"manifests": ["m.csv"]}},
+    }
+    path = Path(tmp_path / "c.yaml")
+    path.write_text(yaml.safe_dump(config))
+    cli = IchorCLI(args=["--config", str(path), "--trainer.logger=false"], run=False)
+    (probe,) = [c for c in cli.trainer.callbacks if isinstance(c, OnlineProbe)]
+    assert (probe.target, probe.classification, probe.every_n_epochs, probe.blocks) == ("rating", False, 5, 2)
