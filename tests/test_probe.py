@@ -112,3 +112,49 @@ def test_last_blocks_are_normed_and_concatenated_and_the_hooks_removed():
     assert features.shape == (2, feature_width(encoder.embed_dim, "region", 3, 2)) == (2, 8 * 3 * 96)
     with pytest.raises(ValueError, match="depth"):
         encode(encoder, images, brain, "brain_mean", blocks=5)
+
+
+# ---------------------------------------------------------------- attentive probe
+
+
+def test_attentive_probe_trains_on_frozen_tokens_with_the_encoder_unchanged(
+    tmp_path, downstream_manifests, tiny_encoder
+):
+    """mode linear_probe + pooling attentive: the encoder stays frozen and in eval mode while the pooler learns."""
+    from dataclasses import replace
+
+    import torch
+    from helpers import DATA_ARGS, HARMONISATION
+    from lightning.pytorch import Trainer
+
+    from ichor.data import CBFDataModule
+    from ichor.downstream import DownstreamTask
+    from ichor.downstream.task import TASK_OPTIM
+    from ichor.models.weights import load_encoder
+
+    task = DownstreamTask(str(tiny_encoder), pooling="attentive", optim=replace(TASK_OPTIM, lr=0.05))
+    data = CBFDataModule(
+        downstream_manifests, cache_dir=str(tmp_path / "cache"), **{**DATA_ARGS, "target": "diagnosis"}
+    )
+    modes: list[bool] = []
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    task.configure_encoder(HARMONISATION)  # as setup() would: the encoder exists before training
+    task.configure_head(["CN", "AD"])
+    record = lambda block, args: modes.append(task.encoder.training or block.training)  # noqa: E731
+    task.encoder.blocks[0].register_forward_pre_hook(record)
+    before = {k: v.clone() for k, v in task.pooler.state_dict().items()}
+    trainer.fit(task, datamodule=data)
+    reference, _ = load_encoder(str(tiny_encoder))
+    for key, value in reference.state_dict().items():
+        assert torch.equal(task.encoder.state_dict()[key], value), key  # frozen: weights unchanged by training
+    assert modes and not any(modes)  # every forward pass of the encoder ran in eval mode
+    assert any(not torch.equal(before[k], v) for k, v in task.pooler.state_dict().items())  # the pooler learned
+    assert task.head.fc.in_features == task.encoder.embed_dim

@@ -7,6 +7,10 @@ Three modes answer the questions a paper's results table asks:
 - ``finetune``: everything trains, with layer-wise lr decay (0.75 by default).
 - ``scratch``: the same architecture with random weights, trained like ``finetune``
   without decay: the baseline that says what pre-training bought.
+
+``pooling: attentive`` replaces the fixed pooling by a learned one
+(:class:`ichor.downstream.attentive.AttentivePooler`); with ``linear_probe`` it is the
+attentive probe: the encoder frozen and in eval mode, the pooler and the linear head trained.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from ichor.downstream.attentive import AttentivePooler
 from ichor.downstream.lrd import param_groups_lrd
 from ichor.downstream.plugins import resolve_head
-from ichor.downstream.pooling import Pooling, check_pooling, encode, feature_width
+from ichor.downstream.pooling import POOLINGS, Pooling, encode, encode_tokens, feature_width
 from ichor.models import ViTEncoder3D
 from ichor.models.weights import WeightsError, load_encoder
 from ichor.pretrain.base import as_dataclass
@@ -30,6 +35,7 @@ from ichor.pretrain.optim import AdamW, configure_adamw
 
 Mode = Literal["linear_probe", "finetune", "scratch"]
 MODES = ("linear_probe", "finetune", "scratch")
+ATTENTIVE = "attentive"  # the learned pooling, beside the fixed ones of ichor.downstream.pooling
 # Manifest fields copied into every prediction row, when the batch has them.
 ID_COLUMNS = ("subject", "session", "study", "path", "split")  # split: train/val/test/unlabelled, as the run used it
 # Harmonisation keys that must agree between pre-training and downstream data.
@@ -79,7 +85,8 @@ class DownstreamTask(LightningModule):
             (class names, target scale) are filled in at setup and saved with the checkpoint.
         mode: "linear_probe", "finetune" or "scratch" (see the module docstring).
         pooling: "brain_mean" (mean of brain tokens), "mean" (all tokens), "max" (brain tokens) or
-            "region" (brain-token means of the grid's 8 octants, side by side).
+            "region" (brain-token means of the grid's 8 octants, side by side); "attentive" learns it
+            (a query cross-attending over brain tokens).
         optim: the optimiser recipe (:class:`ichor.pretrain.optim.AdamW`); ``lr`` is the head's peak
             rate (in finetune, the last encoder block trains at ``lr * layer_decay``), as given
             (``lr_batch`` null) unless a reference batch is set.
@@ -94,7 +101,7 @@ class DownstreamTask(LightningModule):
         head: str = "classification",
         head_args: dict[str, Any] | None = None,
         mode: Mode = "linear_probe",
-        pooling: Pooling = "brain_mean",
+        pooling: Pooling | Literal["attentive"] = "brain_mean",
         optim: AdamW = TASK_OPTIM,
         layer_decay: float = 0.75,
         grad_checkpointing: bool = False,
@@ -103,7 +110,8 @@ class DownstreamTask(LightningModule):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        check_pooling(pooling)
+        if pooling not in (*POOLINGS, ATTENTIVE):
+            raise ValueError(f"pooling must be one of {', '.join((*POOLINGS, ATTENTIVE))}, got {pooling!r}")
         self.save_hyperparameters()
         self.optim = as_dataclass(AdamW, optim, TASK_OPTIM)
         self.hparams.optim = self.optim.as_dict()  # plain values in the checkpoint
@@ -112,6 +120,7 @@ class DownstreamTask(LightningModule):
         self.encoder: ViTEncoder3D | None = None
         self.head: nn.Module | None = None
         self.feature_norm: nn.Module = nn.Identity()
+        self.pooler: AttentivePooler | None = None
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @classmethod
@@ -142,6 +151,8 @@ class DownstreamTask(LightningModule):
         if hp.mode == "scratch":
             encoder = ViTEncoder3D(img_size=encoder.img_size, **metadata["architecture"])
         encoder.grad_checkpointing = hp.grad_checkpointing
+        if hp.pooling == ATTENTIVE:
+            self.pooler = AttentivePooler(encoder.embed_dim, encoder.num_heads)
         if hp.mode == "linear_probe":
             encoder.requires_grad_(False)
             self.feature_norm = nn.BatchNorm1d(feature_width(encoder.embed_dim, hp.pooling), affine=False, eps=1e-6)
@@ -179,9 +190,12 @@ class DownstreamTask(LightningModule):
 
     # ------------------------------------------------------------------ steps
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Pooled encoder features (B, feature_width); no graph through a frozen encoder."""
+        """Pooled encoder features (B, feature_width); no graph through a frozen encoder (a learned pooler still trains)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.hparams.mode != "linear_probe"):
-            return encode(self.encoder, batch["image"], batch.get("mask"), self.hparams.pooling)
+            if self.pooler is None:
+                return encode(self.encoder, batch["image"], batch.get("mask"), self.hparams.pooling)
+            tokens, token_mask = encode_tokens(self.encoder, batch["image"], batch.get("mask"))
+        return self.pooler(tokens, token_mask)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.head(self.feature_norm(self.features(batch)))
