@@ -103,3 +103,38 @@ def test_online_probe_is_set_in_yaml(tmp_path):
     cli = IchorCLI(args=["--config", str(path), "--trainer.logger=false"], run=False)
     (probe,) = [c for c in cli.trainer.callbacks if isinstance(c, OnlineProbe)]
     assert (probe.target, probe.classification, probe.every_n_epochs, probe.blocks) == ("rating", False, 5, 2)
+
+
+@pytest.mark.parametrize("method", ["SimCLRPretrainer", "GenesisPretrainer"])
+def test_online_probe_works_for_every_pretrainer(tmp_path, method):
+    """The callback reads encoder_network(), which every pre-training method has."""
+    import ichor.pretrain
+
+    manifests = make_dataset(tmp_path / "data", subjects=6)
+    data = CBFDataModule(
+        manifests,
+        cache_dir=str(tmp_path / "cache"),
+        spacing=4.0,
+        shape=(16, 16, 16),
+        batch_size=4,
+        num_workers=0,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        augment=None,
+        progress=False,
+        persistent_workers=False,
+    )
+    module = getattr(ichor.pretrain, method)(backbone=Backbone("mae_vit_micro", patch_size=8, img_size=(16, 16, 16)))
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[OnlineProbe(target="diagnosis", folds=2)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, data)
+    assert set(trainer.callback_metrics) >= SCALARS
