@@ -15,6 +15,11 @@ import numpy as np
 from scipy import ndimage
 
 BASE_VOXEL_MM = 2.0
+FOLDING_MM = 5.0  # scale of one person's gyri and sulci
+FOLDING_SD = 0.3  # how far (in tissue share) the folding field moves tissue borders
+SULCAL_LEVEL = 0.5  # |folding| below this is sulcus: about 40 % of the mantle
+SULCAL_SD = 0.8  # the same for the grey/CSF border: the template's mantle is about 80 % grey, sulci must win
+TISSUE_SHARPNESS = 0.1  # width of a tissue transition, in tissue share: crisp, not a step
 
 # name -> (centres in MNI mm for the left hemisphere or the midline (x mirrored for the
 # right), FWHM in mm). Coordinates from the usual MNI locations of these structures.
@@ -168,15 +173,49 @@ def edge_distance_mm() -> np.ndarray:
     return (outside_d - inside_d).astype(np.float32)
 
 
-@cache
-def blurred(name: str, fwhm_mm: tuple[float, float, float]) -> np.ndarray:
-    """A base-grid map ("gm", "wm", "csf", "brain", "vessel") blurred by an anisotropic Gaussian.
+def individual_tissue(folding: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One subject's (GM, WM, CSF) on the base grid, from a unit-SD ``folding`` field.
 
-    ``fwhm_mm`` is the total blur wanted; the base grid's own 2 mm voxel is taken off in
-    quadrature, so the result has about that resolution.
+    The MNI152 template is a population average: inter-subject misregistration smears both its
+    grey/white border and its sulci, so its cortex is a uniform grey mantle without sulcal CSF,
+    and maps made from it lack the gyral texture that real maps show (the ds000240 map at 4 mm:
+    bright gyri, dark sulci and white matter). A person's brain has its own folding: where the
+    field is far from zero the mantle is gyrus (grey matter, with a white-matter core reaching
+    into it); along its zero crossings, thin curved sheets, it is sulcus (CSF). Both tissue shares are sharpened around the template's value
+    shifted by the field; the brain (GM + WM + CSF) is unchanged.
     """
-    source = vessel_map() if name == "vessel" else getattr(base_anatomy(), name)
+    anatomy = base_anatomy()
+    parenchyma = anatomy.gm + anatomy.wm
+    gyral = np.abs(folding) - SULCAL_LEVEL  # < 0 on thin sheets along the field's zero crossings: sulci
+    white = _sharpen(_share(anatomy.wm, parenchyma), FOLDING_SD * gyral)
+    wm = parenchyma * white
+    mantle = parenchyma * (1 - white) + anatomy.csf  # what is not white matter
+    grey = _sharpen(_share(parenchyma * (1 - white), mantle), SULCAL_SD * gyral)
+    return (mantle * grey).astype(np.float32), wm.astype(np.float32), (mantle * (1 - grey)).astype(np.float32)
+
+
+def _share(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    return np.divide(part, whole, out=np.zeros_like(whole), where=whole > 1e-6)
+
+
+def _sharpen(share: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """A share in [0, 1] pushed towards 0 or 1 around 0.5, after ``shift``: crisp, not a step."""
+    return 1 / (1 + np.exp(-(share - 0.5 + shift) / TISSUE_SHARPNESS))
+
+
+def blur(source: np.ndarray, fwhm_mm: tuple[float, float, float]) -> np.ndarray:
+    """A base-grid map blurred by an anisotropic Gaussian of total ``fwhm_mm``.
+
+    The base grid's own 2 mm voxel is taken off in quadrature, so the result has about that
+    resolution.
+    """
     sigma = [np.sqrt(max(f**2 - BASE_VOXEL_MM**2, 0.0)) / 2.3548 / BASE_VOXEL_MM for f in fwhm_mm]
     if not any(s > 0 for s in sigma):
         return source
     return ndimage.gaussian_filter(source, sigma, mode="constant").astype(np.float32)
+
+
+@cache
+def blurred(name: str, fwhm_mm: tuple[float, float, float]) -> np.ndarray:
+    """A shared base-grid map ("csf", "brain", "vessel") blurred to ``fwhm_mm`` (cached per process)."""
+    return blur(vessel_map() if name == "vessel" else getattr(base_anatomy(), name), fwhm_mm)

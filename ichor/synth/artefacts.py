@@ -32,6 +32,7 @@ ARTEFACTS = ("att", "labelfail", "motion", "dropout")
 BASE_RATE = {"att": 0.2, "labelfail": 0.06, "motion": 0.18, "dropout": 0.3}
 VASCULAR_PEAK = 400.0  # mL/100g/min of (unblurred) intravascular signal at full severity
 EDGE_PEAK = 60.0  # mL/100g/min of label/control mismatch at the brain edge at full severity
+DROPOUT_BORDER = 0.1  # width of a void's border, in units of the region map (a few mm)
 NEGATIVE_ONSET = 0.4  # labelling-failure severity above which whole territories can go negative (unverified)
 NEGATIVE_PEAK = 12.0  # mL/100g/min of negative subtraction error per territory SD at full severity (unverified)
 
@@ -80,14 +81,17 @@ def transit_effects(
     """(tissue multiplier, additive intravascular CBF) of an arterial transit artefact.
 
     ``vessels`` is the readout-blurred vessel map; ``modulation`` a unit-SD field on the
-    scale of a few sulci: only its peaks light up, so the signal is patchy and serpiginous
-    rather than a global brightening, and strongest near the circle of Willis.
+    scale of a few sulci. The label still in arteries follows the vessel tree: serpiginous
+    lines along the Sylvian fissure, the pericallosal arteries and the sulci, several times
+    brighter than tissue, beaded along their length (``modulation``) rather than isolated
+    blobs (the description raters use: domain.md, Alsop 2015), strongest near the circle of
+    Willis.
     """
     if severity <= 0:
         return 1.0, 0.0
     distal = np.maximum(region_map("watershed_cortical"), 0.6 * region_map("watershed_deep"))
     multiplier = (1 - 0.12 * severity) * (1 - 0.55 * severity * distal)
-    patches = np.clip(modulation - 0.3, 0, None)
+    patches = np.clip(0.6 + 0.4 * modulation, 0, None)
     vascular = VASCULAR_PEAK * severity * vessels * patches * proximal_weight()
     return multiplier, vascular
 
@@ -101,7 +105,11 @@ def proximal_weight() -> np.ndarray:
 
 
 def dropout_multiplier(severity: float, readout: str, asymmetry: float) -> np.ndarray | float:
-    """Susceptibility signal loss near the sinuses and temporal bones; ``asymmetry`` in [-1, 1] favours one side."""
+    """Susceptibility signal loss near the sinuses and temporal bones; ``asymmetry`` in [-1, 1] favours one side.
+
+    A void with a sharp border, not a gentle dimming: where the field gradient dephases the
+    signal it is gone, a few millimetres away it is intact. Severity grows the void and deepens it.
+    """
     if severity <= 0:
         return 1.0
     left, right = 1 - max(asymmetry, 0.0), 1 + min(asymmetry, 0.0)
@@ -111,7 +119,9 @@ def dropout_multiplier(severity: float, readout: str, asymmetry: float) -> np.nd
             left * region_map("dropout_inferior_temporal", "L"), right * region_map("dropout_inferior_temporal", "R")
         ),
     )
-    return 1 - min(0.95, severity * DROPOUT_SENSITIVITY[readout]) * region
+    strength = severity * DROPOUT_SENSITIVITY[readout]
+    void = np.clip((region - (1 - strength)) / DROPOUT_BORDER, 0, 1)  # reaches further out as strength grows
+    return 1 - min(0.95, 0.5 + strength) * void
 
 
 def edge_artefact(severity: float, wavelength_mm: float, phase: float, sidedness: np.ndarray) -> np.ndarray | float:

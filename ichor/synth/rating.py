@@ -26,7 +26,7 @@ from ichor.synth.artefacts import Artefacts
 RATING_LEVELS = ("unacceptable", "poor", "average", "excellent")
 SEVERITY_WEIGHTS = {"att": 0.5, "labelfail": 1.0, "motion": 0.8, "dropout": 0.3}
 SNR_WEIGHT = 0.35
-SNR_GOOD = 12.0  # protocol SNR (GM CBF 60 / noise SD) at and above which noise does not bother a rater
+SNR_GOOD = 4.5  # protocol SNR (GM CBF 60 / noise SD) at and above which noise does not bother a rater: the table's best
 THRESHOLDS = (0.35, 0.6, 0.82)  # latent quality at the lower edge of poor, average, excellent
 DEFAULT_RATER_NOISE = 0.08
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ichor.synth import artefacts as art
 from ichor.synth.acquisition import BRAIN_CENTRE_MNI, ISOCENTRE_OFFSET, Sampler, head_pose, output_grid
-from ichor.synth.anatomy import BASE_VOXEL_MM, base_anatomy, blurred
+from ichor.synth.anatomy import BASE_VOXEL_MM, FOLDING_MM, base_anatomy, blur, blurred, individual_tissue
 from ichor.synth.fields import correlated_noise, smooth_field
 from ichor.synth.physiology import REGIONAL_CORRELATION_MM, tissue_cbf
 from ichor.synth.plan import ScanPlan, SynthOptions
@@ -44,29 +44,26 @@ def tissue_fwhm(protocol: Protocol) -> tuple[float, float, float]:
 def warm_caches(protocols: list[Protocol]) -> None:
     """Compute the per-process caches up front (before forking workers, so they are shared)."""
     for protocol in protocols:
-        for name in ("gm", "wm", "csf"):
-            blurred(name, tissue_fwhm(protocol))
-        for name in ("gm", "wm", "vessel"):
-            blurred(name, protocol.psf_fwhm_mm)
+        blurred("vessel", protocol.psf_fwhm_mm)
     art.edge_distance_mm()
     art.proximal_weight()
 
 
-def base_cbf(plan: ScanPlan, options: SynthOptions, rng: np.random.Generator) -> np.ndarray:
-    """The map the scanner would see before pose, resampling and noise (base grid, site-scaled)."""
+def base_cbf(
+    plan: ScanPlan, options: SynthOptions, rng: np.random.Generator, tissue: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """The map the scanner would see before pose, resampling and noise (base grid, site-scaled).
+
+    ``tissue`` is the subject's own (GM, WM, CSF) on the base grid.
+    """
     anatomy, p, a, s = base_anatomy(), plan.protocol, plan.artefacts, plan.subject
     voxel = (BASE_VOXEL_MM,) * 3
 
     def field(correlation_mm: float) -> np.ndarray:
         return smooth_field(rng, anatomy.shape, voxel, correlation_mm)
 
-    cbf = tissue_cbf(
-        s,
-        blurred("gm", p.psf_fwhm_mm),
-        blurred("wm", p.psf_fwhm_mm),
-        field(REGIONAL_CORRELATION_MM),
-        options.effect_scale,
-    )
+    gm, wm = (blur(m, p.psf_fwhm_mm) for m in tissue[:2])
+    cbf = tissue_cbf(s, gm, wm, field(REGIONAL_CORRELATION_MM), options.effect_scale)
     if a.att > 0:
         multiplier, vascular = art.transit_effects(a.att, blurred("vessel", p.psf_fwhm_mm), field(10.0))
         cbf = cbf * multiplier + vascular
@@ -87,7 +84,8 @@ def render_scan(plan: ScanPlan, options: SynthOptions | None = None) -> Rendered
     rng = plan.render_rng()
     p, s = plan.protocol, plan.subject
     anatomy = base_anatomy()
-    cbf = base_cbf(plan, options, rng)
+    tissue = individual_tissue(smooth_field(rng, anatomy.shape, (BASE_VOXEL_MM,) * 3, FOLDING_MM))
+    cbf = base_cbf(plan, options, rng, tissue)
 
     isocentre = np.zeros(3) if p.space == MNI_SPACE else ISOCENTRE_OFFSET
     pose = head_pose(plan.rotation_deg, plan.translation_mm, s.head_scale if p.space != MNI_SPACE else 1.0, isocentre)
@@ -95,7 +93,7 @@ def render_scan(plan: ScanPlan, options: SynthOptions | None = None) -> Rendered
     sample = Sampler(anatomy, pose, shape, affine)
 
     fwhm = tissue_fwhm(p)
-    cbf, gm, wm, csf = sample(cbf, *(blurred(name, fwhm) for name in ("gm", "wm", "csf")))
+    cbf, gm, wm, csf = sample(cbf, *(blur(m, fwhm) for m in tissue))
     csf += gm * s.atrophy
     gm *= 1 - s.atrophy
     brain = (gm + wm + csf) > 0.5
