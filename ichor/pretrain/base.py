@@ -12,8 +12,10 @@ implementation, so that a comparison between methods compares pretext tasks and 
   rank), so that a resumed run draws what an uninterrupted one would have;
 - the optimiser recipe (``optim``: :class:`ichor.pretrain.optim.AdamW`, batch-scaled lr,
   warm-up + cosine), the checkpoint monitor (``val/loss``, lower is better) and the same scalars:
-  ``train/loss``, ``val/loss``, ``train/scans_per_s``, ``train/grad_norm`` (lr by the
-  ``LearningRateMonitor`` that ``ichor fit`` adds).
+  ``train/loss``, ``val/loss``, ``train/scans_per_s``, ``train/data_wait_fraction``,
+  ``train/grad_norm`` (lr by the ``LearningRateMonitor`` that ``ichor fit`` adds), and for a
+  method that counts its FLOPs (``step_flops_per_scan``) ``train/tflops`` and ``train/mfu``
+  (:mod:`ichor.pretrain.throughput`).
 
 A method subclasses :class:`Pretrainer`, lists the shared arguments (``backbone``, ``optim``,
 ``seed``) in its own ``__init__`` (so that they are config keys), calls ``super().__init__()``
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -35,6 +36,7 @@ from lightning.pytorch.utilities import grad_norm
 from ichor.models import Backbone, ViTEncoder3D, build_encoder
 from ichor.models.weights import DATA_RECORD_KEY, ENCODER_RECORD_KEY
 from ichor.pretrain.optim import AdamW, configure_adamw
+from ichor.pretrain.throughput import StepClock, peak_flops
 
 # Streams of random numbers: training draws change every epoch, validation draws never do.
 TRAIN_STREAM, VAL_STREAM = 0, 1
@@ -87,7 +89,9 @@ class Pretrainer(LightningModule):
         # `--ckpt_path` re-parsing sees only init arguments.
         self.data_record: dict[str, Any] = {}
         self.built = False
-        self._batch_started = 0.0
+        self._clock = StepClock()
+        self._flops_per_scan: float | None = None
+        self._peak_flops: float | None = None
         if self.backbone.img_size is not None:
             self._build(self.backbone.img_size)
 
@@ -112,6 +116,10 @@ class Pretrainer(LightningModule):
         (e.g. a baseline the loss must beat).
         """
         raise NotImplementedError
+
+    def step_flops_per_scan(self, batch: dict[str, Any]) -> float | None:
+        """Analytic FLOPs of one training step per scan of ``batch`` (for ``train/tflops``, ``train/mfu``); None: not counted."""
+        return None
 
     # ------------------------------------------------------------------ model
     def build_encoder(self, img_size: tuple[int, int, int]) -> ViTEncoder3D:
@@ -211,17 +219,34 @@ class Pretrainer(LightningModule):
             self.log(f"val/{name}", value, prog_bar=name == "loss", sync_dist=True, batch_size=size)
 
     # ------------------------------------------------------------- monitoring
+    def on_fit_start(self) -> None:
+        self._peak_flops = peak_flops(self.device, str(self.trainer.precision))
+
+    def on_train_epoch_start(self) -> None:
+        self._clock.restart()
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if not self._batch_started:
-            self._batch_started = time.perf_counter()
+        self._clock.step_started()
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        """Scans/s over the whole loop (data wait included), summed over devices."""
-        now = time.perf_counter()
-        elapsed, self._batch_started = now - self._batch_started, now
-        if elapsed > 0:
-            rate = batch["image"].shape[0] * self.trainer.world_size / elapsed
-            self.log("train/scans_per_s", rate, batch_size=batch["image"].shape[0])
+        """Scans/s over the whole loop (summed over devices), the share of it waiting for data, TFLOP/s and MFU per device.
+
+        The FLOP count is refreshed once per logging interval: counting brain patches reads
+        the mask back from the device, which would otherwise stall every step.
+        """
+        timing = self._clock.step_ended()
+        if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
+            self._flops_per_scan = self.step_flops_per_scan(batch)
+        if timing is None or timing[0] <= 0:
+            return
+        (interval, wait), size = timing, batch["image"].shape[0]
+        self.log("train/scans_per_s", size * self.trainer.world_size / interval, batch_size=size)
+        self.log("train/data_wait_fraction", wait / interval, batch_size=size)
+        if self._flops_per_scan is not None:
+            achieved = self._flops_per_scan * size / interval
+            self.log("train/tflops", achieved / 1e12, batch_size=size)
+            if self._peak_flops:
+                self.log("train/mfu", achieved / self._peak_flops, batch_size=size)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         norms = grad_norm(self, norm_type=2)

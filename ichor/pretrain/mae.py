@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ichor.models import Backbone, ViTEncoder3D, build_mae
+from ichor.models import Backbone, ViTEncoder3D, build_mae, mae_flops
 from ichor.pretrain.base import VAL_STREAM, Pretrainer
 from ichor.pretrain.figures import reconstruction_figure
 from ichor.pretrain.optim import AdamW
@@ -58,6 +58,11 @@ class MAEPretrainer(Pretrainer):
 
     def encoder_network(self) -> ViTEncoder3D:
         return self.mae.encoder
+
+    def step_flops_per_scan(self, batch: dict[str, Any]) -> float:
+        """By :func:`ichor.models.mae_flops`, over this batch's brain patch counts (they set the token counts)."""
+        counts = self.mae.brain_patches(batch["image"], batch.get("mask")).sum(1).tolist()
+        return sum(mae_flops(self.mae, n)["train_step_flops"] for n in counts) / len(counts)
 
     # ------------------------------------------------------------------ steps
     def _noise(self, batch_size: int, batch_idx: int, stream: int) -> torch.Tensor:
