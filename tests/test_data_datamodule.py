@@ -33,6 +33,12 @@ def datamodule(manifests, cache_dir, **kwargs) -> CBFDataModule:
     return dm
 
 
+def train_batches(dm: CBFDataModule):
+    """Training batches as a Trainer hands them to the model: finished by the datamodule after transfer."""
+    for batch in dm.train_dataloader():
+        yield dm.on_after_batch_transfer(batch, 0)
+
+
 def all_scans(dm: CBFDataModule) -> dict:
     """Every scan (predict split) in one batch."""
     dataset = dm.datasets["predict"]
@@ -41,7 +47,9 @@ def all_scans(dm: CBFDataModule) -> dict:
 
 def test_batches_have_images_masks_and_manifest_fields(manifests, cache_dir):
     dm = datamodule(manifests, cache_dir)
-    batch = next(iter(dm.train_dataloader()))
+    raw = next(iter(dm.train_dataloader()))
+    assert raw["image"].dtype == torch.float16 and "mask" not in raw  # handed over as cached, finished on the device
+    batch = dm.on_after_batch_transfer(raw, 0)
     assert batch["image"].dtype == torch.float32 and batch["image"].shape == (4, 1, 48, 56, 48)
     assert batch["mask"].dtype == torch.bool and batch["mask"].shape == (4, 1, 48, 56, 48)
     for field in ("subject", "session", "study", "site", "path", "manifest"):
@@ -96,7 +104,7 @@ def test_same_seed_same_split_and_same_batches(manifests, cache_dir, tmp_path):
     other = datamodule(manifests, cache_dir, seed=6, log_dir=str(tmp_path / "c"))
     assert first.rows["split"].equals(second.rows["split"])
     assert not first.rows["split"].equals(other.rows["split"])
-    for a, b in zip(first.train_dataloader(), second.train_dataloader()):
+    for a, b in zip(train_batches(first), train_batches(second)):
         assert a["subject"] == b["subject"] and torch.equal(a["image"], b["image"])
     table = pd.read_csv(tmp_path / "a" / "splits.csv")
     assert len(table) == 16 and table.groupby("subject")["split"].nunique().max() == 1
@@ -109,15 +117,16 @@ def test_held_out_study_is_wholly_test(manifests, cache_dir):
     assert dm.data_summary()["per_study"]["study-03"] == {"train": 0, "val": 0, "test": 4}
 
 
-def test_augmentation_only_in_training(manifests, cache_dir):
+@pytest.mark.parametrize("transforms_on", ["device", "workers"])
+def test_augmentation_only_in_training(manifests, cache_dir, transforms_on):
     strong = Augmentation(flip_p=1.0, intensity_p=1.0, noise_p=1.0)
-    plain = datamodule(manifests, cache_dir)
-    augmented = datamodule(manifests, cache_dir, augment=strong)
+    plain = datamodule(manifests, cache_dir, transforms_on=transforms_on)
+    augmented = datamodule(manifests, cache_dir, augment=strong, transforms_on=transforms_on)
     for split in ("val", "test", "predict"):
         assert torch.equal(augmented.datasets[split][0]["image"], plain.datasets[split][0]["image"])
-    item, original = augmented.datasets["train"][0], plain.datasets["train"][0]
+    item, original = next(train_batches(augmented)), next(train_batches(plain))
     assert not torch.equal(item["image"], original["image"])
-    assert torch.equal(item["mask"], original["mask"].flip(1))  # the flip moved the mask too
+    assert torch.equal(item["mask"], original["mask"].flip(2))  # the flip moved the mask too
     assert (item["image"][~item["mask"]] == 0).all()
 
 
@@ -125,13 +134,15 @@ def test_flip_is_left_right_and_affine_moves_the_mask():
     mask = torch.zeros(1, 8, 6, 4, dtype=torch.bool)
     mask[:, :3] = True  # left part of the head (RAS axis 0 runs left -> right)
     image = mask.float() * 0.5
-    flipped, flipped_mask = Augmentation(flip_p=1, intensity_p=0, noise_p=0)(image, mask, 0.1)
+    level = torch.tensor([0.1])
+    flipped, flipped_mask = Augmentation(flip_p=1, intensity_p=0, noise_p=0)(image[None], mask[None], level)
+    flipped, flipped_mask = flipped[0], flipped_mask[0]
     assert flipped_mask[:, 5:].all() and not flipped_mask[:, :5].any() and torch.equal(flipped > 0, flipped_mask)
     torch.manual_seed(0)
-    big = torch.zeros(1, 20, 20, 20, dtype=torch.bool)
-    big[:, 5:15, 5:15, 5:15] = True
+    big = torch.zeros(1, 1, 20, 20, 20, dtype=torch.bool)
+    big[..., 5:15, 5:15, 5:15] = True
     moved, moved_mask = Augmentation(flip_p=0, affine_p=1, intensity_p=0, noise_p=0, shift_voxels=3)(
-        big * 0.5, big, 0.1
+        big * 0.5, big, level
     )
     assert abs(int(moved_mask.sum()) - 1000) < 250 and torch.allclose(moved[moved_mask], torch.tensor(0.5))
 
@@ -147,5 +158,5 @@ def test_configurable_from_yaml_like_the_lightning_cli():
     )
     dm = parser.instantiate(config).data
     assert isinstance(dm, CBFDataModule) and dm.settings.shape == (48, 56, 48)
-    assert dm.hparams.augment == Augmentation(flip_p=0.0, noise_p=0.5)
+    assert dm.augment == Augmentation(flip_p=0.0, noise_p=0.5)
     assert dm.harmonisation_settings()["normalization"] == "zscore" and dm.settings.volume == "mean"

@@ -1,12 +1,17 @@
-"""Light augmentation of cached, harmonised scans, run in the dataloader workers (training split only).
+"""Light augmentation of cached, harmonised scans, in batch, on whatever device holds the batch.
 
 Scans are already on one grid, so augmentation only has to add the variation that remains
 between real scans: left-right asymmetry of positioning (flip), small residual
 misregistration (affine), global CBF level (intensity scaling: CBF varies up to 2x between
-healthy people of the same age) and noise. Every operation works on (1, D, H, W) torch
-tensors; spatial ones move the brain mask with the image, and intensity ones touch only
-brain voxels, so the background stays exactly zero like a real CBF map. Randomness comes
-from torch's global generator, which the DataLoader seeds per worker from its own seed.
+healthy people of the same age) and noise. Spatial operations move the brain mask with the
+image, and intensity ones touch only brain voxels, so the background stays exactly zero like
+a real CBF map.
+
+Batched torch operations rather than a per-scan loop, so that the same code runs on the
+training device after transfer (``CBFDataModule``'s default, where a GPU does it in
+microseconds) or in the loader workers. Every scan draws its own parameters from the
+generator it is given: an explicit, seeded one on the device (reproducible and resumable),
+or torch's default one in a worker, which the DataLoader seeds per worker.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Axis 1 of a (1, D, H, W) RAS tensor runs left -> right.
-LEFT_RIGHT_DIM = 1
+# Axis 2 of a (B, 1, D, H, W) RAS batch runs left -> right.
+LEFT_RIGHT_DIM = 2
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class Augmentation:
     """Probabilities (``*_p``) and magnitudes of each augmentation; a probability of 0 turns it off."""
 
     flip_p: float = 0.5
-    affine_p: float = 0.0  # resampling costs ~30 ms per 2 mm scan on one core: off by default
+    affine_p: float = 0.0  # resampling costs ~30 ms per 2 mm scan on one CPU core: off by default
     rotation_deg: float = 5.0  # maximum, about each axis
     zoom: float = 0.05  # maximum relative change of size
     shift_voxels: float = 2.0  # maximum, along each axis
@@ -40,43 +45,83 @@ class Augmentation:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"augment.{name} must be a probability in [0, 1], got {getattr(self, name)}")
 
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor, brain_std: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment one scan; ``brain_std`` (in the image's units) sets the noise level."""
-        if _chance(self.flip_p):
-            image, mask = image.flip(LEFT_RIGHT_DIM), mask.flip(LEFT_RIGHT_DIM)
-        if _chance(self.affine_p):
-            image, mask = self._affine(image, mask)
-        if _chance(self.intensity_p):
-            image = image * (1 + self.intensity_range * (2 * torch.rand(()) - 1))
-        if _chance(self.noise_p):
-            image = torch.where(mask, image + self.noise_std * brain_std * torch.randn_like(image), image)
-        return image, mask
+    def __call__(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        noise_levels: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment a batch: (B, 1, D, H, W) float images and bool brain masks in, same out.
 
-    def _affine(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random small rotation/zoom/shift about the grid centre, in voxel units; mask by normalised convolution."""
-        size = torch.tensor(image.shape[:0:-1], dtype=torch.float32)  # (W, H, D): affine_grid's x, y, z
-        angles = [math.radians(self.rotation_deg) * (2 * float(torch.rand(())) - 1) for _ in range(3)]
-        matrix = _rotation(*angles) * (1 + self.zoom * (2 * float(torch.rand(())) - 1))
-        to_voxels = torch.diag(size / 2)
-        theta = torch.zeros(1, 3, 4)
-        theta[0, :, :3] = torch.linalg.inv(to_voxels) @ matrix @ to_voxels
-        theta[0, :, 3] = self.shift_voxels * (2 * torch.rand(3) - 1) * 2 / size
-        stacked = torch.stack([image[0] * mask[0], mask[0].float()])[None]
+        ``noise_levels`` (B,) is each scan's brain standard deviation in the images' units;
+        ``generator`` lives on the images' device (None: torch's default generator). Runs in
+        the images' precision even under autocast.
+        """
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+            draw = _Draws(images.shape[0], images.device, generator)
+            if self.flip_p > 0:
+                flip = draw.chance(self.flip_p).view(-1, 1, 1, 1, 1)
+                images = torch.where(flip, images.flip(LEFT_RIGHT_DIM), images)
+                masks = torch.where(flip, masks.flip(LEFT_RIGHT_DIM), masks)
+            if self.affine_p > 0:
+                chosen = draw.chance(self.affine_p).view(-1, 1, 1, 1, 1)
+                moved, moved_masks = self._affine(images, masks, draw)
+                images, masks = torch.where(chosen, moved, images), torch.where(chosen, moved_masks, masks)
+            if self.intensity_p > 0:
+                factor = 1 + self.intensity_range * draw.symmetric(())
+                images = images * torch.where(draw.chance(self.intensity_p), factor, 1.0).view(-1, 1, 1, 1, 1)
+            if self.noise_p > 0:
+                levels = torch.where(draw.chance(self.noise_p), self.noise_std * noise_levels, 0.0)
+                noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+                images = torch.where(masks, images + levels.view(-1, 1, 1, 1, 1) * noise, images)
+            return images, masks
+
+    def _affine(self, images: torch.Tensor, masks: torch.Tensor, draw: _Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random small rotation/zoom/shift of every scan about the grid centre, in voxel units; mask by normalised convolution."""
+        b, device = images.shape[0], images.device
+        size = torch.tensor(images.shape[:1:-1], dtype=torch.float32, device=device)  # (W, H, D): affine_grid's x, y, z
+        to_voxels = torch.diag_embed(size / 2).expand(b, 3, 3)
+        angles = math.radians(self.rotation_deg) * draw.symmetric((3,))
+        scale = 1 + self.zoom * draw.symmetric(())
+        linear = torch.linalg.inv(to_voxels) @ (rotations(angles) * scale.view(-1, 1, 1)) @ to_voxels
+        shift = self.shift_voxels * draw.symmetric((3,)) * 2 / size
+        theta = torch.cat([linear, shift[..., None]], dim=2).to(images.dtype)
+        stacked = torch.cat([images * masks, masks.to(images.dtype)], dim=1)
         grid = F.affine_grid(theta, list(stacked.shape), align_corners=False)
-        moved = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-        weight = moved[1:2]
-        new_mask = weight >= 0.5
-        return torch.where(new_mask, moved[0:1] / weight.clamp_min(0.5), torch.zeros(())), new_mask
+        moved = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        weight = moved[:, 1:2]
+        new_masks = weight >= 0.5
+        return torch.where(new_masks, moved[:, 0:1] / weight.clamp_min(0.5), 0.0), new_masks
 
 
-def _chance(probability: float) -> bool:
-    return probability > 0 and float(torch.rand(())) < probability
+class _Draws:
+    """Per-scan random numbers for a batch of ``b`` scans, from one generator."""
+
+    def __init__(self, b: int, device: torch.device, generator: torch.Generator | None) -> None:
+        self.b, self.device, self.generator = b, device, generator
+
+    def uniform(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.rand((self.b, *shape), generator=self.generator, device=self.device)
+
+    def symmetric(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """U(-1, 1) per scan."""
+        return 2 * self.uniform(shape) - 1
+
+    def chance(self, probability: float) -> torch.Tensor:
+        """(B,) bool: which scans get an operation applied with this probability."""
+        return self.uniform(()) < probability
 
 
-def _rotation(a: float, b: float, c: float) -> torch.Tensor:
-    """Rotation matrix about x, then y, then z."""
-    ca, sa, cb, sb, cc, sc = math.cos(a), math.sin(a), math.cos(b), math.sin(b), math.cos(c), math.sin(c)
-    rx = torch.tensor([[1, 0, 0], [0, ca, -sa], [0, sa, ca]])
-    ry = torch.tensor([[cb, 0, sb], [0, 1, 0], [-sb, 0, cb]])
-    rz = torch.tensor([[cc, -sc, 0], [sc, cc, 0], [0, 0, 1]])
+def rotations(angles: torch.Tensor) -> torch.Tensor:
+    """(B, 3) angles in radians about x, y, z -> (B, 3, 3) rotations Rz @ Ry @ Rx."""
+    cos, sin = angles.cos(), angles.sin()
+    one, zero = torch.ones_like(cos[:, 0]), torch.zeros_like(cos[:, 0])
+
+    def matrix(*rows):
+        return torch.stack([torch.stack(row, -1) for row in rows], -2)
+
+    rx = matrix((one, zero, zero), (zero, cos[:, 0], -sin[:, 0]), (zero, sin[:, 0], cos[:, 0]))
+    ry = matrix((cos[:, 1], zero, sin[:, 1]), (zero, one, zero), (-sin[:, 1], zero, cos[:, 1]))
+    rz = matrix((cos[:, 2], -sin[:, 2], zero), (sin[:, 2], cos[:, 2], zero), (zero, zero, one))
     return rz @ ry @ rx

@@ -2,12 +2,16 @@
 
 ``prepare_data`` (rank 0) harmonises every scan once into the cache; ``setup`` (every rank)
 finds the cached arrays, applies the bad-scan policy, splits subjects and writes the split
-table; the dataloaders read memory-mapped float16 arrays, normalise them and, for training
-only, augment them in the workers.
+table; the dataloaders read memory-mapped float16 arrays (or, with ``in_memory``, index one
+resident tensor). Training batches leave the workers as those float16 values and are
+normalised and augmented on the training device after transfer (``on_after_batch_transfer``),
+where a GPU does in microseconds what costs a CPU worker milliseconds per scan; the other
+splits are normalised in the workers, so that their loaders serve ready batches to any caller.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -18,13 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
 
 from ichor.data.atomic import write_csv
 from ichor.data.augment import Augmentation
 from ichor.data.cache import CacheEntry, ScanCache, read_cached
 from ichor.data.coverage import Coverage
 from ichor.data.harmonise import HarmonisationSettings
+from ichor.data.in_memory import ShardShuffle, epoch_seed, load_resident, shard
 from ichor.data.manifest import read_manifests
 from ichor.data.scans import ScanError
 from ichor.data.splits import (
@@ -40,6 +45,9 @@ from ichor.data.splits import (
 log = logging.getLogger(__name__)
 
 Normalization = Literal["none", "scale", "zscore"]
+TransformsOn = Literal["device", "workers"]
+# Key of a raw training batch's extras: the per-scan values that normalisation and augmentation need on the device.
+RAW = "raw"
 SPLITS_FILE = "splits.csv"
 SKIPPED_FILE = "skipped_scans.csv"
 
@@ -71,11 +79,14 @@ def normalise_(
 
 
 class CachedScans(Dataset):
-    """Cached harmonised scans with their manifest fields; optionally augmented.
+    """Cached harmonised scans with their manifest fields, ready for a model or raw for the device.
 
     Reads whole batches (``__getitems__``, used by the DataLoader): each float16 array is
     converted straight into one batch tensor (in shared memory inside a worker), so a scan
     is copied once instead of three times; use ``collate_batch`` as the loader's collate_fn.
+    ``raw`` batches keep the cached float16 values (NaN outside the brain) and carry what
+    ``prepare_`` needs under ``RAW``; ``resident`` (from ``ichor.data.in_memory``) replaces
+    file reads by indexing one tensor.
     """
 
     def __init__(
@@ -85,9 +96,12 @@ class CachedScans(Dataset):
         normalization: Normalization,
         cbf_scale: float,
         augmentation: Augmentation | None = None,
+        raw: bool = False,
+        resident: torch.Tensor | None = None,
     ) -> None:
         self.entries = list(entries)
         self.normalization, self.cbf_scale, self.augmentation = normalization, cbf_scale, augmentation
+        self.raw, self.resident = raw, resident
         self.fields = {column: _field_values(rows[column]) for column in rows.columns}
         self.brain_mean = torch.tensor([entry.brain_mean for entry in self.entries], dtype=torch.float32)
         self.brain_std = torch.tensor([entry.brain_std for entry in self.entries], dtype=torch.float32)
@@ -98,31 +112,59 @@ class CachedScans(Dataset):
     def __getitem__(self, index: int) -> dict:
         """One scan: image (1, D, H, W), mask, fields."""
         batch = self.__getitems__([index])
-        return {key: value[0] for key, value in batch.items()}
+        return {key: value[0] for key, value in batch.items() if key != RAW}
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
-        """A batch: image (B, 1, D, H, W) float32, mask bool, and per-scan fields."""
-        shape = (len(indices), 1, *read_cached(self.entries[indices[0]].array_path).shape)
-        images = _batch_tensor(shape, torch.float32)
-        for slot, index in enumerate(indices):  # torch converts float16 faster than numpy
-            images[slot, 0].copy_(torch.from_numpy(read_cached(self.entries[index].array_path)))
-        masks = _batch_tensor(shape, torch.bool)
-        torch.eq(images, images, out=masks)  # brain = not NaN (NaN != NaN), in one pass
-        images.nan_to_num_(0.0)
+        """A batch of per-scan fields and image (B, 1, D, H, W): float32 with a bool mask, or raw float16."""
         rows = torch.as_tensor(indices)
-        normalise_(images, masks, self.normalization, self.cbf_scale, self.brain_mean[rows], self.brain_std[rows])
-        if self.augmentation is not None:
-            noise_levels = self._brain_std(rows)
-            for slot in range(len(indices)):
-                images[slot], masks[slot] = self.augmentation(images[slot], masks[slot], float(noise_levels[slot]))
         fields = {column: _gather(values, indices) for column, values in self.fields.items()}
+        images = self._read(indices, torch.float16 if self.raw else torch.float32)
+        if self.raw:
+            extras = {"brain_mean": self.brain_mean[rows], "brain_std": self.brain_std[rows], "index": list(indices)}
+            return {"image": images, RAW: extras, **fields}
+        masks = _batch_tensor(tuple(images.shape), torch.bool)
+        mean, std = self.brain_mean[rows], self.brain_std[rows]
+        images, masks = prepare_(images, masks, self.normalization, self.cbf_scale, mean, std, self.augmentation)
         return {"image": images, "mask": masks, **fields}
 
-    def _brain_std(self, rows: torch.Tensor) -> torch.Tensor:
-        """The brain's standard deviation in the units of the normalised image (sets the noise level)."""
-        if self.normalization == "scale":
-            return self.brain_std[rows] / self.cbf_scale
-        return torch.ones(len(rows)) if self.normalization == "zscore" else self.brain_std[rows]
+    def _read(self, indices: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """The cached values of these scans as one (B, 1, D, H, W) tensor of ``dtype``."""
+        if self.resident is not None:
+            return self.resident[torch.as_tensor(indices, device=self.resident.device)].to(dtype)
+        shape = (len(indices), 1, *read_cached(self.entries[indices[0]].array_path).shape)
+        images = _batch_tensor(shape, dtype)
+        for slot, index in enumerate(indices):  # torch converts float16 faster than numpy
+            images[slot, 0].copy_(torch.from_numpy(read_cached(self.entries[index].array_path)))
+        return images
+
+
+def prepare_(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    normalization: Normalization,
+    cbf_scale: float,
+    brain_mean: torch.Tensor,
+    brain_std: torch.Tensor,
+    augmentation: Augmentation | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached values (float32, NaN outside the brain) -> model input and brain mask; ``images`` and ``masks`` in place.
+
+    The one place where a batch is finished, wherever it runs (worker or training device).
+    """
+    torch.eq(images, images, out=masks)  # brain = not NaN (NaN != NaN), in one pass
+    images.nan_to_num_(0.0)
+    normalise_(images, masks, normalization, cbf_scale, brain_mean, brain_std)
+    if augmentation is None:
+        return images, masks
+    return augmentation(images, masks, noise_levels(normalization, cbf_scale, brain_std), generator)
+
+
+def noise_levels(normalization: Normalization, cbf_scale: float, brain_std: torch.Tensor) -> torch.Tensor:
+    """Each scan's brain standard deviation in the units of the normalised image (sets the noise level)."""
+    if normalization == "scale":
+        return brain_std / cbf_scale
+    return torch.ones_like(brain_std) if normalization == "zscore" else brain_std
 
 
 def collate_batch(batch: dict) -> dict:
@@ -143,7 +185,7 @@ class EpochShuffle(RandomSampler):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
 
 
 class CBFDataModule(LightningDataModule):
@@ -170,6 +212,8 @@ class CBFDataModule(LightningDataModule):
         target_values: list | None = None,
         split_file: str | None = None,
         augment: Augmentation | None = Augmentation(),
+        transforms_on: TransformsOn = "device",
+        in_memory: Literal["host", "device"] | None = None,
         on_bad_scan: Literal["error", "skip"] = "error",
         log_dir: str | None = None,
         pin_memory: bool | None = None,
@@ -203,6 +247,13 @@ class CBFDataModule(LightningDataModule):
                 random split (``ichor cv`` writes one per fold); subjects it does not list are
                 left out and counted.
             augment: training augmentation; None turns it off.
+            transforms_on: where training batches are normalised and augmented: "device" (the
+                training device, after transfer: the loader hands over float16 values, and a
+                DataLoader used without a Lightning Trainer yields them raw, to finish with
+                ``on_after_batch_transfer``) or "workers" (the loader workers, in float32).
+            in_memory: hold the training split in memory as one float16 tensor ("host" RAM or
+                the training "device"), sharded by rank under DDP, instead of reading the cache
+                files; refused, with the sizes, when it does not fit. None reads the cache.
             on_bad_scan: "error" raises listing every bad scan; "skip" drops them and writes a report.
             log_dir: where the split table and skip report go (default: the trainer's log dir, else cache_dir).
             pin_memory: pin batches for GPU transfer (default: when CUDA is available).
@@ -216,10 +267,16 @@ class CBFDataModule(LightningDataModule):
             raise ValueError("CBFDataModule needs at least one manifest (data.manifests)")
         if normalization not in ("none", "scale", "zscore"):
             raise ValueError(f"normalization must be 'none', 'scale' or 'zscore', got {normalization!r}")
+        if transforms_on not in ("device", "workers"):
+            raise ValueError(f"transforms_on must be 'device' or 'workers', got {transforms_on!r}")
+        if in_memory not in (None, "host", "device"):
+            raise ValueError(f"in_memory must be null, 'host' or 'device', got {in_memory!r}")
         if on_bad_scan not in ("error", "skip"):
             raise ValueError(f"on_bad_scan must be 'error' or 'skip', got {on_bad_scan!r}")
-        # The object itself: under LightningCLI, hparams hold the config's plain dict instead.
+        # The object here; plain values in hparams (as LightningCLI saves them), so that a checkpoint
+        # of a datamodule made in Python still loads with safe (`weights_only`) loading.
         self.augment = augment
+        self.hparams.augment = None if augment is None else dataclasses.asdict(augment)
         self.settings = HarmonisationSettings.create(spacing, shape, volume)
         self.cache = ScanCache(cache_dir, self.settings)
         self.datasets: dict[str, CachedScans] = {}
@@ -294,15 +351,47 @@ class CBFDataModule(LightningDataModule):
         hp = self.hparams
         for split in SPLITS:
             chosen = rows.index[rows["split"] == split]
-            augmentation = self.augment if split == "train" else None
+            if split == "train" and hp.in_memory is not None:
+                chosen = chosen[shard(len(chosen), *self._rank_and_world())]
             self.datasets[split] = CachedScans(
-                rows.loc[chosen].drop(columns="split"),
-                [entries[i] for i in chosen],
-                hp.normalization,
-                hp.cbf_scale,
-                augmentation,
+                rows.loc[chosen].drop(columns="split"), [entries[i] for i in chosen], hp.normalization, hp.cbf_scale
             )
+        train = self.datasets["train"]
+        train.raw = hp.transforms_on == "device"
+        train.augmentation = None if train.raw else self.augment
+        if hp.in_memory is not None and len(train):
+            train.resident = load_resident(train.entries, self._resident_device())
         self.datasets["predict"] = CachedScans(rows, entries, hp.normalization, hp.cbf_scale)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Finish a raw training batch on its device: normalise, and augment with a seeded generator.
+
+        The generator's seed is a function of (seed, epoch, the batch's scans), so a resumed
+        run, a rerun and every DDP rank draw exactly what an uninterrupted run would, with no
+        state to save. Batches that are not raw pass through.
+        """
+        extras = batch.pop(RAW, None)
+        if extras is None:
+            return batch
+        hp = self.hparams
+        images = batch["image"].float()
+        masks = torch.empty_like(images, dtype=torch.bool)
+        generator = None
+        if self.augment is not None:
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            key = np.random.SeedSequence([hp.seed, epoch, *extras["index"]]).generate_state(1, dtype=np.uint64)[0]
+            generator = torch.Generator(device=images.device).manual_seed(int(key >> 1))
+        batch["image"], batch["mask"] = prepare_(
+            images,
+            masks,
+            hp.normalization,
+            hp.cbf_scale,
+            extras["brain_mean"],
+            extras["brain_std"],
+            self.augment,
+            generator,
+        )
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -371,18 +460,36 @@ class CBFDataModule(LightningDataModule):
             report = write_csv(self.skipped, folder / SKIPPED_FILE)
             log.warning("skipped %d bad scan(s) (on_bad_scan='skip'); list in %s", len(self.skipped), report)
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _resident_device(self) -> torch.device:
+        if self.hparams.in_memory == "device" and self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
     def _loader(self, split: str) -> DataLoader:
         if not self.datasets:
             raise RuntimeError("call setup() before asking for dataloaders")
-        hp, train = self.hparams, split == "train"
-        workers = hp.num_workers
+        hp, dataset = self.hparams, self.datasets[split]
+        train, resident = split == "train", dataset.resident
+        sampler: Sampler | None = None
+        if train:
+            sampler = EpochShuffle(dataset, hp.seed)
+            if resident is not None:
+                rank, world = self._rank_and_world()
+                sampler = ShardShuffle(len(dataset), sum(self.rows["split"] == "train"), rank, world, hp.seed)
+        # A resident split is indexed in this process: a gather costs less than passing batches between processes.
+        workers = 0 if resident is not None else hp.num_workers
+        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=hp.batch_size,
-            sampler=EpochShuffle(self.datasets[split], hp.seed) if train else None,
+            sampler=sampler,
             drop_last=train and hp.drop_last,
             num_workers=workers,
-            pin_memory=torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory,
+            pin_memory=pin and (resident is None or resident.device.type == "cpu"),
             persistent_workers=workers > 0 and hp.persistent_workers,
             collate_fn=collate_batch,
         )
