@@ -1,12 +1,18 @@
-"""Data loading throughput: the memory-mapped cache against TorchIO harmonising on the fly.
+"""Data loading throughput of the training path: before and after issue 14, against TorchIO harmonising on the fly.
 
 Generates a synthetic multi-study dataset in a temporary folder, builds the cache (timed),
-then reads scans through a DataLoader with the same number of workers three ways: cached
-without augmentation, cached with the default augmentation (both after one untimed warm-up
-pass), and tio.SubjectsDataset applying the same harmonisation transforms to the NIfTI
-files each time (timed from the start; worker start-up is negligible next to it). Prints one table.
+then reads training batches with the default augmentation, each after one untimed warm-up pass:
+- before: the workers normalise and augment, and hand over float32 (``transforms_on: workers``);
+- now: the workers hand over the cached float16 values (``transforms_on: device``), which a
+  GPU then finishes in microseconds; without a GPU here, also timed with the finishing done on
+  this CPU in the main process, an upper bound of its cost;
+- now, in memory: the split resident in host memory (``in_memory: host``), indexed in the main process;
+- the peer: tio.SubjectsDataset applying the same harmonisation transforms to the NIfTI files
+  each time (timed from the start; worker start-up is negligible next to it).
+Same workers and batch size for every loader. Prints one table.
 
     .venv/bin/python benchmarks/bench_data_loading.py                 # 4 studies x 25 subjects, 2 mm grid
+    .venv/bin/python benchmarks/bench_data_loading.py --spacing 4 --shape 48 56 48   # the demo's grid
     .venv/bin/python benchmarks/bench_data_loading.py --subjects 5    # quick check
 """
 
@@ -25,18 +31,19 @@ from torch.utils.data import DataLoader
 from ichor.data import Augmentation, CBFDataModule
 from ichor.data.datamodule import CachedScans, collate_batch
 from ichor.data.harmonise import harmonisation_transform
+from ichor.data.in_memory import load_resident
 from ichor.synth import generate_dataset
 
 
-def scans_per_second(loader: DataLoader, epochs: int, warm_up: bool) -> float:
-    """Scans/s over ``epochs`` passes; ``warm_up`` runs one untimed pass first (worker start, page cache)."""
+def scans_per_second(loader: DataLoader, epochs: int, warm_up: bool, finish=lambda batch: batch) -> float:
+    """Scans/s over ``epochs`` passes, each batch through ``finish``; ``warm_up`` runs one untimed pass first."""
     if warm_up:
         for _ in loader:
             pass
     count, start = 0, time.perf_counter()
     for _ in range(epochs):
         for batch in loader:
-            count += len(batch["path"])
+            count += len(finish(batch)["path"])
     return count / (time.perf_counter() - start)
 
 
@@ -88,21 +95,36 @@ def main() -> None:
         n = len(predict)
         cache_bytes = sum(f.stat().st_size for f in dm.cache.folder.iterdir())
 
-        def cached(augmentation):
+        def cached(augmentation=None, raw=False, resident=None):
             dataset = CachedScans(
-                dm.rows.drop(columns="split"), predict.entries, "scale", dm.hparams.cbf_scale, augmentation
+                dm.rows.drop(columns="split"),
+                predict.entries,
+                "scale",
+                dm.hparams.cbf_scale,
+                augmentation,
+                raw,
+                resident,
             )
+            workers = 0 if resident is not None else args.workers
             return DataLoader(
                 dataset,
                 batch_size=args.batch_size,
                 shuffle=True,
-                num_workers=args.workers,
-                persistent_workers=True,
+                num_workers=workers,
+                persistent_workers=workers > 0,
                 collate_fn=collate_batch,
             )
 
-        plain = scans_per_second(cached(None), args.epochs, warm_up=True)
-        augmented = scans_per_second(cached(Augmentation()), args.epochs, warm_up=True)
+        def finish(batch):  # what CBFDataModule.on_after_batch_transfer does on the device, here on this CPU
+            return dm.on_after_batch_transfer(batch, 0)
+
+        before = scans_per_second(cached(Augmentation()), args.epochs, warm_up=True)
+        handover = cached(raw=True)
+        now = scans_per_second(handover, args.epochs, warm_up=True)
+        now_cpu = scans_per_second(handover, args.epochs, warm_up=False, finish=finish)
+        resident = cached(raw=True, resident=load_resident(predict.entries, torch.device("cpu")))
+        memory = scans_per_second(resident, args.epochs, warm_up=True)
+        memory_cpu = scans_per_second(resident, args.epochs, warm_up=False, finish=finish)
         paths = list(dm.rows["path"][: args.on_the_fly_scans])
         fly = scans_per_second(on_the_fly_loader(paths, dm, args.batch_size, args.workers), 1, warm_up=False)
 
@@ -110,14 +132,18 @@ def main() -> None:
         f"\n{n} scans ({args.studies} studies x {args.subjects}), grid {tuple(args.shape)} at {args.spacing} mm, "
         f"{args.workers} workers, batch {args.batch_size}, {torch.get_num_threads()} torch thread(s) in the main process"
     )
-    print(f"{'measure':<44}{'value':>12}")
-    print(f"{'cache build (scans/s)':<44}{n / build_time:>12.1f}")
-    print(f"{'cache size per scan (MB)':<44}{cache_bytes / n / 1e6:>12.2f}")
-    print(f"{'cached, no augmentation (scans/s)':<44}{plain:>12.1f}")
-    print(f"{'cached, default augmentation (scans/s)':<44}{augmented:>12.1f}")
-    print(f"{'TorchIO on the fly (scans/s)':<44}{fly:>12.2f}")
-    print(f"{'ratio cached / on the fly':<44}{plain / fly:>12.1f}x")
-    print(f"{'ratio cached+augmentation / on the fly':<44}{augmented / fly:>12.1f}x")
+    print(f"cache build {n / build_time:.1f} scans/s, {cache_bytes / n / 1e6:.2f} MB per scan; default augmentation")
+    print(f"\n{'training path':<58}{'scans/s':>10}{'vs before':>11}{'vs TorchIO':>12}")
+    rows = [
+        ("before: workers augment, hand over float32", before),
+        ("now: workers hand over float16 (finish on the GPU)", now),
+        ("now, finishing on this CPU instead of a GPU", now_cpu),
+        ("now, in memory (host), finish on the GPU", memory),
+        ("now, in memory (host), finishing on this CPU", memory_cpu),
+        ("TorchIO on the fly, no augmentation", fly),
+    ]
+    for label, rate in rows:
+        print(f"{label:<58}{rate:>10.1f}{rate / before:>10.2f}x{rate / fly:>11.1f}x")
 
 
 if __name__ == "__main__":
