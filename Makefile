@@ -17,7 +17,7 @@ LINT_STAMP := $(VENV)/.ichor-lint-installed
 DEMO_STAMP := $(DEMO_DATA)/.complete
 DEMO_RUN   := runs/pretrain_demo
 
-.PHONY: venv demo demo-data test test-fast lint bench clean
+.PHONY: venv demo demo-data pool-data test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,15 @@ demo-data: $(DEMO_STAMP)
 # Generated once; `make clean` (or deleting $(DEMO_DATA)) makes it anew.
 $(DEMO_STAMP): | $(STAMP)
 	$(BIN)/ichor synth --out $(DEMO_DATA) $(DEMO_ARGS) --manifest-dir data_manifests/demo --overwrite
+	touch $@
+
+# The benchmark's unlabelled pre-training pool: studies 5-16 of the demo's seed (other sites, people).
+POOL_DATA  ?= data/pool
+POOL_STAMP := $(POOL_DATA)/.generated
+pool-data: $(POOL_STAMP)
+
+$(POOL_STAMP): | $(STAMP)
+	$(BIN)/ichor synth --out $(POOL_DATA) --first-study 5 --studies 12 --subjects-per-study 125 --seed 0 --manifest-dir data_manifests/pool --overwrite
 	touch $@
 
 demo: $(DEMO_STAMP)

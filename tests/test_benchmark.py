@@ -1,5 +1,7 @@
 """`ichor benchmark`: methods x modes x label budgets x folds, scratch and a regional-mean baseline."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,16 @@ from ichor.benchmark.baseline import scan_features
 from ichor.data.manifest import read_manifests
 
 
-def small_benchmark(tmp_path, manifests) -> dict:
+@pytest.fixture(scope="module")
+def pool_manifests(tmp_path_factory) -> list[Path]:
+    """The unlabelled pre-training pool beside ``synthetic_manifests``: studies 5-6, other people."""
+    from ichor.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("pool") / "data"
+    return generate_dataset(out, 2, 4, seed=0, workers=2, progress=False, first_study=5)
+
+
+def small_benchmark(tmp_path, manifests, pool) -> dict:
     """The shipped demo benchmark, test-sized: 4 studies of 4 subjects, micro ViTs, 1 epoch a stage.
 
     Its methods, modes, budgets and leave-one-study-out folds are the shipped file's; of its
@@ -21,6 +32,7 @@ def small_benchmark(tmp_path, manifests) -> dict:
     (and one of each to validate): half the labels (budget 0.5) keep one of each.
     """
     shipped = load_config(CONFIGS / "benchmark_demo.yaml")
+    assert any("data_manifests/pool" in o for o in shipped.pretrain_overrides)  # the shipped regime has a pool
     repo = CONFIGS.parent  # the shipped file's paths are relative to the repository; the test runs elsewhere
     tasks = [
         dict(task.__dict__, config=str(repo / task.config)) for task in shipped.tasks if task.name in ("AD", "quality")
@@ -32,7 +44,12 @@ def small_benchmark(tmp_path, manifests) -> dict:
         },
         "tasks": [dict(task, metric="mae") if task["head"] == "regression" else task for task in tasks],
         "budgets": [0.5, 1.0],
+        "trained_budgets": [0.5],
         "epochs": {"pretrain": 1, "finetune": 1, "scratch": 1},
+        "pretrain_overrides": [
+            "--model.init_args.backbone.preset=mae_vit_micro",
+            f"--data.init_args.manifests=[{','.join(map(str, pool))}]",
+        ],
         "overrides": [
             *shipped.overrides,
             f"--data.init_args.manifests=[{','.join(map(str, manifests))}]",
@@ -48,21 +65,25 @@ def small_benchmark(tmp_path, manifests) -> dict:
 
 
 @pytest.mark.slow
-def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(tmp_path, monkeypatch, synthetic_manifests):
+def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
+    tmp_path, monkeypatch, synthetic_manifests, pool_manifests
+):
     monkeypatch.chdir(tmp_path)  # the shipped configs write runs/ relative to the CWD
     out = tmp_path / "bench"
-    cfg = load_config(CONFIGS / "benchmark_demo.yaml", small_benchmark(tmp_path, synthetic_manifests))
+    cfg = load_config(CONFIGS / "benchmark_demo.yaml", small_benchmark(tmp_path, synthetic_manifests, pool_manifests))
     run_benchmark(cfg, out)
 
     summary = pd.read_csv(out / "benchmark_summary.csv")
-    pairs = [(method, mode) for method in ("mae", "simclr", "genesis") for mode in ("linear_probe", "finetune")]
-    pairs += [("scratch", "scratch"), ("regional_mean", "baseline")]
-    expected = {
-        (task, method, mode, budget) for task in ("AD", "quality") for budget in (0.5, 1.0) for method, mode in pairs
-    }
+    linear = [(method, "linear_probe") for method in ("mae", "simclr", "genesis")] + [("regional_mean", "baseline")]
+    trained = [(method, mode) for method in ("mae", "simclr", "genesis") for mode in ("attentive_probe", "finetune")]
+    trained += [("scratch", "scratch")]
+    expected = {(task, *pair, budget) for task in ("AD", "quality") for budget in (0.5, 1.0) for pair in linear}
+    expected |= {(task, *pair, 0.5) for task in ("AD", "quality") for pair in trained}  # trained_budgets
     keys = list(summary[["task", "method", "mode", "budget"]].itertuples(index=False, name=None))
     assert len(keys) == len(expected) and set(keys) == expected  # one row each
-    assert (summary["folds"] == 4).all()  # one per held-out study
+    linear_rows = summary["mode"].isin(["linear_probe", "baseline"])
+    assert (summary.loc[linear_rows, "folds"] == 8).all()  # 4 held-out studies x 2 seeds (label draws)
+    assert (summary.loc[~linear_rows, "folds"] == 4).all()  # one per held-out study, the first seed
     assert np.isfinite(summary["mean"]).all()
     assert set(summary.loc[summary["task"] == "AD", "metric"]) == {"auroc"}
 
@@ -72,7 +93,7 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(tmp_pat
     assert set(folds["fold"]) == studies
     rows = read_manifests(synthetic_manifests).set_index("subject")
     for fold in studies:
-        split = pd.read_csv(out / "AD/mae/finetune/budget-1" / fold / "split_file.csv").set_index("subject")["split"]
+        split = pd.read_csv(out / "AD/mae/finetune/budget-0.5" / fold / "split_file.csv").set_index("subject")["split"]
         assert set(split[split == "test"].index) == set(
             rows.index[(rows["study"] == fold) & rows["diagnosis"].isin(["CN", "AD"])]
         )
@@ -80,17 +101,12 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(tmp_pat
         assert set(rows.loc[split.index, "diagnosis"]) == {"CN", "AD"}  # target_values keeps AD and controls only
 
     # The label budget halves the training subjects; validation and test subjects stay the same.
-    for method, mode in [("mae", "linear_probe"), ("genesis", "finetune"), ("regional_mean", "baseline")]:
+    for method, mode in [("mae", "linear_probe"), ("regional_mean", "baseline")]:
         runs = summary[(summary["task"] == "AD") & (summary["method"] == method) & (summary["mode"] == mode)].set_index(
             "budget"
         )
         assert runs.loc[0.5, "n_train"] == runs.loc[1.0, "n_train"] / 2
-    half, full = (
-        pd.read_csv(out / "AD/simclr/finetune" / f"budget-{b}" / "study-02" / "split_file.csv") for b in ("0.5", "1")
-    )
-    assert set(half["subject"]) < set(full["subject"])
-    held = [table[table["split"] != "train"].reset_index(drop=True) for table in (half, full)]
-    assert held[0].equals(held[1])
+    half = pd.read_csv(out / "AD/simclr/finetune/budget-0.5/study-02/split_file.csv")
     used = pd.read_csv(next((out / "AD/simclr/finetune/budget-0.5/study-02").rglob("splits.csv")))
     trained = set(used.loc[used["split"] == "train", "subject"])  # what the datamodule really trained on
     assert trained == set(half.loc[half["split"] == "train", "subject"])
@@ -99,7 +115,11 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(tmp_pat
         assert (out / "pretrain" / method / "encoder/encoder.json").is_file()
     assert (out / "figures/AD.png").stat().st_size > 0 and (out / "figures/quality.png").stat().st_size > 0
     table = (out / "benchmark_summary.md").read_text()
-    assert "## AD (auroc, mean ± std over held-out studies)" in table and "| regional_mean | baseline |" in table
+    assert "## AD (auroc, mean ± std over held-out studies x 2 seeds)" in table
+    assert "| regional_mean | baseline |" in table and "## Paired differences" in table
+    paired = pd.read_csv(out / "benchmark_paired.csv")
+    assert set(paired["versus"]) >= {"scratch (scratch)", "regional_mean (baseline)", "simclr (finetune)"}
+    assert paired["reference"].str.startswith("mae (").all() and set(paired["verdict"]) <= {"wins", "ties", "loses"}
 
     # Run again into the same folder: nothing is pre-trained or fine-tuned again, the table is the same.
     def no_training(*args, **kwargs):
@@ -110,6 +130,61 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(tmp_pat
     again = run_benchmark(cfg, out)
     assert (out / "pretrain/mae/encoder/encoder.json").stat().st_mtime_ns == encoder_time
     pd.testing.assert_frame_equal(again, folds, check_dtype=False)
+
+
+def test_pool_and_labelled_cohorts_never_share_a_subject(tmp_path, synthetic_manifests, pool_manifests):
+    """The paper's regime: pre-training on the labelled subjects themselves is refused, naming them."""
+    from ichor.benchmark.run import check_pool, pool_subjects
+
+    cfg = load_config(CONFIGS / "benchmark_demo.yaml", small_benchmark(tmp_path, synthetic_manifests, pool_manifests))
+    task, rows = cfg.tasks[0], read_manifests(synthetic_manifests)
+    pool = set().union(*(pool_subjects(spec, cfg) for spec in cfg.pretrain.values()))
+    assert pool == set(read_manifests(pool_manifests)["subject"]) and len(pool) == 8
+    check_pool(pool, task, rows)  # other people: fine
+    with pytest.raises(
+        ValueError, match=r"task AD: 1 labelled subject\(s\) are also in the pre-training pool \(S01P001\)"
+    ):
+        check_pool(pool | {"S01P001"}, task, rows)
+
+
+def test_budgets_per_class_keep_that_many_subjects_of_each_class_nested_across_budgets():
+    from ichor.benchmark.run import budget_fold
+    from ichor.downstream.cv import Fold
+
+    subjects = [f"s{i:02d}" for i in range(40)]
+    rows = pd.DataFrame({"subject": subjects, "diagnosis": ["CN"] * 30 + ["AD"] * 10})
+    fold = Fold("f", pd.DataFrame({"subject": subjects, "split": ["train"] * 36 + ["test"] * 4}))
+    picked = {}
+    for budget in (2, 5, 1.0):
+        kept = budget_fold(fold, rows, "diagnosis", budget, seed=3).splits
+        train = rows.set_index("subject").loc[kept.loc[kept["split"] == "train", "subject"], "diagnosis"]
+        picked[budget] = set(train.index)
+        assert (kept["split"] == "test").sum() == 4  # test subjects stay
+        if budget != 1.0:
+            assert train.value_counts().to_dict() == {"CN": budget, "AD": budget}
+    assert picked[2] < picked[5] < picked[1.0]
+    with pytest.raises(ValueError, match="whole numbers >= 2 of subjects per class"):
+        load_config(CONFIGS / "benchmark_demo.yaml", {"budgets": [2.5]})
+
+
+def test_paired_differences_call_a_win_only_beyond_its_own_spread():
+    from ichor.benchmark.report import paired_differences
+
+    cfg = load_config(CONFIGS / "benchmark_demo.yaml", {"seeds": [0]})
+    base = dict(task="AD", budget=10, seed=0)
+    rows = []
+    for fold, (ours, steady, noisy) in enumerate([(0.80, 0.70, 0.60), (0.82, 0.71, 0.95), (0.81, 0.72, 0.70)]):
+        rows += [
+            dict(base, fold=fold, method="mae", mode="linear_probe", **{"test/auroc": ours}),
+            dict(base, fold=fold, method="mae", mode="finetune", **{"test/auroc": ours - 0.1}),
+            dict(base, fold=fold, method="scratch", mode="scratch", **{"test/auroc": steady}),
+            dict(base, fold=fold, method="simclr", mode="finetune", **{"test/auroc": noisy}),
+        ]
+    paired = paired_differences(pd.DataFrame(rows), cfg).set_index("versus")
+    assert (paired["reference"] == "mae (linear_probe)").all()  # the reference's best mode
+    assert paired.loc["scratch (scratch)", "verdict"] == "wins"
+    assert paired.loc["scratch (scratch)", "difference"] == pytest.approx(0.10)
+    assert paired.loc["simclr (finetune)", "verdict"] == "ties"  # ahead on average, not beyond the spread
 
 
 def test_a_finished_run_is_reused_only_for_the_same_arguments_and_split(tmp_path, monkeypatch):
@@ -145,9 +220,9 @@ def test_probe_features_must_cover_every_scan(monkeypatch):
     model = SimpleNamespace(hparams=SimpleNamespace(pooling="brain_mean"))
     base = SimpleNamespace(datamodule=SimpleNamespace(hparams=data), model=model)
     with pytest.raises(ValueError, match=r"study.csv row 2 \(/d/b.nii.gz\): no encoder features \(1 scan"):
-        encoder_features("encoder", rows, base)
+        encoder_features("encoder", rows, base, {})
     rows = rows.iloc[:1]
-    assert encoder_features("encoder", rows, base).loc["/d/a.nii.gz"].tolist() == [0.1, 0.2]
+    assert encoder_features("encoder", rows, base, {}).loc["/d/a.nii.gz"].tolist() == [0.1, 0.2]
 
 
 def test_regional_features_split_the_brain_in_world_coordinates():
@@ -176,7 +251,7 @@ def test_config_errors_name_the_file_and_the_problem(tmp_path):
     path.write_text(
         yaml.safe_dump({"pretrain": {"mae": "x.yaml"}, "tasks": [dict(task, metric="mae")], "budgets": [0, 1]})
     )
-    with pytest.raises(ValueError, match=r"label budgets must be in \(0, 1\], got \[0\]"):
+    with pytest.raises(ValueError, match=r"label budgets are fractions in \(0, 1\] or whole numbers >= 2 .* got \[0\]"):
         load_config(path)
 
 

@@ -10,7 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassAveragePrecision,
+    MulticlassF1Score,
+)
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from ichor.downstream.plugins import TaskHead
@@ -104,6 +109,7 @@ class ClassificationHead(TaskHead):
         return MetricCollection(
             {
                 "auroc": MulticlassAUROC(k, average="macro"),
+                "average_precision": MulticlassAveragePrecision(k, average="macro"),
                 "balanced_accuracy": MulticlassAccuracy(k, average="macro"),  # mean per-class recall
                 "f1": MulticlassF1Score(k, average="macro"),
             }

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-MODES = ("linear_probe", "finetune")
+MODES = ("linear_probe", "attentive_probe", "finetune")
+TRAINED_MODES = ("attentive_probe", "finetune", "scratch")  # Lightning runs; the linear probe is a linear model
 CLASSIFICATION_METRICS = ("balanced_accuracy", "auroc")
 REGRESSION_METRICS = ("mae", "rmse", "pearson", "spearman", "r2")
 
@@ -74,7 +75,15 @@ class BenchmarkConfig:
         modes: adaptation modes run for every pre-trained encoder.
         scratch: also train the finetune architecture from random weights, once per task.
         baseline: also fit logistic/linear regression on regional mean CBF (GM, WM, brain halves).
-        budgets: fractions of each fold's training subjects that keep their labels.
+        budgets: label budgets of each fold's training subjects: a fraction in (0, 1] of them, or a
+            whole number >= 2 of labelled subjects per class (10, 25: the few-label regime).
+        trained_budgets: the budgets at which Lightning modes (attentive probe, fine-tuning,
+            scratch) run; default: all. Linear probes are cheap and run at every budget.
+        seeds: the budget draws and probe seeds to repeat over (linear probes and the baseline);
+            Lightning modes run with the first. Default: ``[seed]``.
+        probe: features of the linear probe: ``pooling`` (brain_mean | region | mean | max),
+            ``blocks`` (last blocks concatenated), ``regions`` (per axis, for region pooling).
+        reference: the method whose paired differences against every other the report shows.
         folds: number of subject-grouped folds; ignored with ``by_study`` (each study held out).
         epochs: max_epochs per Lightning stage (``pretrain``, ``finetune``, ``scratch``).
         overrides: Lightning CLI overrides for every run (data, trainer), e.g. manifests.
@@ -88,6 +97,10 @@ class BenchmarkConfig:
     scratch: bool = True
     baseline: bool = True
     budgets: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    trained_budgets: list[float] | None = None
+    seeds: list[int] | None = None
+    probe: dict = field(default_factory=dict)
+    reference: str = "mae"
     folds: int = 5
     by_study: bool = False
     val_fraction: float = 0.2
@@ -119,9 +132,18 @@ class BenchmarkConfig:
         bad = [m for m in self.modes if m not in MODES]
         if bad:
             raise ValueError(f"benchmark config: mode(s) {', '.join(bad)} not one of {', '.join(MODES)}")
-        bad = [b for b in self.budgets if not 0 < b <= 1]
+        bad = [b for b in self.budgets if not (0 < b <= 1 or (b >= 2 and float(b).is_integer()))]
         if bad:
-            raise ValueError(f"benchmark config: label budgets must be in (0, 1], got {bad}")
+            raise ValueError(
+                f"benchmark config: label budgets are fractions in (0, 1] or whole numbers >= 2 of "
+                f"subjects per class, got {bad}"
+            )
+        self.trained_budgets = self.budgets if self.trained_budgets is None else self.trained_budgets
+        if missing := [b for b in self.trained_budgets if b not in self.budgets]:
+            raise ValueError(f"benchmark config: trained_budgets {missing} are not in budgets {self.budgets}")
+        self.seeds = [self.seed] if not self.seeds else self.seeds
+        if unknown := set(self.probe) - {"pooling", "blocks", "regions"}:
+            raise ValueError(f"benchmark config: probe has unknown key(s) {', '.join(sorted(unknown))}")
         unknown = set(self.epochs) - {"pretrain", "finetune", "scratch"}
         if unknown:
             raise ValueError(f"benchmark config: epochs has unknown stage(s) {', '.join(sorted(unknown))}")

@@ -12,7 +12,7 @@ favours whichever features happen to suit it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,13 @@ import pandas as pd
 from scipy.stats import pearsonr, spearmanr
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    mean_absolute_error,
+    r2_score,
+    roc_auc_score,
+)
 from sklearn.model_selection import GridSearchCV, GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -183,8 +189,12 @@ def cross_validated_scores(
 def classification_scores(
     y: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, classes: np.ndarray
 ) -> dict[str, float]:
-    """Balanced accuracy and macro one-vs-rest AUROC (``probabilities`` has one column per entry of ``classes``)."""
-    return {"balanced_accuracy": balanced_accuracy_score(y, predicted), "auroc": auroc(y, probabilities, classes)}
+    """Balanced accuracy, macro one-vs-rest AUROC and average precision (``probabilities``: a column per class)."""
+    return {
+        "balanced_accuracy": balanced_accuracy_score(y, predicted),
+        "auroc": auroc(y, probabilities, classes),
+        "average_precision": auroc(y, probabilities, classes, average_precision_score),
+    }
 
 
 def regression_scores(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -199,12 +209,14 @@ def regression_scores(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     }
 
 
-def auroc(y_true: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) -> float:
-    """Macro one-vs-rest AUROC over the test classes the model knows; NaN with fewer than two."""
+def auroc(y_true: np.ndarray, probabilities: np.ndarray, classes: np.ndarray, score: Callable = roc_auc_score) -> float:
+    """Macro one-vs-rest AUROC (or another ranking ``score``) over the test classes the model knows; NaN with fewer than two.
+
+    Binary tasks average both classes too, as the classification head's torchmetrics do (the
+    same AUROC; the average precision of both classes, not only the positive one's).
+    """
     present = [i for i, c in enumerate(classes) if c in set(y_true)]
     if len(present) < 2:
         return float("nan")
     keep = np.isin(y_true, classes[present])
-    if len(classes) == 2:
-        return float(roc_auc_score(y_true[keep] == classes[1], probabilities[keep, 1]))
-    return float(np.mean([roc_auc_score(y_true[keep] == classes[i], probabilities[keep, i]) for i in present]))
+    return float(np.mean([score(y_true[keep] == classes[i], probabilities[keep, i]) for i in present]))

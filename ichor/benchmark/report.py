@@ -1,7 +1,11 @@
 """The benchmark's outputs: per-fold CSV, summary CSV + Markdown (mean ± std over folds), one figure per task.
 
 The summary has one row per (task, method, mode, budget): the task's chosen metric as
-``metric``/``mean``/``std``, and every test metric as ``<name>_mean``/``<name>_std`` columns.
+``metric``/``mean``/``std`` over folds and seeds, and every test metric as
+``<name>_mean``/``<name>_std`` columns. The paired table compares the reference method (its
+best mode at each budget) with every other method and mode on the same folds and seeds: the
+mean difference and its own standard deviation, and a verdict ("wins" only when the mean
+difference is larger than that spread).
 """
 
 from __future__ import annotations
@@ -35,15 +39,79 @@ def summary_table(results: pd.DataFrame, cfg: BenchmarkConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def budget_order(budgets: pd.Series) -> list[float]:
+    """Fewest labels first: subjects per class, then fractions of the training labels."""
+    return sorted(budgets.unique(), key=lambda b: (b <= 1, b))
+
+
+def budget_label(budget: float) -> str:
+    return f"{budget:g} per class" if budget > 1 else f"{budget:g} of labels"
+
+
+def paired_differences(results: pd.DataFrame, cfg: BenchmarkConfig) -> pd.DataFrame:
+    """Reference (best mode per task and budget) minus every other method/mode, on shared (fold, seed) pairs."""
+    primary = {task.name: task.metric for task in cfg.tasks}
+    lower_better = {"mae", "rmse"}
+    rows = []
+    for (task, budget), group in results.groupby(["task", "budget"], sort=False):
+        column = f"test/{primary[task]}"
+        if column not in group:
+            continue
+        scores = group.pivot_table(index=["fold", "seed"], columns=["method", "mode"], values=column)
+        sign = -1.0 if primary[task] in lower_better else 1.0
+        ours = [key for key in scores.columns if key[0] == cfg.reference]
+        if not ours:
+            continue
+        best = max(ours, key=lambda key: sign * scores[key].mean())
+        for other in scores.columns:
+            if other[0] == cfg.reference:
+                continue
+            diff = sign * (scores[best] - scores[other]).dropna()
+            mean, spread = float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
+            verdict = "wins" if mean > spread else "loses" if -mean > spread else "ties"
+            rows.append(
+                dict(
+                    task=task,
+                    budget=budget,
+                    reference=f"{best[0]} ({best[1]})",
+                    versus=f"{other[0]} ({other[1]})",
+                    metric=primary[task],
+                    difference=mean,
+                    spread=spread,
+                    pairs=len(diff),
+                    verdict=verdict,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def paired_markdown(paired: pd.DataFrame) -> str:
+    """Per task and budget: the reference's paired difference against each other method (better is > 0)."""
+    if paired.empty:
+        return ""
+    lines = [
+        "## Paired differences (reference minus other, on the same folds and seeds; > 0 is better)",
+        "",
+        "| task | budget | reference | versus | difference ± spread | pairs | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r.task} | {budget_label(r.budget)} | {r.reference} | {r.versus} | {r.difference:+.3f} ± {r.spread:.3f}"
+        f" | {r.pairs} | {r.verdict} |"
+        for r in paired.itertuples()
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(summary: pd.DataFrame, folds: str = "folds") -> str:
     """Per task: rows method/mode, columns label budgets, cells mean ± std (over ``folds``) of the task's metric."""
     lines = ["# ICHOR benchmark", ""]
     for task, table in summary.groupby("task", sort=False):
-        metric, budgets = table["metric"].iloc[0], sorted(table["budget"].unique())
+        metric, budgets = table["metric"].iloc[0], budget_order(table["budget"])
         lines += [
             f"## {task} ({metric}, mean ± std over {folds})",
             "",
-            "| method | mode | " + " | ".join(f"{b:g} of labels" for b in budgets) + " |",
+            "| method | mode | " + " | ".join(budget_label(b) for b in budgets) + " |",
             "| --- | --- |" + " --- |" * len(budgets),
         ]
         for (method, mode), runs in table.groupby(["method", "mode"], sort=False):
@@ -72,16 +140,16 @@ def task_figure(summary: pd.DataFrame, task: str, path: Path, folds: str = "fold
     import matplotlib.pyplot as plt
 
     table = summary[summary["task"] == task]
-    metric, budgets = table["metric"].iloc[0], sorted(table["budget"].unique())
+    metric, budgets = table["metric"].iloc[0], budget_order(table["budget"])
     colours = {method: f"C{i}" for i, method in enumerate(table["method"].unique())}
     lines = list(table.groupby(["method", "mode"], sort=False))
     figure, axes = plt.subplots(figsize=(7, 4))
     for index, ((method, mode), runs) in enumerate(lines):
-        runs = runs.sort_values("budget")
-        nudge = 1.04 ** (index - (len(lines) - 1) / 2)  # multiplicative: the x axis is logarithmic
+        runs = runs.sort_values("budget", key=lambda b: b.map(budgets.index))
+        nudge = 0.04 * (index - (len(lines) - 1) / 2)
         label = method if mode in (method, "baseline") else f"{method} ({mode.replace('_', ' ')})"
         axes.errorbar(
-            runs["budget"] * nudge,
+            runs["budget"].map(budgets.index) + nudge,
             runs["mean"],
             yerr=runs["std"].fillna(0),
             marker="o",
@@ -92,10 +160,8 @@ def task_figure(summary: pd.DataFrame, task: str, path: Path, folds: str = "fold
         )
     if metric in CHANCE:
         axes.axhline(CHANCE[metric], color="0.6", linewidth=1, zorder=0)
-    axes.set_xscale("log")
-    axes.minorticks_off()
-    axes.set_xticks(budgets, [f"{b:g}" for b in budgets])
-    axes.set_xlabel("fraction of training labels")
+    axes.set_xticks(range(len(budgets)), [budget_label(b) for b in budgets], fontsize="small")
+    axes.set_xlabel("label budget")
     axes.set_ylabel(f"{metric} (mean ± std over {folds})")
     axes.set_title(task)
     axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
@@ -109,10 +175,14 @@ def task_figure(summary: pd.DataFrame, task: str, path: Path, folds: str = "fold
 def write_report(results: pd.DataFrame, cfg: BenchmarkConfig, out: Path) -> pd.DataFrame:
     """benchmark_folds.csv, benchmark_summary.csv, benchmark_summary.md and figures/<task>.png under ``out``."""
     summary = summary_table(results, cfg)
-    folds = "held-out studies" if cfg.by_study else "folds"
+    folds = ("held-out studies" if cfg.by_study else "folds") + (
+        f" x {len(cfg.seeds)} seeds" if len(cfg.seeds) > 1 else ""
+    )
     write_csv(results, out / "benchmark_folds.csv")
     write_csv(summary, out / "benchmark_summary.csv")
-    write_text(out / "benchmark_summary.md", markdown(summary, folds))
+    paired = paired_differences(results, cfg)
+    write_csv(paired, out / "benchmark_paired.csv")
+    write_text(out / "benchmark_summary.md", markdown(summary, folds) + "\n" + paired_markdown(paired))
     for task in summary["task"].unique():
         task_figure(summary, task, out / "figures" / f"{task}.png", folds)
     return summary

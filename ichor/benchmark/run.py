@@ -46,10 +46,12 @@ RESULT_FILE = "result.json"
 def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed: int = 0) -> Fold:
     """``fold`` with only ``budget`` of its training subjects, drawn per target stratum (at least one each).
 
-    Each stratum is shuffled once with ``seed`` and cut at the budget, so a smaller budget's
-    subjects are a subset of a larger one's: the curve measures labels, not a new draw.
+    A budget in (0, 1) keeps that fraction of each stratum; a whole number >= 2 keeps that many
+    subjects per stratum (all of a smaller one). Each stratum is shuffled once with ``seed`` and
+    cut at the budget, so a smaller budget's subjects are a subset of a larger one's: the curve
+    measures labels, not a new draw.
     """
-    if budget >= 1:
+    if budget == 1:
         return fold
     splits = fold.splits
     train = splits.loc[splits["split"] == "train", "subject"]
@@ -58,7 +60,7 @@ def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed
     rng = np.random.default_rng(seed)
     kept = []
     for _, subjects in strata.groupby(strata):
-        count = max(1, round(budget * len(subjects)))
+        count = int(budget) if budget > 1 else max(1, round(budget * len(subjects)))
         kept += list(rng.permutation(subjects.index.to_numpy())[:count])
     keep = (splits["split"] != "train") | splits["subject"].isin(kept)
     return Fold(fold.name, splits.loc[keep].reset_index(drop=True))
@@ -93,20 +95,48 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
     return export_encoder(checkpoint, encoder, overwrite=True)
 
 
+def pool_subjects(spec: PretrainSpec, cfg: BenchmarkConfig) -> set[str]:
+    """Subjects of the scans a pre-training config reads (its manifests after the benchmark's overrides)."""
+    from ichor.config import IchorCLI
+    from ichor.data.manifest import read_manifests
+
+    args = ["--config", spec.config, *cfg.overrides, *cfg.pretrain_overrides, *spec.overrides]
+    manifests = IchorCLI(args=args, run=False).datamodule.hparams.manifests
+    return set(read_manifests(manifests)["subject"].astype(str))
+
+
+def check_pool(pool: set[str], task: TaskSpec, rows: pd.DataFrame) -> None:
+    """The paper's regime: the unlabelled pre-training pool and a labelled cohort share no subject."""
+    shared = sorted(set(rows["subject"].astype(str)) & pool)
+    if shared:
+        raise ValueError(
+            f"task {task.name}: {len(shared)} labelled subject(s) are also in the pre-training pool "
+            f"({', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''}); pre-train on other people "
+            "(e.g. `ichor synth --first-study`), or the benchmark measures memory, not transfer"
+        )
+
+
 def _epochs(cfg: BenchmarkConfig, stage: str) -> list[str]:
     return [f"--trainer.max_epochs={cfg.epochs[stage]}"] if stage in cfg.epochs else []
 
 
 def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) -> list[str]:
-    """Lightning CLI arguments of one downstream run (without its split file)."""
+    """Lightning CLI arguments of one downstream run (without its split file).
+
+    ``attentive_probe`` is the task's linear-probe mode (frozen encoder) read out by attentive pooling.
+    """
+    task_mode, pooling = (
+        ("linear_probe", ["--model.init_args.pooling=attentive"]) if mode == "attentive_probe" else (mode, [])
+    )
     args = [
         "--config",
         task.config,
         *cfg.overrides,
         *cfg.task_overrides,
-        *_epochs(cfg, mode),
+        *_epochs(cfg, "finetune" if mode == "attentive_probe" else mode),
         f"--model.init_args.encoder={encoder}",
-        f"--model.init_args.mode={mode}",
+        f"--model.init_args.mode={task_mode}",
+        *pooling,
         f"--model.init_args.head={task.head}",
         f"--data.init_args.target={task.target}",
     ]
@@ -127,8 +157,10 @@ def task_setup(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.
     return rows, base
 
 
-def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI) -> pd.DataFrame:
+def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: dict) -> pd.DataFrame:
     """Frozen, pooled features of every row's scan (indexed by CBF path), harmonised as ``base``'s data.
+
+    ``probe`` chooses the features (``pooling``, ``blocks``, ``regions``: the config's ``probe``).
 
     Every row must have its features: the methods are compared on identical scans, so a scan
     the datamodule could not use stops the benchmark with its manifest row and file named.
@@ -142,7 +174,9 @@ def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI) -> pd.Da
         str(encoder),
         list(data.manifests),
         batch_size=data.batch_size,
-        pooling=base.model.hparams.pooling,
+        pooling=probe.get("pooling", base.model.hparams.pooling),
+        blocks=probe.get("blocks", 1),
+        regions=probe.get("regions", 2),
         cache_dir=data.cache_dir,
         num_workers=data.num_workers,
         on_bad_scan=data.on_bad_scan,
@@ -160,68 +194,84 @@ def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI) -> pd.Da
     return features
 
 
-def plan(cfg: BenchmarkConfig, task: TaskSpec, rows: pd.DataFrame) -> dict[float, list[Fold]]:
-    """Budget -> folds; every method sees exactly these split files."""
+def plan(cfg: BenchmarkConfig, task: TaskSpec, rows: pd.DataFrame, seed: int) -> dict[float, list[Fold]]:
+    """Budget -> folds for one seed's label draw; every method sees exactly these split files."""
     folds = subject_folds(rows, task.target, cfg.folds, cfg.by_study, cfg.val_fraction, cfg.seed)
-    return {budget: [budget_fold(f, rows, task.target, budget, cfg.seed) for f in folds] for budget in cfg.budgets}
+    return {budget: [budget_fold(f, rows, task.target, budget, seed) for f in folds] for budget in cfg.budgets}
 
 
 def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
-    """Run everything ``cfg`` describes under ``out``; returns one row per run and fold (also written as CSV)."""
+    """Run everything ``cfg`` describes under ``out``; returns one row per run, fold and seed (also written as CSV)."""
     from ichor.benchmark.report import write_report
     from ichor.models.hub import resolve
 
     out = Path(out)
+    pool = set().union(*(pool_subjects(spec, cfg) for spec in cfg.pretrain.values()))
     encoders = {method: pretrain(method, spec, cfg, out) for method, spec in cfg.pretrain.items()}
     encoders.update({method: resolve(source) for method, source in cfg.encoders.items()})  # used as they are
     architecture = next(iter(encoders.values()))  # scratch only borrows its architecture
     trained = [
         (method, mode, encoder) for method, encoder in encoders.items() for mode in cfg.modes if mode != "linear_probe"
-    ]  # Lightning runs; the probe is a linear model
+    ]  # Lightning runs; the linear probe is a linear model
     trained += [(SCRATCH, SCRATCH, architecture)] if cfg.scratch else []
     results = []
     for task in cfg.tasks:
         rows, base = task_setup(task, architecture, cfg)
-        budgets = plan(cfg, task, rows)
+        check_pool(pool, task, rows)
         linear = {
-            (method, "linear_probe"): encoder_features(encoder, rows, base)
+            (method, "linear_probe"): encoder_features(encoder, rows, base, cfg.probe)
             for method, encoder in encoders.items()
             if "linear_probe" in cfg.modes
         }
         if cfg.baseline:
             linear[BASELINE, "baseline"] = regional_features(rows, base.datamodule.hparams.volume)
-        total, done = sum(map(len, budgets.values())) * len(trained), 0
-        for budget, folds in budgets.items():
-            for (method, mode), features in linear.items():
-                results += [
-                    {
-                        "task": task.name,
-                        "method": method,
-                        "mode": mode,
-                        "budget": budget,
-                        **linear_result(features, rows, fold, task, cfg.seed),
-                    }
-                    for fold in folds
-                ]
-            for method, mode, encoder in trained:
-                folder = out / task.name / method / mode / f"budget-{budget:g}"
-                for fold in folds:
-                    done += 1
-                    log.info(
-                        "benchmark: %s %s %s budget %g %s (run %d/%d of this task)",
-                        task.name,
-                        method,
-                        mode,
-                        budget,
-                        fold.name,
-                        done,
-                        total,
-                    )
-                    result = resumable_fold(task_args(task, mode, encoder, cfg), fold, folder)
-                    results.append({"task": task.name, "method": method, "mode": mode, "budget": budget, **result})
+        for seed in cfg.seeds:
+            budgets = plan(cfg, task, rows, seed)
+            for budget, folds in budgets.items():
+                for (method, mode), features in linear.items():
+                    results += [
+                        {
+                            "task": task.name,
+                            "method": method,
+                            "mode": mode,
+                            "budget": budget,
+                            "seed": seed,
+                            **linear_result(features, rows, fold, task, seed),
+                        }
+                        for fold in folds
+                    ]
+            if seed == cfg.seeds[0]:
+                results += trained_results(task, trained, budgets, cfg, out, seed)
     table = pd.DataFrame(results)
     write_report(table, cfg, out)
     return table
+
+
+def trained_results(
+    task: TaskSpec, trained: list, budgets: dict[float, list[Fold]], cfg: BenchmarkConfig, out: Path, seed: int
+) -> list[dict]:
+    """The Lightning runs (attentive probe, fine-tuning, scratch) of one task at the trained budgets."""
+    results = []
+    total, done = sum(len(budgets[b]) for b in cfg.trained_budgets) * len(trained), 0
+    for budget in cfg.trained_budgets:
+        for method, mode, encoder in trained:
+            folder = out / task.name / method / mode / f"budget-{budget:g}"
+            for fold in budgets[budget]:
+                done += 1
+                log.info(
+                    "benchmark: %s %s %s budget %g %s (run %d/%d of this task)",
+                    task.name,
+                    method,
+                    mode,
+                    budget,
+                    fold.name,
+                    done,
+                    total,
+                )
+                result = resumable_fold(task_args(task, mode, encoder, cfg), fold, folder)
+                row = {"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed}
+                results.append({**row, **result})
+    return results
 
 
 def linear_result(features: pd.DataFrame, rows: pd.DataFrame, fold: Fold, task: TaskSpec, seed: int) -> dict:

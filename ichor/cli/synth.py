@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="number of studies (sites); the first 8 follow the fixed "
         "protocol table, later ones cycle through it with re-drawn parameters (default: %(default)s)",
     )
+    add(
+        "--first-study",
+        type=int,
+        default=1,
+        help="number of the first study: 5 with --studies 12 writes study-05 .. study-16 of the seed's "
+        "dataset, other sites and people than a dataset of studies 1-4 (default: %(default)s)",
+    )
     add("--subjects-per-study", type=int, default=50, help="subjects (one scan each) per study (default: %(default)s)")
     add(
         "--seed",
@@ -147,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             options=options,
             manifests_only=args.manifests_only,
+            first_study=args.first_study,
         )
     except ValueError as error:
         print(f"ichor synth: {error}", file=sys.stderr)

@@ -178,6 +178,7 @@ def dataset_description(studies: list[StudyPlan], n_subjects: int, seed: int, op
         "GeneratedBy": [{"Name": GENERATOR_NAME, "Version": ichor.__version__}],
         "GeneratorParameters": {
             "n_studies": len(studies),
+            "first_study": studies[0].index + 1,
             "subjects_per_study": n_subjects,
             "seed": seed,
             **options.as_dict(),
@@ -236,6 +237,7 @@ def generate_dataset(
     *,
     options: SynthOptions | None = None,
     manifests_only: bool = False,
+    first_study: int = 1,
 ) -> list[Path]:
     """Generate the dataset into ``out_dir``; returns the per-study manifest paths in study order.
 
@@ -246,7 +248,7 @@ def generate_dataset(
         raise ValueError(f"workers must be >= 1, got {workers}")
     options = options or SynthOptions()
     out_dir = Path(out_dir)
-    studies = plan_dataset(n_studies, subjects_per_study, seed, options)
+    studies = plan_dataset(n_studies, subjects_per_study, seed, options, first_study)
     if not manifests_only:
         jobs = [(scan, options, str(out_dir / study.study)) for study in studies for scan in study.scans]
         warm_caches([study.protocol for study in studies])

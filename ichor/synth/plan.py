@@ -144,16 +144,27 @@ def subject_label(study_index: int, subject_index: int) -> str:
 
 
 def plan_dataset(
-    n_studies: int, subjects_per_study: int, seed: int = 0, options: SynthOptions | None = None
+    n_studies: int,
+    subjects_per_study: int,
+    seed: int = 0,
+    options: SynthOptions | None = None,
+    first_study: int = 1,
 ) -> list[StudyPlan]:
-    """Draw all per-study and per-scan metadata (cheap; no volumes)."""
+    """Draw all per-study and per-scan metadata (cheap; no volumes).
+
+    Studies ``first_study`` .. ``first_study + n_studies - 1`` of the seed's dataset: a second
+    dataset starting after the first one's studies has other sites, protocols and people (a
+    pre-training pool beside the labelled cohorts, with no subject in common).
+    """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if first_study < 1:
+        raise ValueError(f"first_study counts from 1, got {first_study}")
     if n_studies < 1 or subjects_per_study < 1:
         raise ValueError(f"need at least 1 study and 1 subject per study, got {n_studies} and {subjects_per_study}")
     options = options or SynthOptions()
     studies = []
-    for si in range(n_studies):
+    for si in range(first_study - 1, first_study - 1 + n_studies):
         study_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(si,)))
         protocol = study_protocol(si, study_rng)
         diagnoses = allocate_diagnoses(study_rng, subjects_per_study, dict(options.class_mix))
