@@ -111,14 +111,16 @@ def make_dataset(root: Path, studies: int = 2, subjects: int = 6, seed: int = 0)
 
 
 def make_encoder(
-    root: Path, harmonisation: dict | None = None, shape=SHAPE, patch_size: int = 8, overrides: dict | None = None
+    root: Path, harmonisation: dict | None = None, shape=None, patch_size: int = 8, overrides: dict | None = None
 ) -> Path:
-    """An exported untrained mae_vit_micro encoder (patch 8, SHAPE unless given; ``overrides`` change its
-    widths) with ``harmonisation`` metadata."""
+    """An exported untrained mae_vit_micro encoder (patch 8, the harmonisation's shape unless given;
+    ``overrides`` change its widths) with ``harmonisation`` metadata."""
     torch.manual_seed(0)
+    harmonisation = harmonisation or HARMONISATION
+    shape = tuple(harmonisation["shape"]) if shape is None else shape
     backbone = Backbone("mae_vit_micro", patch_size=patch_size, img_size=shape, overrides=overrides or {})
     module = MAEPretrainer(backbone=backbone)
-    module.data_record = {"harmonisation": harmonisation or HARMONISATION}
+    module.data_record = {"harmonisation": harmonisation}
     checkpoint = {
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),
