@@ -117,7 +117,7 @@ def make_encoder(
     ``overrides`` change its widths) with ``harmonisation`` metadata."""
     torch.manual_seed(0)
     harmonisation = harmonisation or HARMONISATION
-    shape = tuple(harmonisation["shape"]) if shape is None else shape
+    shape = tuple(harmonisation.get("shape", SHAPE)) if shape is None else shape
     backbone = Backbone("mae_vit_micro", patch_size=patch_size, img_size=shape, overrides=overrides or {})
     module = MAEPretrainer(backbone=backbone)
     module.data_record = {"harmonisation": harmonisation}
