@@ -17,7 +17,7 @@ LINT_STAMP := $(VENV)/.ichor-lint-installed
 DEMO_STAMP := $(DEMO_DATA)/.complete
 DEMO_RUN   := runs/pretrain_demo
 
-.PHONY: venv demo demo-data pool-data test test-fast lint bench clean
+.PHONY: venv demo demo-data pool-data probe-data test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,17 @@ pool-data: $(POOL_STAMP)
 
 $(POOL_STAMP): | $(STAMP)
 	$(BIN)/ichor synth --out $(POOL_DATA) --first-study 5 --studies 12 --subjects-per-study 125 --seed 0 --manifest-dir data_manifests/pool --overwrite
+	touch $@
+
+# The recipe-selection cohort: studies 17-18 of the demo's seed (other sites and people again), labelled.
+# The online probe scores pre-training recipes on it, so that no recipe is chosen on the benchmark's
+# own labelled cohorts (studies 1-4).
+PROBE_DATA  ?= data/probe
+PROBE_STAMP := $(PROBE_DATA)/.generated
+probe-data: $(PROBE_STAMP)
+
+$(PROBE_STAMP): | $(STAMP)
+	$(BIN)/ichor synth --out $(PROBE_DATA) --first-study 17 --studies 2 --subjects-per-study 50 --seed 0 --manifest-dir data_manifests/probe --overwrite
 	touch $@
 
 demo: $(DEMO_STAMP)

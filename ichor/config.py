@@ -9,7 +9,9 @@ model and datamodule through this class, so a config means the same thing everyw
 - a ``LearningRateMonitor`` (key ``lr_monitor``), logging every step;
 - a ``ModelCheckpoint`` (key ``checkpoint``) into ``runs/<name>/checkpoints``, keeping ``best.ckpt``
   and ``last.ckpt`` (for ``--ckpt_path last``), monitoring what the model class says it should
-  (``checkpoint_monitor``: ``val/loss`` for pre-training, the head's metric for a task).
+  (``checkpoint_monitor``: ``val/loss`` for pre-training, the head's metric for a task);
+- ``early_stopping_patience: N`` (off by default): stop when that monitored metric has not
+  improved for N validation epochs (Lightning's ``EarlyStopping`` on the checkpoint's monitor).
 
 Each default can still be overridden in a config or on the command line
 (e.g. ``--checkpoint.monitor val/f1 --checkpoint.mode max``, ``--trainer.logger.init_args.name my_run``);
@@ -27,7 +29,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 PRETRAINERS_GROUP = "ichor.pretrainers"
@@ -72,6 +74,12 @@ class IchorCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_argument(
+            "--early_stopping_patience",
+            type=int | None,
+            default=None,
+            help="stop after this many validation epochs without improvement of the checkpoint's monitor",
+        )
 
     def before_instantiate_classes(self) -> None:
         """Fill what depends on the config as a whole: run name, checkpoint folder and monitor."""
@@ -113,6 +121,12 @@ class IchorCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        full = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if (patience := full.get("early_stopping_patience")) is not None:
+            monitor = full.checkpoint.monitor
+            if monitor is None:
+                raise ValueError("early_stopping_patience needs a monitored metric: set checkpoint.monitor")
+            callbacks = [*callbacks, EarlyStopping(monitor, patience=patience, mode=full.checkpoint.mode)]
         return super()._instantiate_trainer(config, callbacks)
 
 

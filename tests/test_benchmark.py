@@ -187,6 +187,38 @@ def test_paired_differences_call_a_win_only_beyond_its_own_spread():
     assert paired.loc["simclr (finetune)", "verdict"] == "ties"  # ahead on average, not beyond the spread
 
 
+def test_pretraining_table_puts_each_methods_online_probe_beside_its_fewest_label_metric(tmp_path):
+    """The ablation's row: the recorded online-probe values, then per task the best mode at the fewest labels."""
+    from ichor.benchmark.report import pretraining_markdown, pretraining_table
+    from ichor.benchmark.run import ONLINE_PROBE_FILE, online_probe_values
+
+    (tmp_path / "pretrain/mae").mkdir(parents=True)
+    (tmp_path / "pretrain/mae" / ONLINE_PROBE_FILE).write_text('{"probe/auroc": 0.71, "probe/rankme": 40.5}')
+    online = online_probe_values(tmp_path, ["mae", "simclr"])  # simclr ran without the callback
+    summary = pd.DataFrame(
+        [
+            dict(task="AD", method="mae", mode="linear_probe", budget=10, metric="auroc", mean=0.70, std=0.05),
+            dict(task="AD", method="mae", mode="finetune", budget=10, metric="auroc", mean=0.75, std=0.04),
+            dict(task="AD", method="mae", mode="linear_probe", budget=1.0, metric="auroc", mean=0.90, std=0.01),
+            dict(task="quality", method="mae", mode="linear_probe", budget=10, metric="mae", mean=0.20, std=0.02),
+            dict(task="quality", method="mae", mode="finetune", budget=10, metric="mae", mean=0.30, std=0.02),
+            dict(task="AD", method="simclr", mode="linear_probe", budget=10, metric="auroc", mean=0.60, std=0.05),
+        ]
+    )
+    table = pretraining_table(summary, online).set_index("method")
+    assert table.loc["mae", "probe/auroc"] == 0.71 and pd.isna(table.loc["simclr", "probe/auroc"])
+    assert table.loc["mae", "AD auroc (10 per class)"] == "0.750 ± 0.040 (finetune)"  # not the 1.0 budget's 0.90
+    assert table.loc["mae", "quality mae (10 per class)"] == "0.200 ± 0.020 (linear probe)"  # lower is better
+    text = pretraining_markdown(table.reset_index())
+    assert "| mae | 0.710 | 40.500 | 0.750 ± 0.040 (finetune) |" in text and "| simclr |  |  |" in text
+
+
+def test_budget_labels_read_as_subjects_per_class_or_a_share_of_the_labels():
+    from ichor.benchmark.report import budget_label
+
+    assert [budget_label(b) for b in (10, 0.25, 1.0)] == ["10 per class", "25 % of labels", "all labels"]
+
+
 def test_a_finished_run_is_reused_only_for_the_same_arguments_and_split(tmp_path, monkeypatch):
     from ichor.benchmark.run import resumable_fold
     from ichor.downstream.cv import Fold
@@ -288,7 +320,7 @@ def test_label_budgets_are_nested_stratified_and_keep_every_class():
     assert set(labels[list(trained[0.05])]) == {"CN", "AD", "FTD"}  # at least one subject per class
 
 
-@pytest.mark.parametrize("name", ["benchmark_demo.yaml", "benchmark_full.yaml"])
+@pytest.mark.parametrize("name", ["benchmark_demo.yaml", "benchmark_paper.yaml", "benchmark_ablation.yaml"])
 def test_shipped_benchmark_configs_load_and_point_at_shipped_configs(name):
     """The shipped benchmark configs parse, and every config they name is one the repo ships.
 

@@ -40,7 +40,7 @@ TINY_PRETRAINER = [
     "--model.init_args.backbone.compile=false",
 ]
 # One training and one validation batch on one CPU process, whatever the config asks for
-# (pretrain_vit_base.yaml: GPUs, 4 devices x 2 nodes, DDP, bf16).
+# (pretrain_vit_base_slurm.yaml: GPUs, 4 devices x 2 nodes, DDP, bf16).
 TRAINER = [
     "--trainer.fast_dev_run=1",
     "--trainer.accelerator=cpu",

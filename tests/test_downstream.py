@@ -156,3 +156,48 @@ def test_predict_writes_one_row_per_scan(setting, tmp_path, monkeypatch):
     before = (tmp_path / "runs/probe_diagnosis/predictions.csv").read_text()
     assert main(["predict", *args, f"--ckpt_path={checkpoint}"]) == 1
     assert (tmp_path / "runs/probe_diagnosis/predictions.csv").read_text() == before
+
+
+def test_drop_path_drops_whole_samples_while_training_and_nothing_in_eval():
+    from ichor.models.vit import drop_path
+
+    x = torch.ones(4000, 3, 5)
+    dropped = drop_path(x, 0.3, training=True)
+    per_sample = dropped[:, 0, 0]
+    assert (dropped == per_sample[:, None, None]).all()  # a whole sample's branch, never single tokens
+    assert torch.allclose(per_sample.unique(), torch.tensor([0.0, 1 / 0.7]))
+    assert abs(float((per_sample == 0).float().mean()) - 0.3) < 0.03
+    assert abs(float(per_sample.mean()) - 1.0) < 0.05  # rescaled: the expected branch is unchanged
+    assert torch.equal(drop_path(x, 0.3, training=False), x)
+
+
+def test_drop_path_rises_to_the_last_block_in_finetuning_and_is_off_in_a_probe(setting):
+    rates = [block.drop_path for block in built_task(setting, mode="finetune", drop_path=0.2).encoder.blocks]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2) and rates == sorted(rates) and len(set(rates)) > 1
+    probe = built_task(setting, mode="linear_probe", drop_path=0.2)
+    assert all(block.drop_path == 0.0 for block in probe.encoder.blocks)
+    with pytest.raises(ValueError, match="drop_path must be in"):
+        built_task(setting, mode="finetune", drop_path=1.0)
+
+
+def test_early_stopping_stops_when_the_monitored_metric_stalls(setting, tmp_path, monkeypatch):
+    """With a zero learning rate the validation metric cannot improve: patience 1 stops after epoch 2 of 10."""
+    from helpers import tiny_task_args
+
+    from ichor.config import IchorCLI
+
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "--config",
+        str(CONFIGS / "finetune_diagnosis.yaml"),
+        *tiny_task_args(setting["encoder"], setting["manifests"], setting["cache"]),
+        "--trainer.max_epochs=10",
+        "--model.init_args.optim.lr=0.0",
+        "--model.init_args.optim.warmup_epochs=0",
+        "--early_stopping_patience=1",
+    ]
+    cli = IchorCLI(args=args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    stopper = cli.trainer.early_stopping_callback
+    assert stopper is not None and stopper.monitor == "val/auroc" == cli.trainer.checkpoint_callback.monitor
+    assert cli.trainer.current_epoch == 2 and stopper.stopped_epoch == 1

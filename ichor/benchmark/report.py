@@ -19,6 +19,7 @@ from ichor.data.atomic import atomic_path, write_csv, write_text
 from ichor.downstream.cv import summarise
 
 KEYS = ["task", "method", "mode", "budget"]
+LOWER_BETTER = {"mae", "rmse"}
 CHANCE = {"auroc": 0.5, "pearson": 0.0, "spearman": 0.0, "r2": 0.0}  # balanced accuracy's depends on the classes
 
 
@@ -45,20 +46,22 @@ def budget_order(budgets: pd.Series) -> list[float]:
 
 
 def budget_label(budget: float) -> str:
-    return f"{budget:g} per class" if budget > 1 else f"{budget:g} of labels"
+    """``10 per class`` for a subject count, ``25 % of labels`` / ``all labels`` for a fraction."""
+    if budget > 1:
+        return f"{budget:g} per class"
+    return "all labels" if budget == 1 else f"{budget * 100:g} % of labels"
 
 
 def paired_differences(results: pd.DataFrame, cfg: BenchmarkConfig) -> pd.DataFrame:
     """Reference (best mode per task and budget) minus every other method/mode, on shared (fold, seed) pairs."""
     primary = {task.name: task.metric for task in cfg.tasks}
-    lower_better = {"mae", "rmse"}
     rows = []
     for (task, budget), group in results.groupby(["task", "budget"], sort=False):
         column = f"test/{primary[task]}"
         if column not in group:
             continue
         scores = group.pivot_table(index=["fold", "seed"], columns=["method", "mode"], values=column)
-        sign = -1.0 if primary[task] in lower_better else 1.0
+        sign = -1.0 if primary[task] in LOWER_BETTER else 1.0
         ours = [key for key in scores.columns if key[0] == cfg.reference]
         if not ours:
             continue
@@ -172,8 +175,52 @@ def task_figure(summary: pd.DataFrame, task: str, path: Path, folds: str = "fold
     return path
 
 
-def write_report(results: pd.DataFrame, cfg: BenchmarkConfig, out: Path) -> pd.DataFrame:
-    """benchmark_folds.csv, benchmark_summary.csv, benchmark_summary.md and figures/<task>.png under ``out``."""
+def pretraining_table(summary: pd.DataFrame, online: pd.DataFrame) -> pd.DataFrame:
+    """One row per pre-trained method: its last online-probe scalars beside each task's benchmark metric
+    at the fewest labels, in the method's best mode there (a recipe ablation reads across a row)."""
+    rows = []
+    for method in online["method"] if len(online) else []:
+        row = online.loc[online["method"] == method].iloc[0].dropna().to_dict()
+        for task, table in summary[summary["method"] == method].groupby("task", sort=False):
+            fewest = table[table["budget"] == budget_order(table["budget"])[0]]
+            lower = table["metric"].iloc[0] in LOWER_BETTER
+            best = fewest.loc[fewest["mean"].idxmin() if lower else fewest["mean"].idxmax()]
+            row[f"{task} {best['metric']} ({budget_label(best['budget'])})"] = (
+                f"{best['mean']:.3f} ± {best['std']:.3f} ({best['mode'].replace('_', ' ')})"
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pretraining_markdown(table: pd.DataFrame) -> str:
+    """The pre-training table as Markdown (empty without pre-trained methods)."""
+    if table.empty:
+        return ""
+    columns = list(table.columns)
+    lines = [
+        "## Pre-training (online probe at its last epoch; benchmark metric at the fewest labels, best mode)",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + " --- |" * len(columns),
+    ]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for _, row in table.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "" if pd.isna(value) else f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+def write_report(
+    results: pd.DataFrame, cfg: BenchmarkConfig, out: Path, online: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """benchmark_folds.csv, benchmark_summary.csv, benchmark_paired.csv, benchmark_pretraining.csv,
+    benchmark_summary.md and figures/<task>.png under ``out``.
+
+    ``online``: each pre-trained method's last online-probe scalars (a ``method`` column).
+    """
     summary = summary_table(results, cfg)
     folds = ("held-out studies" if cfg.by_study else "folds") + (
         f" x {len(cfg.seeds)} seeds" if len(cfg.seeds) > 1 else ""
@@ -182,7 +229,12 @@ def write_report(results: pd.DataFrame, cfg: BenchmarkConfig, out: Path) -> pd.D
     write_csv(summary, out / "benchmark_summary.csv")
     paired = paired_differences(results, cfg)
     write_csv(paired, out / "benchmark_paired.csv")
-    write_text(out / "benchmark_summary.md", markdown(summary, folds) + "\n" + paired_markdown(paired))
+    pretraining = pretraining_table(summary, online if online is not None else pd.DataFrame())
+    write_csv(pretraining, out / "benchmark_pretraining.csv")
+    write_text(
+        out / "benchmark_summary.md",
+        markdown(summary, folds) + "\n" + paired_markdown(paired) + "\n" + pretraining_markdown(pretraining),
+    )
     for task in summary["task"].unique():
         task_figure(summary, task, out / "figures" / f"{task}.png", folds)
     return summary

@@ -32,6 +32,7 @@ from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
 from ichor.benchmark.linear import fit_and_score
 from ichor.data.atomic import write_text
 from ichor.downstream.cv import Fold, run_fold, subject_folds, target_strata
+from ichor.pretrain.online_probe import PREFIX as ONLINE_PROBE_PREFIX
 
 if TYPE_CHECKING:
     from ichor.config import IchorCLI
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 SCRATCH = "scratch"
 BASELINE = "regional_mean"
 RESULT_FILE = "result.json"
+ONLINE_PROBE_FILE = "online_probe.json"  # the pre-training's last online-probe scalars, beside its encoder
 
 
 def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed: int = 0) -> Fold:
@@ -92,7 +94,19 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
     checkpoint = callback and (callback.last_model_path or callback.best_model_path)
     if not checkpoint:
         raise ValueError(f"pre-training config {spec.config} ({method}) saved no checkpoint")
+    probe = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(ONLINE_PROBE_PREFIX)}
+    write_text(folder / ONLINE_PROBE_FILE, json.dumps(probe, indent=1))
     return export_encoder(checkpoint, encoder, overwrite=True)
+
+
+def online_probe_values(out: Path, methods: list[str]) -> pd.DataFrame:
+    """Each pre-trained method's last online-probe scalars (one row per method; none without the callback)."""
+    rows = []
+    for method in methods:
+        record = out / "pretrain" / method / ONLINE_PROBE_FILE
+        values = json.loads(record.read_text()) if record.is_file() else {}
+        rows.append({"method": method, **values})
+    return pd.DataFrame(rows)
 
 
 def pool_subjects(spec: PretrainSpec, cfg: BenchmarkConfig) -> set[str]:
@@ -243,7 +257,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
             if seed == cfg.seeds[0]:
                 results += trained_results(task, trained, budgets, cfg, out, seed)
     table = pd.DataFrame(results)
-    write_report(table, cfg, out)
+    write_report(table, cfg, out, online_probe_values(out, list(cfg.pretrain)))
     return table
 
 

@@ -91,6 +91,8 @@ class DownstreamTask(LightningModule):
             rate (in finetune, the last encoder block trains at ``lr * layer_decay``), as given
             (``lr_batch`` null) unless a reference batch is set.
         layer_decay: finetune lr ratio between consecutive encoder layers.
+        drop_path: stochastic depth of the encoder's last block in finetune/scratch (rising linearly
+            from 0 at the first); a linear probe's frozen encoder never drops.
         grad_checkpointing: recompute encoder blocks in backward (finetune/scratch memory).
         figures: log a confusion matrix / scatter plot to TensorBoard at each validation epoch end.
     """
@@ -104,6 +106,7 @@ class DownstreamTask(LightningModule):
         pooling: Pooling | Literal["attentive"] = "brain_mean",
         optim: AdamW = TASK_OPTIM,
         layer_decay: float = 0.75,
+        drop_path: float = 0.0,
         grad_checkpointing: bool = False,
         figures: bool = True,
     ) -> None:
@@ -151,6 +154,8 @@ class DownstreamTask(LightningModule):
         if hp.mode == "scratch":
             encoder = ViTEncoder3D(img_size=encoder.img_size, **metadata["architecture"])
         encoder.grad_checkpointing = hp.grad_checkpointing
+        if hp.mode != "linear_probe":
+            encoder.set_drop_path(hp.drop_path)
         if hp.pooling == ATTENTIVE:
             self.pooler = AttentivePooler(encoder.embed_dim, encoder.num_heads)
         if hp.mode == "linear_probe":

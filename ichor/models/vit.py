@@ -79,8 +79,20 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
+def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a residual branch ``x`` (B, ...) for a random ``prob`` of the samples, rescaling the rest."""
+    if prob == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - prob)
+    return x * keep / (1.0 - prob)
+
+
 class Block(nn.Module):
-    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    ``drop_path`` (stochastic depth, a fine-tuning regulariser; 0 in pre-training) drops each
+    residual branch per sample while training.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6) -> None:
         super().__init__()
@@ -89,10 +101,11 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = 0.0
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_padding_mask)
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.attn(self.norm1(x), key_padding_mask), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 def run_blocks(
@@ -188,6 +201,14 @@ class ViTEncoder3D(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, self.embed_dim, device=device))
         elif old_grid != self.grid:
             self.pos_embed = nn.Parameter(resize_table(self.pos_embed.detach(), old_grid, self.grid))
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 at the first block to ``rate`` at the last (as in BEiT/MAE
+        fine-tuning); a training setting, not part of the architecture that ``config`` records."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {rate}")
+        for i, block in enumerate(self.blocks):
+            block.drop_path = rate * i / max(len(self.blocks) - 1, 1)
 
     @property
     def config(self) -> dict:
