@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Axis 2 of a (B, C, D, H, W) RAS batch runs left -> right; in affine_grid's (x, y, z) = (W, H, D)
-# coordinates that is z, the third.
-LEFT_RIGHT_GRID_AXIS = 2
+from ichor.data.augment import LEFT_RIGHT_DIM, rotations
+
+# affine_grid orders coordinates (x, y, z) = (W, H, D): the reverse of a (B, C, D, H, W) batch's
+# spatial dims 2, 3, 4, so the batch's left-right dim is this grid coordinate.
+LEFT_RIGHT_GRID_AXIS = 4 - LEFT_RIGHT_DIM
 
 
 @dataclass(frozen=True)
@@ -91,20 +93,6 @@ class ViewAugmentation:
         return torch.where(applied, value(u), torch.full_like(u, off))
 
 
-def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
-    """(B, 3) angles in radians about x, y, z -> (B, 3, 3) rotations Rz @ Ry @ Rx."""
-    cos, sin = angles.cos(), angles.sin()
-    one, zero = torch.ones_like(cos[:, 0]), torch.zeros_like(cos[:, 0])
-
-    def matrix(*rows):
-        return torch.stack([torch.stack(row, -1) for row in rows], -2)
-
-    rx = matrix((one, zero, zero), (zero, cos[:, 0], -sin[:, 0]), (zero, sin[:, 0], cos[:, 0]))
-    ry = matrix((cos[:, 1], zero, sin[:, 1]), (zero, one, zero), (-sin[:, 1], zero, cos[:, 1]))
-    rz = matrix((cos[:, 2], -sin[:, 2], zero), (sin[:, 2], cos[:, 2], zero), (zero, zero, one))
-    return rz @ ry @ rx
-
-
 def random_resized_crop(
     images: torch.Tensor, masks: torch.Tensor, augmentation: ViewAugmentation, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +112,7 @@ def random_resized_crop(
     scale = low + (high - low) * uniform(b, 1)
     flip = torch.ones(b, 3, device=device)
     flip[:, LEFT_RIGHT_GRID_AXIS] = torch.where(uniform(b) < augmentation.flip_p, -1.0, 1.0)
-    linear = torch.linalg.inv(to_voxels) @ rotation_matrices(angles) @ to_voxels * scale[:, :, None]
+    linear = torch.linalg.inv(to_voxels) @ rotations(angles) @ to_voxels * scale[:, :, None]
     theta = torch.cat([linear * flip[:, None, :], ((1 - scale) * (2 * uniform(b, 3) - 1))[..., None]], dim=2)
     stacked = torch.cat([images * masks, masks.to(images.dtype)], dim=1)
     grid = F.affine_grid(theta.to(images.dtype), list(stacked.shape), align_corners=False)
