@@ -73,6 +73,7 @@ class Encoder:
             on_bad_scan=on_bad_scan,
             device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             progress=progress,
+            loaded=(self.network, self.metadata),
         )
         images = [str(item).endswith(IMAGE_SUFFIXES) for item in items]
         if not any(images):

@@ -66,6 +66,21 @@ def test_folder_and_file_url_give_the_features_of_ichor_embed(shared, tmp_path, 
     np.testing.assert_allclose(features(encoder.embed(maps, cache_dir=shared["cache"])), features(expected), atol=1e-5)
 
 
+def test_embed_runs_the_network_held_in_memory_not_a_fresh_copy_from_disk(shared, tmp_path):
+    """A notebook that edits ``enc.network`` (or loaded it once for many calls) embeds with that network."""
+    import torch
+
+    folder = tmp_path / "encoder"
+    assert main(["export-encoder", str(shared["checkpoint"]), "--out", str(folder)]) == 0
+    encoder = Encoder.from_pretrained(folder)
+    before = features(encoder.embed(shared["manifests"], cache_dir=shared["cache"]))
+    with torch.no_grad():
+        for parameter in encoder.network.parameters():
+            parameter.zero_()
+    after = features(encoder.embed(shared["manifests"], cache_dir=shared["cache"]))
+    assert np.allclose(after, 0, atol=1e-6) and not np.allclose(before, 0, atol=1e-3)
+
+
 def test_wrong_checksum_is_refused_and_nothing_is_left(shared, tmp_path):
     archive, sha256 = pack_encoder(make_encoder(tmp_path), tmp_path / "e.tar.gz")
     wrong = ("0" if sha256[0] != "0" else "1") + sha256[1:]

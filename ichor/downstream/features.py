@@ -60,14 +60,16 @@ def embed_scans(
     skipped_report: str | os.PathLike | None = None,
     blocks: int = 1,
     regions: int = REGIONS,
+    loaded: tuple[ViTEncoder3D, dict] | None = None,
 ) -> pd.DataFrame:
     """One row per usable scan, in manifest order: identity columns, then features f000, f001, ...
 
     ``pooling``, ``blocks`` and ``regions`` are those of :func:`ichor.downstream.pooling.encode`.
     With ``on_bad_scan="skip"``, the scans left out are listed (manifest, row, path, reason) in
-    ``skipped_report``, written atomically, when there are any.
+    ``skipped_report``, written atomically, when there are any. ``loaded``: the (network,
+    metadata) of ``encoder_path`` when the caller holds them already (not read again).
     """
-    encoder, metadata = load_encoder(encoder_path)
+    encoder, metadata = loaded or load_encoder(encoder_path)
     with tempfile.TemporaryDirectory() as audit:  # split table of a datamodule that does not split
         datamodule = datamodule_for_encoder(
             metadata,
