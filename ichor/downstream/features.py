@@ -46,6 +46,17 @@ def datamodule_for_encoder(metadata: dict, manifests: list[str], source: str, **
     )
 
 
+def predict_datamodule(metadata: dict, manifests: list[str], source: str, **kwargs) -> CBFDataModule:
+    """:func:`datamodule_for_encoder`, its scans harmonised into the cache and its ``predict`` split set up."""
+    with tempfile.TemporaryDirectory() as audit:  # split table of a datamodule that does not split
+        datamodule = datamodule_for_encoder(
+            metadata, manifests, source, log_dir=audit, persistent_workers=False, **kwargs
+        )
+        datamodule.prepare_data()
+        datamodule.setup("predict")
+    return datamodule
+
+
 @torch.inference_mode()
 def embed_scans(
     encoder_path: str,
@@ -70,21 +81,16 @@ def embed_scans(
     metadata) of ``encoder_path`` when the caller holds them already (not read again).
     """
     encoder, metadata = loaded or load_encoder(encoder_path)
-    with tempfile.TemporaryDirectory() as audit:  # split table of a datamodule that does not split
-        datamodule = datamodule_for_encoder(
-            metadata,
-            manifests,
-            encoder_path,
-            cache_dir=cache_dir,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            on_bad_scan=on_bad_scan,
-            log_dir=audit,
-            persistent_workers=False,
-            progress=progress,
-        )
-        datamodule.prepare_data()
-        datamodule.setup("predict")
+    datamodule = predict_datamodule(
+        metadata,
+        manifests,
+        encoder_path,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        on_bad_scan=on_bad_scan,
+        progress=progress,
+    )
     table = embed_loader(
         encoder.to(device), datamodule.predict_dataloader(), pooling, blocks, regions, device, progress
     )

@@ -12,7 +12,6 @@ work unless ``overwrite``, and no output may be an input)::
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from ichor.data.atomic import atomic_path, check_output, write_csv
 from ichor.data.manifest import read_manifests
 from ichor.data.scans import load_cbf
-from ichor.downstream.features import datamodule_for_encoder
+from ichor.downstream.features import predict_datamodule
 from ichor.downstream.task import DownstreamTask
 from ichor.explain.checkpoint import load_task
 from ichor.explain.figure import attribution_figure, save_figure
@@ -102,20 +101,15 @@ def explain(
     for path in planned:
         check_output(path, inputs, overwrite)
 
-    with tempfile.TemporaryDirectory() as audit:  # split table of a datamodule that does not split
-        datamodule = datamodule_for_encoder(
-            {"harmonisation": settings},
-            list(manifests),
-            str(checkpoint),
-            cache_dir=cache_dir,
-            batch_size=1,
-            num_workers=num_workers,
-            log_dir=audit,
-            persistent_workers=False,
-            progress=progress,
-        )
-        datamodule.prepare_data()
-        datamodule.setup("predict")
+    datamodule = predict_datamodule(
+        {"harmonisation": settings},
+        list(manifests),
+        str(checkpoint),
+        cache_dir=cache_dir,
+        batch_size=1,
+        num_workers=num_workers,
+        progress=progress,
+    )
     dataset = datamodule.datasets["predict"]
     entries = [datamodule.cache.lookup(path) for path in rows["path"]]
     averages = {  # per group: (attribution, model input) means

@@ -32,7 +32,6 @@ so a checkpoint can monitor ``probe/auroc``.
 from __future__ import annotations
 
 import logging
-import tempfile
 from typing import Any, Literal
 
 import numpy as np
@@ -165,26 +164,21 @@ class OnlineProbe(Callback):
         """The probe set's loader and labelled rows, harmonised as the pre-training data (built once)."""
         if self._loader is not None and self._rows is not None:
             return self._loader, self._rows
-        from ichor.downstream.features import datamodule_for_encoder
+        from ichor.downstream.features import predict_datamodule
 
         data = trainer.datamodule  # type: ignore[attr-defined]
         if data is None or not hasattr(data, "harmonisation_settings"):
             raise ValueError("OnlineProbe needs a CBFDataModule (its harmonisation settings) in the run")
         manifests = self.manifests or list(data.hparams.manifests)
-        with tempfile.TemporaryDirectory() as audit:  # the split table of a datamodule that does not split
-            probe_data = datamodule_for_encoder(
-                {"harmonisation": data.harmonisation_settings()},
-                manifests,
-                "the pre-training data",
-                cache_dir=data.hparams.cache_dir,
-                batch_size=self.batch_size,
-                num_workers=0,
-                log_dir=audit,
-                persistent_workers=False,
-                progress=False,
-            )
-            probe_data.prepare_data()
-            probe_data.setup("predict")
+        probe_data = predict_datamodule(
+            {"harmonisation": data.harmonisation_settings()},
+            manifests,
+            "the pre-training data",
+            cache_dir=data.hparams.cache_dir,
+            batch_size=self.batch_size,
+            num_workers=0,
+            progress=False,
+        )
         rows: Any = probe_data.rows
         rows = rows.loc[labelled_rows(rows, self.target, self.target_values)]
         log.info("online probe: %d labelled scans of %d subjects (%s)", len(rows), rows["subject"].nunique(), manifests)
