@@ -120,6 +120,12 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
     paired = pd.read_csv(out / "benchmark_paired.csv")
     assert set(paired["versus"]) >= {"scratch (scratch)", "regional_mean (baseline)", "simclr (finetune)"}
     assert paired["reference"].str.startswith("mae (").all() and set(paired["verdict"]) <= {"wins", "ties", "loses"}
+    # Each linear model also ran on pooled subject folds (4, as many as studies): the site gap.
+    gaps = pd.read_csv(out / "benchmark_site_gap.csv")
+    assert set(zip(gaps["task"], gaps["method"], gaps["mode"], gaps["budget"])) == {
+        key for key in expected if key[2] in ("linear_probe", "baseline")
+    }
+    assert np.isfinite(gaps["mean_pooled"]).all() and "## Held-out study against pooled folds" in table
 
     # Run again into the same folder: nothing is pre-trained or fine-tuned again, the table is the same.
     def no_training(*args, **kwargs):
@@ -211,6 +217,31 @@ def test_pretraining_table_puts_each_methods_online_probe_beside_its_fewest_labe
     assert table.loc["mae", "quality mae (10 per class)"] == "0.200 ± 0.020 (linear probe)"  # lower is better
     text = pretraining_markdown(table.reset_index())
     assert "| mae | 0.710 | 40.500 | 0.750 ± 0.040 (finetune) |" in text and "| simclr |  |  |" in text
+
+
+def test_site_gap_compares_each_linear_model_with_its_pooled_folds_and_signs_lower_better_metrics():
+    from dataclasses import replace
+
+    from ichor.benchmark.report import site_gap_table, summary_table
+
+    cfg = load_config(CONFIGS / "benchmark_demo.yaml")
+    cfg.tasks = [replace(task, metric="mae") if task.name == "quality" else task for task in cfg.tasks]
+
+    def runs(task, metric, scores):
+        return pd.DataFrame(
+            [
+                {"task": task, "method": "mae", "mode": "linear_probe", "budget": 10, "fold": f"f{i}", "n_train": 20}
+                | {f"test/{metric}": score}
+                for i, score in enumerate(scores)
+            ]
+        )
+
+    held_out = pd.concat([runs("AD", "auroc", [0.60, 0.70]), runs("quality", "mae", [0.30, 0.30])])
+    pooled = pd.concat([runs("AD", "auroc", [0.80, 0.80]), runs("quality", "mae", [0.28, 0.28])])
+    gaps = site_gap_table(summary_table(held_out, cfg), pooled, cfg).set_index("task")
+    assert gaps.loc["AD", "gap"] == pytest.approx(-0.15) and not gaps.loc["AD", "within"]  # worse unseen
+    assert gaps.loc["quality", "gap"] == pytest.approx(-0.02) and gaps.loc["quality", "within"]  # error up 0.02
+    assert site_gap_table(summary_table(held_out, cfg), pd.DataFrame(), cfg).empty  # no held-out studies
 
 
 def test_budget_labels_read_as_subjects_per_class_or_a_share_of_the_labels():

@@ -20,6 +20,7 @@ from ichor.downstream.cv import summarise
 
 KEYS = ["task", "method", "mode", "budget"]
 LOWER_BETTER = {"mae", "rmse"}
+SITE_GAP = 0.05  # the site-robustness goal: a held-out study scores within this of pooled folds
 CHANCE = {"auroc": 0.5, "pearson": 0.0, "spearman": 0.0, "r2": 0.0}  # balanced accuracy's depends on the classes
 
 
@@ -207,6 +208,40 @@ def pretraining_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def site_gap_table(summary: pd.DataFrame, pooled: pd.DataFrame, cfg: BenchmarkConfig) -> pd.DataFrame:
+    """Per linear model, task and budget: the held-out-study metric beside the pooled folds' one.
+
+    ``gap`` is held-out minus pooled, signed so that < 0 means worse on an unseen study; it is
+    ``within`` the goal when no more than :data:`SITE_GAP` worse.
+    """
+    if pooled.empty:
+        return pd.DataFrame()
+    both = summary.merge(summary_table(pooled, cfg), on=KEYS, suffixes=("", "_pooled"))
+    sign = both["metric"].map(lambda metric: -1.0 if metric in LOWER_BETTER else 1.0)
+    both["gap"] = sign * (both["mean"] - both["mean_pooled"])
+    both["within"] = both["gap"] >= -SITE_GAP
+    return both[[*KEYS, "metric", "mean", "std", "mean_pooled", "std_pooled", "gap", "within"]]
+
+
+def site_gap_markdown(gaps: pd.DataFrame) -> str:
+    """The site-gap table as Markdown (empty when the benchmark did not hold studies out)."""
+    if gaps.empty:
+        return ""
+    lines = [
+        f"## Held-out study against pooled folds (linear models; goal: at most {SITE_GAP} worse)",
+        "",
+        "| task | budget | method | held-out study | pooled folds | held-out minus pooled | within |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for _, r in gaps.iterrows():
+        lines.append(
+            f"| {r['task']} | {budget_label(r['budget'])} | {r['method']} ({r['mode'].replace('_', ' ')}) "
+            f"| {r['mean']:.3f} ± {r['std']:.3f} | {r['mean_pooled']:.3f} ± {r['std_pooled']:.3f} "
+            f"| {r['gap']:+.3f} | {'yes' if r['within'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _cell(value: object) -> str:
     if isinstance(value, float):
         return "" if pd.isna(value) else f"{value:.3f}"
@@ -214,12 +249,17 @@ def _cell(value: object) -> str:
 
 
 def write_report(
-    results: pd.DataFrame, cfg: BenchmarkConfig, out: Path, online: pd.DataFrame | None = None
+    results: pd.DataFrame,
+    cfg: BenchmarkConfig,
+    out: Path,
+    online: pd.DataFrame | None = None,
+    pooled: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """benchmark_folds.csv, benchmark_summary.csv, benchmark_paired.csv, benchmark_pretraining.csv,
-    benchmark_summary.md and figures/<task>.png under ``out``.
+    benchmark_site_gap.csv, benchmark_summary.md and figures/<task>.png under ``out``.
 
-    ``online``: each pre-trained method's last online-probe scalars (a ``method`` column).
+    ``online``: each pre-trained method's last online-probe scalars (a ``method`` column);
+    ``pooled``: the linear models' per-fold results on pooled folds (held-out-study runs only).
     """
     summary = summary_table(results, cfg)
     folds = ("held-out studies" if cfg.by_study else "folds") + (
@@ -231,10 +271,11 @@ def write_report(
     write_csv(paired, out / "benchmark_paired.csv")
     pretraining = pretraining_table(summary, online if online is not None else pd.DataFrame())
     write_csv(pretraining, out / "benchmark_pretraining.csv")
-    write_text(
-        out / "benchmark_summary.md",
-        markdown(summary, folds) + "\n" + paired_markdown(paired) + "\n" + pretraining_markdown(pretraining),
-    )
+    gaps = site_gap_table(summary, pooled if pooled is not None else pd.DataFrame(), cfg)
+    if not gaps.empty:
+        write_csv(gaps, out / "benchmark_site_gap.csv")
+    sections = [markdown(summary, folds), paired_markdown(paired), pretraining_markdown(pretraining)]
+    write_text(out / "benchmark_summary.md", "\n".join([*sections, site_gap_markdown(gaps)]))
     for task in summary["task"].unique():
         task_figure(summary, task, out / "figures" / f"{task}.png", folds)
     return summary

@@ -208,9 +208,16 @@ def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: d
     return features
 
 
-def plan(cfg: BenchmarkConfig, task: TaskSpec, rows: pd.DataFrame, seed: int) -> dict[float, list[Fold]]:
-    """Budget -> folds for one seed's label draw; every method sees exactly these split files."""
-    folds = subject_folds(rows, task.target, cfg.folds, cfg.by_study, cfg.val_fraction, cfg.seed)
+def plan(
+    cfg: BenchmarkConfig, task: TaskSpec, rows: pd.DataFrame, seed: int, pooled: bool = False
+) -> dict[float, list[Fold]]:
+    """Budget -> folds for one seed's label draw; every method sees exactly these split files.
+
+    ``pooled``: subject-grouped folds across the studies, as many as there are studies, instead
+    of the config's folds (the reference a held-out-study result is compared with).
+    """
+    n_folds = int(rows["study"].nunique()) if pooled else cfg.folds
+    folds = subject_folds(rows, task.target, n_folds, cfg.by_study and not pooled, cfg.val_fraction, cfg.seed)
     return {budget: [budget_fold(f, rows, task.target, budget, seed) for f in folds] for budget in cfg.budgets}
 
 
@@ -228,7 +235,8 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
         (method, mode, encoder) for method, encoder in encoders.items() for mode in cfg.modes if mode != "linear_probe"
     ]  # Lightning runs; the linear probe is a linear model
     trained += [(SCRATCH, SCRATCH, architecture)] if cfg.scratch else []
-    results = []
+    results: list[dict] = []
+    pooled: list[dict] = []
     for task in cfg.tasks:
         rows, base = task_setup(task, architecture, cfg)
         check_pool(pool, task, rows)
@@ -241,23 +249,13 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
             linear[BASELINE, "baseline"] = regional_features(rows, base.datamodule.hparams.volume)
         for seed in cfg.seeds:
             budgets = plan(cfg, task, rows, seed)
-            for budget, folds in budgets.items():
-                for (method, mode), features in linear.items():
-                    results += [
-                        {
-                            "task": task.name,
-                            "method": method,
-                            "mode": mode,
-                            "budget": budget,
-                            "seed": seed,
-                            **linear_result(features, rows, fold, task, seed),
-                        }
-                        for fold in folds
-                    ]
+            results += linear_results(linear, rows, budgets, task, seed)
+            if cfg.by_study:  # the same linear models on subject folds that mix the studies
+                pooled += linear_results(linear, rows, plan(cfg, task, rows, seed, pooled=True), task, seed)
             if seed == cfg.seeds[0]:
                 results += trained_results(task, trained, budgets, cfg, out, seed)
     table = pd.DataFrame(results)
-    write_report(table, cfg, out, online_probe_values(out, list(cfg.pretrain)))
+    write_report(table, cfg, out, online_probe_values(out, list(cfg.pretrain)), pd.DataFrame(pooled))
     return table
 
 
@@ -286,6 +284,23 @@ def trained_results(
                 row = {"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed}
                 results.append({**row, **result})
     return results
+
+
+def linear_results(
+    linear: dict[tuple[str, str], pd.DataFrame],
+    rows: pd.DataFrame,
+    budgets: dict[float, list[Fold]],
+    task: TaskSpec,
+    seed: int,
+) -> list[dict]:
+    """Every linear model (probe features, regional baseline) on every budget and fold of one label draw."""
+    return [
+        {"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed}
+        | linear_result(features, rows, fold, task, seed)
+        for budget, folds in budgets.items()
+        for (method, mode), features in linear.items()
+        for fold in folds
+    ]
 
 
 def linear_result(features: pd.DataFrame, rows: pd.DataFrame, fold: Fold, task: TaskSpec, seed: int) -> dict:
