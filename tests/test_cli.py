@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 from helpers import CONFIGS
@@ -88,3 +91,20 @@ def test_test_needs_a_checkpoint_too(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["test", "--config", str(CONFIGS / "pretrain_demo.yaml")]) == 1
     assert "test needs --ckpt_path" in capsys.readouterr().err
+
+
+def test_every_module_imports_first():
+    """A user's plugin or YAML may import any ichor module first (the CI once broke on a cycle)."""
+    script = """
+import importlib, pkgutil, sys
+import ichor
+names = [m.name for m in pkgutil.walk_packages(ichor.__path__, "ichor.") if not m.name.endswith("__main__")]
+for name in names:
+    for loaded in [m for m in sys.modules if m == "ichor" or m.startswith("ichor.")]:
+        del sys.modules[loaded]
+    importlib.import_module(name)
+print(len(names))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout) > 30

@@ -32,7 +32,7 @@ from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
 from ichor.benchmark.linear import fit_and_score
 from ichor.data.atomic import write_text
 from ichor.downstream.cv import Fold, run_fold, subject_folds, target_strata
-from ichor.pretrain.online_probe import PREFIX as ONLINE_PROBE_PREFIX
+from ichor.pretrain import online_probe  # the module, not its names: online_probe imports ichor.benchmark.linear
 
 if TYPE_CHECKING:
     from ichor.config import IchorCLI
@@ -94,7 +94,7 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
     checkpoint = callback and (callback.last_model_path or callback.best_model_path)
     if not checkpoint:
         raise ValueError(f"pre-training config {spec.config} ({method}) saved no checkpoint")
-    probe = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(ONLINE_PROBE_PREFIX)}
+    probe = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(online_probe.PREFIX)}
     write_text(folder / ONLINE_PROBE_FILE, json.dumps(probe, indent=1))
     return export_encoder(checkpoint, encoder, overwrite=True)
 
