@@ -131,6 +131,7 @@ def test_online_probe_works_for_every_pretrainer(tmp_path, method):
         limit_val_batches=0,
         accelerator="cpu",
         logger=False,
+        default_root_dir=tmp_path,  # where the datamodule writes its split table: not the CWD
         callbacks=[OnlineProbe(target="diagnosis", folds=2)],
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -138,3 +139,4 @@ def test_online_probe_works_for_every_pretrainer(tmp_path, method):
     )
     trainer.fit(module, data)
     assert set(trainer.callback_metrics) >= SCALARS
+    assert (tmp_path / "splits.csv").exists()
