@@ -74,16 +74,7 @@ class TransformerDecoder(nn.Module):
         table = self.pos_embed.to(x.dtype).expand(x.shape[0], -1, -1)
         return table if ids is None else gather_tokens(table, ids)
 
-    def forward(
-        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, predict: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Decoder-width tokens with positions (B, K, D) -> voxel predictions (B, K, in_chans * p^3).
-
-        ``predict`` (B, K) bool: the rows whose voxels are wanted (the loss targets); the others
-        are zero and skip the voxel projection, the widest layer of the decoder. None: every row.
-        """
-        x = self.norm(run_blocks(self.blocks, x, key_padding_mask, self.grad_checkpointing))
-        if predict is None:
-            return self.pred(x)
-        values = self.pred(x[predict])
-        return values.new_zeros(*predict.shape, values.shape[-1]).index_put((predict,), values)
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder-width tokens with positions (B, K, D) -> voxel predictions (B, K, in_chans * p^3)."""
+        x = run_blocks(self.blocks, x, key_padding_mask, self.grad_checkpointing)
+        return self.pred(self.norm(x))

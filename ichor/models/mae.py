@@ -233,16 +233,16 @@ class MaskedAutoencoderViT3D(nn.Module):
         """Visible latents + mask tokens for the masked brain patches -> (B, L, C*p^3) predictions in grid order.
 
         The decoder sees only brain tokens (in shuffled order: attention does not care, positions
-        come from the gathered table). Only the loss targets, masked brain patches, are projected
-        to voxels: the rows of visible patches and of patches outside the brain are zero.
+        come from the gathered table). Rows of patches outside the brain are zero: never decoded.
         """
         x = self.decoder.embed(latent)
         x = F.pad(x, (0, 0, 0, masking.length - masking.keep))
         visible = padding_mask(masking.len_keep, masking.length).unsqueeze(-1)
         x = torch.where(visible, x, self.mask_token.to(x.dtype))
-        ids = masking.ids_shuffle[:, : masking.length]
-        x = x + self.decoder.positions(x, ids)
-        rows = self.decoder(x, masking.token_padding, predict=torch.gather(masking.mask, 1, ids) > 0)
+        x = x + self.decoder.positions(x, masking.ids_shuffle[:, : masking.length])
+        rows = self.decoder(x, masking.token_padding)
+        if masking.token_padding is not None:
+            rows = torch.where(masking.token_padding.unsqueeze(-1), rows, 0.0)
         rows = F.pad(rows, (0, 0, 0, self.num_patches - masking.length))
         return gather_tokens(rows, masking.ids_restore)
 
