@@ -23,6 +23,7 @@ a model class without ``checkpoint_monitor`` gets no monitor (``best.ckpt`` is t
 from __future__ import annotations
 
 import importlib
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,11 @@ def build_run(args: list[str], folder: Path) -> IchorCLI:
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    cli = IchorCLI(args=[*args, f"--checkpoint.dirpath={Path(folder) / 'checkpoints'}"], run=False)
+    args = [*args, f"--checkpoint.dirpath={Path(folder) / 'checkpoints'}"]
+    with warnings.catch_warnings():
+        # The caller's own command line (`ichor benchmark ...`) is not meant for this run: say nothing of it.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = IchorCLI(args=args, run=False)
     if isinstance(cli.trainer.logger, TensorBoardLogger):
         cli.trainer.logger = TensorBoardLogger(save_dir=str(folder), name="logs", version="")
     return cli

@@ -108,3 +108,13 @@ print(len(names))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout) > 30
+
+
+def test_a_run_built_from_python_says_nothing_of_the_callers_command_line(tmp_path, monkeypatch, recwarn):
+    """`ichor benchmark` and `ichor cv` build their runs with build_run: Lightning warned once per run."""
+    from ichor.config import build_run
+
+    monkeypatch.setattr(sys, "argv", ["ichor", "benchmark", "--config", "benchmark.yaml"])
+    cli = build_run(["--config", str(CONFIGS / "pretrain_demo.yaml"), "--trainer.accelerator=cpu"], tmp_path)
+    assert cli.trainer.checkpoint_callback.dirpath == str(tmp_path / "checkpoints")
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
