@@ -31,7 +31,7 @@ from typing import Any
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 PRETRAINERS_GROUP = "ichor.pretrainers"
 RUNS_DIR = "runs"
@@ -60,6 +60,13 @@ class IchorCLI(LightningCLI):
             "trainer_defaults", {"logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": RUNS_DIR}}}
         )
         super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Lightning's, without its warning that ``args`` and ``sys.argv`` are both given: the
+        benchmark and cross-validation build many runs from their own command line, on purpose."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -137,11 +144,7 @@ def build_run(args: list[str], folder: Path) -> IchorCLI:
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    args = [*args, f"--checkpoint.dirpath={Path(folder) / 'checkpoints'}"]
-    with warnings.catch_warnings():
-        # The caller's own command line (`ichor benchmark ...`) is not meant for this run: say nothing of it.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = IchorCLI(args=args, run=False)
+    cli = IchorCLI(args=[*args, f"--checkpoint.dirpath={Path(folder) / 'checkpoints'}"], run=False)
     if isinstance(cli.trainer.logger, TensorBoardLogger):
         cli.trainer.logger = TensorBoardLogger(save_dir=str(folder), name="logs", version="")
     return cli

@@ -111,7 +111,7 @@ print(len(names))
 
 
 def test_a_run_built_from_python_says_nothing_of_the_callers_command_line(tmp_path, monkeypatch, recwarn):
-    """`ichor benchmark` and `ichor cv` build their runs with build_run: Lightning warned once per run."""
+    """`ichor benchmark` and `ichor cv` build their runs in Python (IchorCLI with args): Lightning warned once per run."""
     from ichor.config import build_run
 
     monkeypatch.setattr(sys, "argv", ["ichor", "benchmark", "--config", "benchmark.yaml"])
