@@ -357,3 +357,46 @@ def test_shipped_benchmark_configs_load_and_point_at_shipped_configs(name):
 
     tests/test_configs.py runs the same check on every benchmark config it finds."""
     check_benchmark_config(CONFIGS / name)
+
+
+def test_pretraining_is_reused_for_the_same_arguments_resumed_when_interrupted_and_redone_when_changed(
+    tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from ichor.benchmark.config import PretrainSpec
+    from ichor.benchmark.run import pretrain
+    from ichor.models.weights import METADATA_FILE
+
+    fits = []
+
+    def fake_build_run(args, folder):
+        def fit(model, datamodule, ckpt_path):
+            fits.append((args, ckpt_path))
+            (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (folder / "checkpoints" / "last.ckpt").write_text("weights")
+            trainer.checkpoint_callback.last_model_path = str(folder / "checkpoints" / "last.ckpt")
+
+        trainer = SimpleNamespace(fit=fit, checkpoint_callback=SimpleNamespace(last_model_path=""), callback_metrics={})
+        return SimpleNamespace(trainer=trainer, model=None, datamodule=None)
+
+    def fake_export(checkpoint, encoder, overwrite):
+        encoder.mkdir(parents=True, exist_ok=True)
+        (encoder / METADATA_FILE).write_text("{}")
+        return encoder
+
+    monkeypatch.setattr("ichor.config.build_run", fake_build_run)
+    monkeypatch.setattr("ichor.models.weights.export_encoder", fake_export)
+    cfg = SimpleNamespace(overrides=[], pretrain_overrides=[], epochs={"pretrain": 6})
+    spec = PretrainSpec("pretrain_demo.yaml")
+    encoder = pretrain("mae", spec, cfg, tmp_path)
+    assert fits == [(["--config", "pretrain_demo.yaml", "--trainer.max_epochs=6"], None)]
+    assert pretrain("mae", spec, cfg, tmp_path) == encoder and len(fits) == 1  # the same arguments: reused
+
+    (encoder / METADATA_FILE).unlink()  # interrupted after its last checkpoint, before the export
+    pretrain("mae", spec, cfg, tmp_path)
+    assert fits[-1][1] == tmp_path / "pretrain" / "mae" / "checkpoints" / "last.ckpt" and len(fits) == 2
+
+    longer = PretrainSpec("pretrain_demo.yaml", ["--trainer.max_epochs=15"])
+    pretrain("mae", longer, cfg, tmp_path)  # changed arguments: pre-trained again, from the start
+    assert fits[-1] == (["--config", "pretrain_demo.yaml", "--trainer.max_epochs=6", "--trainer.max_epochs=15"], None)

@@ -11,9 +11,10 @@ fraction of each fold's training subjects (validation and test subjects are unch
 features (frozen encoder embeddings, regional mean CBF); ``finetune`` and ``scratch`` are
 ``ichor.downstream.cv.run_fold`` Lightning runs on a split file.
 
-Everything finished is kept under OUT: an encoder already exported is reused, and so is a
-fine-tuning run whose ``result.json`` records the same arguments and split, so an interrupted
-benchmark restarts where it stopped.
+Everything finished is kept under OUT: an encoder exported with the same pre-training arguments
+is reused (an interrupted pre-training resumes from its last checkpoint), and so is a fine-tuning
+run whose ``result.json`` records the same arguments and split, so an interrupted benchmark
+restarts where it stopped.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ SCRATCH = "scratch"
 BASELINE = "regional_mean"
 RESULT_FILE = "result.json"
 ONLINE_PROBE_FILE = "online_probe.json"  # the pre-training's last online-probe scalars, beside its encoder
+PRETRAIN_RECORD = "pretrain_args.json"  # the arguments the encoder beside it was pre-trained with
 
 
 def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed: int = 0) -> Fold:
@@ -69,16 +71,16 @@ def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed
 
 
 def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -> Path:
-    """Pre-train ``method`` (or reuse its export under ``out``); returns the encoder export folder."""
+    """Pre-train ``method`` and export its encoder; returns the export folder.
+
+    An export made with the same arguments is reused, and an interrupted pre-training with the same
+    arguments resumes from its last checkpoint; changed arguments pre-train again.
+    """
     from ichor.config import build_run
     from ichor.models.weights import METADATA_FILE, export_encoder
 
     folder = out / "pretrain" / method
     encoder = folder / "encoder"
-    if (encoder / METADATA_FILE).is_file():
-        log.info("benchmark: reusing the %s encoder in %s", method, encoder)
-        return encoder
-    log.info("benchmark: pre-training %s (%s)", method, spec.config)
     args = [
         "--config",
         spec.config,
@@ -87,11 +89,27 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
         *_epochs(cfg, "pretrain"),
         *spec.overrides,
     ]
+    record = folder / PRETRAIN_RECORD
+    recorded = json.loads(record.read_text()).get("args") if record.is_file() else None
+    if (encoder / METADATA_FILE).is_file():
+        if recorded == args:
+            log.info("benchmark: reusing the %s encoder in %s", method, encoder)
+            return encoder
+        if recorded is None:
+            message = "benchmark: reusing the %s encoder in %s (made by an earlier ICHOR: no arguments recorded)"
+            log.warning(message + "; delete %s to pre-train it again", method, encoder, folder)
+            return encoder
+        log.warning("benchmark: the %s pre-training arguments changed since %s: pre-training again", method, encoder)
+    last = folder / "checkpoints" / "last.ckpt"
+    resume = last if recorded == args and last.is_file() else None
+    log.info("benchmark: pre-training %s (%s)%s", method, spec.config, f", resuming from {last}" if resume else "")
+    write_text(record, json.dumps({"args": args}, indent=1))
     cli = build_run(args, folder)
     trainer = cli.trainer
-    trainer.fit(cli.model, datamodule=cli.datamodule)
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     callback = trainer.checkpoint_callback
-    checkpoint = callback and (callback.last_model_path or callback.best_model_path)
+    # A resumed run that had already finished saves nothing new: its last checkpoint is the result.
+    checkpoint = (callback and (callback.last_model_path or callback.best_model_path)) or resume
     if not checkpoint:
         raise ValueError(f"pre-training config {spec.config} ({method}) saved no checkpoint")
     probe = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(online_probe.PREFIX)}
