@@ -67,7 +67,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# ruff and mypy (the `lint` extra), installed once beside the project; settings in pyproject.toml.
+# ruff, mypy and import-linter's layering contract (the `lint` extra), installed once beside the project; settings in pyproject.toml.
 $(LINT_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[lint]"
 	touch $@
@@ -76,6 +76,7 @@ lint: $(LINT_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"

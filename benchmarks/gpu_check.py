@@ -24,7 +24,7 @@ from bench_mae_step import RECIPE, brain_like_batch
 from ichor.data import Augmentation
 from ichor.data.datamodule import prepare_
 from ichor.models import build_mae, mae_flops
-from ichor.pretrain.throughput import peak_flops
+from ichor.training.throughput import peak_flops
 
 
 def timed(step, steps: int, warmup: int) -> float:

@@ -4,7 +4,7 @@
     enc = Encoder.from_pretrained("runs/pretrain_demo/encoder")     # or "https://...tar.gz#sha256=..."
     features = enc.embed("data_manifests/demo/study-01.csv")          # one row per scan, as `ichor embed`
 
-Features come from :func:`ichor.downstream.features.embed_scans`, the function behind
+Features come from :func:`ichor.evaluation.features.embed_scans`, the function behind
 ``ichor embed``, so scans are harmonised with the encoder's own settings and the two give the
 same numbers.
 """
@@ -61,7 +61,7 @@ class Encoder:
         """
         import torch
 
-        from ichor.downstream.features import embed_scans  # the data stack, only when embedding
+        from ichor.evaluation.features import embed_scans  # the data stack, only when embedding
 
         items = [scans] if isinstance(scans, (str, os.PathLike)) else list(scans)
         pooling = pooling or self.metadata.get("pooling", "brain_mean")

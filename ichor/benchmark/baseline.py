@@ -3,7 +3,7 @@
 Features per scan, from its CBF map and its own tissue maps (p > 0.5): GM mean, WM mean, and
 the mean CBF of four large brain regions - left/right and anterior/posterior halves, split at
 the brain's centre in world (RAS) coordinates, so the split does not depend on voxel order.
-They go to the same linear model as the encoders' frozen features (``ichor.benchmark.linear``).
+They go to the same linear model as the encoders' frozen features (``ichor.evaluation.linear``).
 """
 
 from __future__ import annotations

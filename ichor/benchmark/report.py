@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from ichor.benchmark.config import BenchmarkConfig
-from ichor.data.atomic import atomic_path, write_csv, write_text
 from ichor.downstream.cv import summarise
+from ichor.io import atomic_path, write_csv, write_text
 
 KEYS = ["task", "method", "mode", "budget"]
 LOWER_BETTER = {"mae", "rmse"}

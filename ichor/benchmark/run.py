@@ -30,13 +30,13 @@ import pandas as pd
 
 from ichor.benchmark.baseline import regional_features
 from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
-from ichor.benchmark.linear import fit_and_score
-from ichor.data.atomic import write_text
 from ichor.downstream.cv import Fold, run_fold, subject_folds, target_strata
-from ichor.pretrain import online_probe  # the module, not its names: online_probe imports ichor.benchmark.linear
+from ichor.evaluation.linear import fit_and_score
+from ichor.evaluation.online_probe import PREFIX as PROBE_PREFIX
+from ichor.io import write_text
 
 if TYPE_CHECKING:
-    from ichor.config import IchorCLI
+    from ichor.training.runs import IchorCLI
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
     An export made with the same arguments is reused, and an interrupted pre-training with the same
     arguments resumes from its last checkpoint; changed arguments pre-train again.
     """
-    from ichor.config import build_run
     from ichor.models.weights import METADATA_FILE, export_encoder
+    from ichor.training.runs import build_run
 
     folder = out / "pretrain" / method
     encoder = folder / "encoder"
@@ -112,7 +112,7 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
     checkpoint = (callback and (callback.last_model_path or callback.best_model_path)) or resume
     if not checkpoint:
         raise ValueError(f"pre-training config {spec.config} ({method}) saved no checkpoint")
-    probe = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(online_probe.PREFIX)}
+    probe = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(PROBE_PREFIX)}
     write_text(folder / ONLINE_PROBE_FILE, json.dumps(probe, indent=1))
     return export_encoder(checkpoint, encoder, overwrite=True)
 
@@ -129,8 +129,8 @@ def online_probe_values(out: Path, methods: list[str]) -> pd.DataFrame:
 
 def pool_subjects(spec: PretrainSpec, cfg: BenchmarkConfig) -> set[str]:
     """Subjects of the scans a pre-training config reads (its manifests after the benchmark's overrides)."""
-    from ichor.config import IchorCLI
     from ichor.data.manifest import read_manifests
+    from ichor.training.runs import IchorCLI
 
     args = ["--config", spec.config, *cfg.overrides, *cfg.pretrain_overrides, *spec.overrides]
     manifests = IchorCLI(args=args, run=False).datamodule.hparams.manifests
@@ -179,9 +179,9 @@ def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) ->
 
 def task_setup(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.DataFrame, IchorCLI]:
     """The task's labelled manifest rows (as its config's datamodule reads them) and its parsed config."""
-    from ichor.config import IchorCLI
     from ichor.data.manifest import read_manifests
     from ichor.data.splits import labelled_rows
+    from ichor.training.runs import IchorCLI
 
     base = IchorCLI(args=task_args(task, "finetune", encoder, cfg), run=False)
     rows = read_manifests(base.datamodule.hparams.manifests)
@@ -199,7 +199,7 @@ def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: d
     """
     import torch
 
-    from ichor.downstream.features import embed_scans
+    from ichor.evaluation.features import embed_scans
 
     data = base.datamodule.hparams
     table = embed_scans(

@@ -1,7 +1,7 @@
 """The ``ichor`` command.
 
 Trainer subcommands (``fit``, ``validate``, ``test``, ``predict``) come from a
-``LightningCLI`` subclass (``ichor.config.IchorCLI``), so every model and
+``LightningCLI`` subclass (``ichor.training.runs.IchorCLI``), so every model and
 datamodule argument is a YAML key.
 The other subcommands (``synth``, ``manifest``, ...) are small argparse programs
 registered in ``COMMANDS``; ``ichor --help`` lists both kinds together.
@@ -85,7 +85,7 @@ def version() -> str:
 
 def run_trainer(argv: list[str], from_shell: bool) -> int:
     """A Lightning CLI command; an error in the config or the data is one line naming it (exit 1)."""
-    from ichor.config import IchorCLI  # imported here: tool commands start without Lightning
+    from ichor.training.runs import IchorCLI  # imported here: tool commands start without Lightning
 
     traceback = TRACEBACK_FLAG in argv or bool(os.environ.get(TRACEBACK_ENV))
     argv = [arg for arg in argv if arg != TRACEBACK_FLAG]

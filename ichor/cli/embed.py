@@ -15,10 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ichor.data.atomic import check_output
 from ichor.data.scans import ScanError
-from ichor.downstream.features import check_table_format, embed_scans, write_table
-from ichor.downstream.pooling import POOLINGS, REGIONS
+from ichor.evaluation.features import check_table_format, embed_scans, write_table
+from ichor.evaluation.pooling import POOLINGS, REGIONS
+from ichor.io import check_output
 from ichor.models.weights import WeightsError
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ichor.data.atomic import check_output, real_path, write_csv
 from ichor.data.manifest import ManifestError, Problem, read_manifests
+from ichor.io import check_output, real_path, write_csv
 from ichor.quality.batch import (
     OUTPUT_COLUMNS,
     ScanFailure,

@@ -21,9 +21,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ichor.data.atomic import write_csv
 from ichor.data.manifest import OPTIONAL_COLUMNS, PATH_COLUMNS, REQUIRED_COLUMNS, TISSUE_COLUMNS
 from ichor.data.scans import AFFINE_ATOL_MM
+from ichor.io import write_csv
 
 # ASLPrep's default output space (docs/outputs.rst); used when a scan exists in several spaces.
 DEFAULT_SPACE = "MNI152NLin2009cAsym"

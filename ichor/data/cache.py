@@ -35,10 +35,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ichor.data.atomic import atomic_path, write_bytes
 from ichor.data.coverage import brain_coverage
 from ichor.data.harmonise import HarmonisationSettings, harmonise
 from ichor.data.scans import ScanError, load_cbf
+from ichor.io import atomic_path, write_bytes
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 

@@ -24,7 +24,6 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
 
-from ichor.data.atomic import write_csv
 from ichor.data.augment import Augmentation
 from ichor.data.cache import CacheEntry, ScanCache, read_cached
 from ichor.data.coverage import Coverage
@@ -41,6 +40,7 @@ from ichor.data.splits import (
     read_split_file,
     write_splits,
 )
+from ichor.io import write_csv
 
 log = logging.getLogger(__name__)
 

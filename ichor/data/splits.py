@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ichor.data.atomic import write_csv
+from ichor.io import write_csv
 
 SPLITS = ("train", "val", "test")
 UNLABELLED = "unlabelled"  # rows without a usable target: predicted, never trained or scored

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ichor.data.atomic import write_csv, write_text
+from ichor.io import write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def fold_test_rows(rows: pd.DataFrame, fold: Fold) -> pd.DataFrame:
 
 def run_fold(cli_args: list[str], fold: Fold, out: Path) -> dict:
     """Fit on the fold's train/val subjects, test the best checkpoint on its test subjects."""
-    from ichor.config import build_run
+    from ichor.training.runs import build_run
 
     fold_dir = out / fold.name
     split_file = write_csv(fold.splits, fold_dir / SPLIT_FILE)
@@ -224,8 +224,8 @@ def cross_validate(
     qei_baseline: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every fold of the config given by ``cli_args``; write per-fold and summary tables to ``out``."""
-    from ichor.config import IchorCLI
     from ichor.data.manifest import read_manifests
+    from ichor.training.runs import IchorCLI
 
     out = Path(out)
     base = IchorCLI(args=cli_args, run=False)

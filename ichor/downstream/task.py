@@ -9,7 +9,7 @@ Three modes answer the questions a paper's results table asks:
   without decay: the baseline that says what pre-training bought.
 
 ``pooling: attentive`` replaces the fixed pooling by a learned one
-(:class:`ichor.downstream.attentive.AttentivePooler`); with ``linear_probe`` it is the
+(:class:`ichor.evaluation.attentive.AttentivePooler`); with ``linear_probe`` it is the
 attentive probe: the encoder frozen and in eval mode, the pooler and the linear head trained.
 """
 
@@ -24,18 +24,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from ichor.downstream.attentive import AttentivePooler
-from ichor.downstream.lrd import param_groups_lrd
 from ichor.downstream.plugins import resolve_head
-from ichor.downstream.pooling import POOLINGS, Pooling, encode, encode_tokens, feature_width
+from ichor.evaluation.attentive import AttentivePooler
+from ichor.evaluation.pooling import POOLINGS, Pooling, encode, encode_tokens, feature_width
 from ichor.models import ViTEncoder3D
 from ichor.models.weights import WeightsError, load_encoder
-from ichor.pretrain.base import as_dataclass
-from ichor.pretrain.optim import AdamW, configure_adamw
+from ichor.training.lrd import param_groups_lrd
+from ichor.training.optim import AdamW, configure_adamw
+from ichor.training.settings import as_dataclass
 
 Mode = Literal["linear_probe", "finetune", "scratch"]
 MODES = ("linear_probe", "finetune", "scratch")
-ATTENTIVE = "attentive"  # the learned pooling, beside the fixed ones of ichor.downstream.pooling
+ATTENTIVE = "attentive"  # the learned pooling, beside the fixed ones of ichor.evaluation.pooling
 # Manifest fields copied into every prediction row, when the batch has them.
 ID_COLUMNS = ("subject", "session", "study", "path", "split")  # split: train/val/test/unlabelled, as the run used it
 # Harmonisation keys that must agree between pre-training and downstream data.
@@ -87,7 +87,7 @@ class DownstreamTask(LightningModule):
         pooling: "brain_mean" (mean of brain tokens), "mean" (all tokens), "max" (brain tokens) or
             "region" (brain-token means of the grid's 8 octants, side by side); "attentive" learns it
             (a query cross-attending over brain tokens).
-        optim: the optimiser recipe (:class:`ichor.pretrain.optim.AdamW`); ``lr`` is the head's peak
+        optim: the optimiser recipe (:class:`ichor.training.optim.AdamW`); ``lr`` is the head's peak
             rate (in finetune, the last encoder block trains at ``lr * layer_decay``), as given
             (``lr_batch`` null) unless a reference batch is set.
         layer_decay: finetune lr ratio between consecutive encoder layers.

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from ichor.data.atomic import write_csv
+from ichor.io import write_csv
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -50,7 +50,7 @@ def attribution_figure(cbf: np.ndarray, attribution: np.ndarray, title: str) -> 
 
 def save_figure(fig: Figure, path) -> None:
     """Write ``fig`` as PNG atomically and free it."""
-    from ichor.data.atomic import atomic_path
+    from ichor.io import atomic_path
 
     with atomic_path(path) as temp:
         fig.savefig(temp, format="png", dpi=100)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from ichor.downstream.pooling import pool_tokens
 from ichor.downstream.task import DownstreamTask
+from ichor.evaluation.pooling import pool_tokens
 from ichor.models.patching import brain_patches
 
 

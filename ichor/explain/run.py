@@ -20,15 +20,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ichor.data.atomic import atomic_path, check_output, write_csv
 from ichor.data.manifest import read_manifests
 from ichor.data.scans import load_cbf
-from ichor.downstream.features import predict_datamodule
 from ichor.downstream.task import DownstreamTask
+from ichor.evaluation.features import predict_datamodule
 from ichor.explain.checkpoint import load_task
 from ichor.explain.figure import attribution_figure, save_figure
 from ichor.explain.maps import GroupAverage, patch_volume, to_source_grid
 from ichor.explain.occlusion import occlusion
+from ichor.io import atomic_path, check_output, write_csv
 
 SUMMARY_FILE = "explanations.csv"
 GROUP_FOLDER = "group"

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from urllib.error import URLError
 
-from ichor.data.atomic import atomic_path
+from ichor.io import atomic_path
 from ichor.models.weights import METADATA_FILE, WEIGHTS_FILE, WeightsError, read_metadata
 
 CACHE_ENV = "ICHOR_CACHE_DIR"

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ichor
-from ichor.data.atomic import atomic_path, write_text
+from ichor.io import atomic_path, write_text
 from ichor.models.pos_embed import POS_EMBEDS
 from ichor.models.vit import ViTEncoder3D
 

@@ -10,12 +10,12 @@ implementation, so that a comparison between methods compares pretext tasks and 
   to rebuild it, so that :mod:`ichor.models.weights` exports any method's encoder the same way;
 - randomness (masks, views, corruptions) as a pure function of (seed, stream, epoch, batch,
   rank), so that a resumed run draws what an uninterrupted one would have;
-- the optimiser recipe (``optim``: :class:`ichor.pretrain.optim.AdamW`, batch-scaled lr,
+- the optimiser recipe (``optim``: :class:`ichor.training.optim.AdamW`, batch-scaled lr,
   warm-up + cosine), the checkpoint monitor (``val/loss``, lower is better) and the same scalars:
   ``train/loss``, ``val/loss``, ``train/scans_per_s``, ``train/data_wait_fraction``,
   ``train/grad_norm`` (lr by the ``LearningRateMonitor`` that ``ichor fit`` adds), and for a
   method that counts its FLOPs (``step_flops_per_scan``) ``train/tflops`` and ``train/mfu``
-  (:mod:`ichor.pretrain.throughput`).
+  (:mod:`ichor.training.throughput`).
 
 A method subclasses :class:`Pretrainer`, lists the shared arguments (``backbone``, ``optim``,
 ``seed``) in its own ``__init__`` (so that they are config keys), calls ``super().__init__()``
@@ -24,9 +24,7 @@ and implements ``build_networks``, ``encoder_network`` and ``step``.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,26 +33,12 @@ from lightning.pytorch.utilities import grad_norm
 
 from ichor.models import Backbone, ViTEncoder3D, build_encoder
 from ichor.models.weights import DATA_RECORD_KEY, ENCODER_RECORD_KEY
-from ichor.pretrain.optim import AdamW, configure_adamw
-from ichor.pretrain.throughput import StepClock, peak_flops
+from ichor.training.optim import AdamW, configure_adamw
+from ichor.training.settings import as_dataclass
+from ichor.training.throughput import StepClock, peak_flops
 
 # Streams of random numbers: training draws change every epoch, validation draws never do.
 TRAIN_STREAM, VAL_STREAM = 0, 1
-
-T = TypeVar("T")
-
-
-def as_dataclass(cls: type[T], value: T | dict[str, Any], default: T | None = None) -> T:
-    """A new settings dataclass from one (copied: a default instance must never be changed) or from its fields as a dict.
-
-    Checkpoint hyper-parameters hold such settings as plain dicts (``ichor fit`` saves the
-    parsed config, and safe ``weights_only`` loading needs plain values), so a module rebuilt
-    from a checkpoint receives a dict. A dict that names only some fields completes ``default``
-    (the module's own default settings) rather than the class's field defaults.
-    """
-    if isinstance(value, cls):
-        return copy.copy(value)
-    return dataclasses.replace(default, **value) if default is not None else cls(**value)  # type: ignore[type-var]
 
 
 def brain_mask_of(batch: dict[str, Any]) -> torch.Tensor:
@@ -68,7 +52,7 @@ class Pretrainer(LightningModule):
 
     Shared arguments, which every subclass lists in its own signature:
         backbone: the encoder (:class:`ichor.models.Backbone`: preset, patch size, input shape, ...).
-        optim: the optimiser recipe (:class:`ichor.pretrain.optim.AdamW`); its ``lr`` is for a
+        optim: the optimiser recipe (:class:`ichor.training.optim.AdamW`); its ``lr`` is for a
             batch of 256 scans, scaled linearly with the real one.
         seed: seeds the initial weights and every random draw of the pretext task.
     """

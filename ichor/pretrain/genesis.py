@@ -19,9 +19,10 @@ import torch
 from ichor.models import Backbone, TransformerDecoder, ViTEncoder3D, get_preset
 from ichor.models.patching import unpatchify
 from ichor.models.vit import init_weights
-from ichor.pretrain.base import TRAIN_STREAM, Pretrainer, as_dataclass, brain_mask_of
+from ichor.pretrain.base import TRAIN_STREAM, Pretrainer, brain_mask_of
 from ichor.pretrain.corruptions import GenesisCorruption
-from ichor.pretrain.optim import AdamW
+from ichor.training.optim import AdamW
+from ichor.training.settings import as_dataclass
 
 
 def brain_mse(pred: torch.Tensor, target: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:

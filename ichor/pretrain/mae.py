@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ichor.models import Backbone, ViTEncoder3D, build_mae, mae_flops
 from ichor.pretrain.base import VAL_STREAM, Pretrainer
 from ichor.pretrain.figures import reconstruction_figure
-from ichor.pretrain.optim import AdamW
+from ichor.training.optim import AdamW
 
 
 class MAEPretrainer(Pretrainer):

@@ -22,9 +22,10 @@ from torch import nn
 
 from ichor.models import Backbone, ViTEncoder3D
 from ichor.models.vit import init_weights
-from ichor.pretrain.base import TRAIN_STREAM, Pretrainer, as_dataclass, brain_mask_of
-from ichor.pretrain.optim import AdamW
+from ichor.pretrain.base import TRAIN_STREAM, Pretrainer, brain_mask_of
 from ichor.pretrain.views import ViewAugmentation
+from ichor.training.optim import AdamW
+from ichor.training.settings import as_dataclass
 
 
 def nt_xent_logits(

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ichor.data.atomic import write_csv
 from ichor.data.manifest import TISSUE_COLUMNS, Problem, RowError, load_row
 from ichor.data.scans import ScanError, load_cbf
+from ichor.io import write_csv
 from ichor.quality.qei import QEIError, QEIResult, compute_qei
 
 OUTPUT_COLUMNS = ("subject", "session", "study", "path", "qei", "rho_ss", "di", "neg_gm")

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import ichor
-from ichor.data.atomic import write_text
+from ichor.io import write_text
 from ichor.synth.output import keep_mantissa_bits, save_nifti_gz, write_json
 from ichor.synth.plan import ScanPlan, StudyPlan, SynthOptions, plan_dataset
 from ichor.synth.protocols import MNI_SPACE

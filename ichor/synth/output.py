@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ichor.data.atomic import write_bytes, write_text
+from ichor.io import write_bytes, write_text
 
 GZIP_LEVEL = 1  # nibabel's default; the maps are noise-dominated, higher levels gain little
 

@@ -277,7 +277,7 @@ def test_probe_features_must_cover_every_scan(monkeypatch):
     from ichor.benchmark.run import encoder_features
 
     embedded = pd.DataFrame({"subject": ["a"], "path": ["/d/a.nii.gz"], "f000": [0.1], "f001": [0.2]})
-    monkeypatch.setattr("ichor.downstream.features.embed_scans", lambda *args, **kwargs: embedded)
+    monkeypatch.setattr("ichor.evaluation.features.embed_scans", lambda *args, **kwargs: embedded)
     rows = pd.DataFrame({"path": ["/d/a.nii.gz", "/d/b.nii.gz"], "manifest": "study.csv", "row": [1, 2]})
     data = SimpleNamespace(manifests=["study.csv"], batch_size=2, cache_dir="c", num_workers=0, on_bad_scan="skip")
     model = SimpleNamespace(hparams=SimpleNamespace(pooling="brain_mean"))
@@ -355,7 +355,7 @@ def test_label_budgets_are_nested_stratified_and_keep_every_class():
 def test_shipped_benchmark_configs_load_and_point_at_shipped_configs(name):
     """The shipped benchmark configs parse, and every config they name is one the repo ships.
 
-    tests/test_configs.py runs the same check on every benchmark config it finds."""
+    tests/cli/test_configs.py runs the same check on every benchmark config it finds."""
     check_benchmark_config(CONFIGS / name)
 
 
@@ -385,7 +385,7 @@ def test_pretraining_is_reused_for_the_same_arguments_resumed_when_interrupted_a
         (encoder / METADATA_FILE).write_text("{}")
         return encoder
 
-    monkeypatch.setattr("ichor.config.build_run", fake_build_run)
+    monkeypatch.setattr("ichor.training.runs.build_run", fake_build_run)
     monkeypatch.setattr("ichor.models.weights.export_encoder", fake_export)
     cfg = SimpleNamespace(overrides=[], pretrain_overrides=[], epochs={"pretrain": 6})
     spec = PretrainSpec("pretrain_demo.yaml")

@@ -21,8 +21,8 @@ from ichor.data import in_memory as in_memory_module
 from ichor.data.in_memory import DoesNotFit, ShardShuffle, shard
 from ichor.models import Backbone
 from ichor.pretrain import MAEPretrainer
-from ichor.pretrain.optim import AdamW
-from ichor.pretrain.throughput import PEAK_ENV
+from ichor.training.optim import AdamW
+from ichor.training.throughput import PEAK_ENV
 
 SMALL = {"spacing": 6.0, "shape": (32, 48, 32), "num_workers": 0, "progress": False, "batch_size": 4}
 

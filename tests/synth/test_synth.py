@@ -328,7 +328,7 @@ def test_study_draws_do_not_depend_on_the_number_of_studies():
 
 def test_shipped_demo_manifests_match_the_generator():
     """data_manifests/demo/ (if the repo ships it) is what `make demo-data` would write."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     shipped = sorted((repo / "data_manifests" / "demo").glob("study-*.csv"))
     if not shipped:
         pytest.skip("no shipped demo manifests")

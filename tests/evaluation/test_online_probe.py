@@ -12,10 +12,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ichor.data import CBFDataModule
+from ichor.evaluation.online_probe import OnlineProbe, rankme
 from ichor.models import Backbone
 from ichor.pretrain import MAEPretrainer
-from ichor.pretrain.online_probe import OnlineProbe, rankme
-from ichor.pretrain.optim import AdamW
+from ichor.training.optim import AdamW
 
 SCALARS = {
     "probe/auroc",
@@ -84,13 +84,13 @@ def test_probe_metric_rises_as_the_encoder_learns_and_reaches_tensorboard(tmp_pa
 
 def test_online_probe_is_set_in_yaml(tmp_path):
     """A trainer.callbacks entry with its class_path builds the callback, with its arguments."""
-    from ichor.config import IchorCLI
+    from ichor.training.runs import IchorCLI
 
     config = {
         "trainer": {
             "callbacks": [
                 {
-                    "class_path": "ichor.pretrain.online_probe.OnlineProbe",
+                    "class_path": "ichor.evaluation.online_probe.OnlineProbe",
                     "init_args": {"target": "rating", "task": "regression", "every_n_epochs": 5, "blocks": 2},
                 }
             ]

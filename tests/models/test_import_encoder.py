@@ -187,7 +187,7 @@ def test_benchmark_encoders_are_named_once(tmp_path):
 
 def test_fine_tuning_treats_learned_tables_as_the_embedding_layer(tmp_path):
     """Layer-wise lr decay: the position table and cls token train with the patch embedding, without weight decay."""
-    from ichor.downstream.lrd import param_groups_lrd
+    from ichor.training.lrd import param_groups_lrd
 
     mae = MaskedAutoEncoderViT(**SMALL, mlp_dim=96, num_layers=2, decoder_num_heads=3, decoder_hidden_size=24)
     torch.save(mae.state_dict(), tmp_path / "mae.pt")

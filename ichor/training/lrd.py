@@ -30,7 +30,7 @@ def param_groups_lrd(
     """AdamW groups, one per (layer, decays or not), each with its ``lr`` and ``lr_scale``.
 
     Norms and biases (1-D parameters) get no weight decay, as in
-    :func:`ichor.pretrain.optim.param_groups_weight_decay`. Frozen parameters are left out.
+    :func:`ichor.training.optim.param_groups_weight_decay`. Frozen parameters are left out.
     """
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():

@@ -5,7 +5,7 @@ it reads ``encoder_network()``). Before training and every ``every_n_epochs`` ep
 a small labelled probe set with the frozen encoder (eval mode, no gradients) and logs to every
 logger (TensorBoard: the ``probe/`` scalars, at the training step):
 
-- ``probe/<metric>``: the linear probe of :mod:`ichor.benchmark.linear` (regularisation by
+- ``probe/<metric>``: the linear probe of :mod:`ichor.evaluation.linear` (regularisation by
   inner CV), cross-validated over subjects on the probe set: ``auroc`` and
   ``balanced_accuracy`` for a class label, ``mae``, ``rmse``, ``pearson``, ``spearman``, ``r2``
   for a number;
@@ -19,7 +19,7 @@ YAML::
 
     trainer:
       callbacks:
-        - class_path: ichor.pretrain.online_probe.OnlineProbe
+        - class_path: ichor.evaluation.online_probe.OnlineProbe
           init_args: {target: diagnosis, manifests: [data_manifests/probe], every_n_epochs: 5}
 
 Without ``manifests`` it probes the pre-training manifests themselves (their ``target`` column):
@@ -41,9 +41,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from ichor.benchmark.linear import INNER_FOLDS, cross_validated_scores
 from ichor.data.splits import labelled_rows
-from ichor.downstream.pooling import REGIONS, Pooling, check_pooling
+from ichor.evaluation.linear import INNER_FOLDS, cross_validated_scores
+from ichor.evaluation.pooling import REGIONS, Pooling, check_pooling
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class OnlineProbe(Callback):
         task: "classification" or "regression" of ``target``.
         target_values: the label values to keep (e.g. ``[CN, AD]``); None keeps every labelled scan.
         every_n_epochs: probe after every this many epochs (and once before training).
-        pooling, blocks, regions: the frozen features (:func:`ichor.downstream.pooling.encode`).
+        pooling, blocks, regions: the frozen features (:func:`ichor.evaluation.pooling.encode`).
         folds: outer and inner cross-validation folds (grouped by subject).
         batch_size: scans per embedding batch.
         seed: seed of the folds.
@@ -137,7 +137,7 @@ class OnlineProbe(Callback):
         """Embed the probe set, score it and log the scalars (global rank 0); returns them (empty elsewhere)."""
         if not trainer.is_global_zero or trainer.sanity_checking:
             return {}
-        from ichor.downstream.features import embed_loader
+        from ichor.evaluation.features import embed_loader
 
         loader, rows = self.probe_set(trainer)
         encoder = pl_module.encoder_network()  # type: ignore[operator]
@@ -164,7 +164,7 @@ class OnlineProbe(Callback):
         """The probe set's loader and labelled rows, harmonised as the pre-training data (built once)."""
         if self._loader is not None and self._rows is not None:
             return self._loader, self._rows
-        from ichor.downstream.features import predict_datamodule
+        from ichor.evaluation.features import predict_datamodule
 
         data = trainer.datamodule  # type: ignore[attr-defined]
         if data is None or not hasattr(data, "harmonisation_settings"):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ichor.benchmark.linear import ALPHA_GRID, C_GRID, fit_and_score, fit_probe, inner_splitter
+from ichor.evaluation.linear import ALPHA_GRID, C_GRID, fit_and_score, fit_probe, inner_splitter
 
 
 def noisy_and_clean(classification: bool, seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -69,7 +69,7 @@ def micro_encoder(shape=(16, 16, 16)):
 
 def test_region_pooling_keeps_each_region_and_fills_empty_ones_with_the_brain_mean():
 
-    from ichor.downstream.pooling import pool_regions, region_index
+    from ichor.evaluation.pooling import pool_regions, region_index
 
     grid = (4, 4, 4)
     index = region_index(grid, 2)
@@ -89,7 +89,7 @@ def test_last_blocks_are_normed_and_concatenated_and_the_hooks_removed():
     import torch
     import torch.nn.functional as F
 
-    from ichor.downstream.pooling import encode, encode_tokens, feature_width
+    from ichor.evaluation.pooling import encode, encode_tokens, feature_width
 
     encoder = micro_encoder()
     images = torch.rand(2, 1, 16, 16, 16)

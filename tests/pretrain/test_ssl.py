@@ -230,7 +230,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def cli_args(name: str, manifests, cache: Path) -> list[str]:
-    """The shipped config pointed at the small synthetic data (as in tests/test_pretrain.py), on CPU."""
+    """The shipped config pointed at the small synthetic data (as in tests/pretrain/test_pretrain.py), on CPU."""
     return [
         "fit",
         "--config",
@@ -320,8 +320,8 @@ def test_pretrainers_are_entry_points_a_config_names_by_class(synthetic_manifest
     """`ichor.pretrainers` lists the three methods, and the CLI takes `model: GenesisPretrainer`."""
     from importlib.metadata import entry_points
 
-    from ichor.config import IchorCLI
     from ichor.pretrain import GenesisPretrainer, MAEPretrainer, SimCLRPretrainer
+    from ichor.training.runs import IchorCLI
 
     loaded = {e.name: e.load() for e in entry_points(group="ichor.pretrainers")}
     assert loaded == {"mae": MAEPretrainer, "simclr": SimCLRPretrainer, "genesis": GenesisPretrainer}

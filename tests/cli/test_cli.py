@@ -42,7 +42,7 @@ def test_predict_needs_a_trained_checkpoint(tmp_path, monkeypatch, capsys, downs
 
 
 def cli(*args: str):
-    from ichor.config import IchorCLI
+    from ichor.training.runs import IchorCLI
 
     return IchorCLI(args=list(args), run=False)
 
@@ -112,7 +112,7 @@ print(len(names))
 
 def test_a_run_built_from_python_says_nothing_of_the_callers_command_line(tmp_path, monkeypatch, recwarn):
     """`ichor benchmark` and `ichor cv` build their runs in Python (IchorCLI with args): Lightning warned once per run."""
-    from ichor.config import build_run
+    from ichor.training.runs import build_run
 
     monkeypatch.setattr(sys, "argv", ["ichor", "benchmark", "--config", "benchmark.yaml"])
     cli = build_run(["--config", str(CONFIGS / "pretrain_demo.yaml"), "--trainer.accelerator=cpu"], tmp_path)

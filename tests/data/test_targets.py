@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from ichor.config import IchorCLI
 from ichor.data import Augmentation, CBFDataModule
 from ichor.data.datamodule import EpochShuffle
+from ichor.training.runs import IchorCLI
 
 SMALL = {"spacing": 6.0, "shape": (32, 48, 32), "num_workers": 0, "progress": False, "augment": None}
 

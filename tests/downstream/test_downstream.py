@@ -11,9 +11,9 @@ from lightning.pytorch import Trainer
 from ichor.cli import main
 from ichor.data import CBFDataModule
 from ichor.downstream import DownstreamTask
-from ichor.downstream.lrd import param_groups_lrd
 from ichor.downstream.task import TASK_OPTIM
 from ichor.models.weights import WeightsError, load_encoder
+from ichor.training.lrd import param_groups_lrd
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_early_stopping_stops_when_the_monitored_metric_stalls(setting, tmp_path
     """With a zero learning rate the validation metric cannot improve: patience 1 stops after epoch 2 of 10."""
     from helpers import tiny_task_args
 
-    from ichor.config import IchorCLI
+    from ichor.training.runs import IchorCLI
 
     monkeypatch.chdir(tmp_path)
     args = [

@@ -4,7 +4,7 @@
   user runs it, through ``ichor.cli.main``, as a ``fast_dev_run`` (one training and one validation
   batch) on CPU, pointed at the session's small synthetic data (``synthetic_manifests``).
 - A benchmark config (``pretrain``/``tasks`` keys; ``ichor benchmark --config X``) must parse and
-  name only configs the repository ships (the check of tests/test_benchmark.py).
+  name only configs the repository ships (the check of tests/benchmark/test_benchmark.py).
 
 What makes a run small is chosen from the config's content, never from its file name: every
 Lightning config gets ``TRAINER`` and the data overrides (stable keys only: ``trainer.*`` and
@@ -27,9 +27,9 @@ import yaml
 from helpers import CONFIGS, HARMONISATION, check_benchmark_config, make_encoder, small_data_args
 
 from ichor.cli import main
-from ichor.config import PRETRAINERS_GROUP, IchorCLI
 from ichor.downstream import DownstreamTask
 from ichor.pretrain import Pretrainer
+from ichor.training.runs import PRETRAINERS_GROUP, IchorCLI
 
 # The one model override that shrinks a pre-training config: a micro ViT with 8^3 patches, not
 # compiled (compiling costs minutes on CPU). These are the only model keys of a pre-trainer this
@@ -107,7 +107,7 @@ def model_overrides(cls: type, request) -> list[str]:
         return [f"--model.init_args.encoder={request.getfixturevalue('small_encoder')}"]
     pytest.fail(
         f"{cls.__module__}.{cls.__qualname__} is neither a Pretrainer nor a DownstreamTask: "
-        "teach tests/test_configs.py how to run it small"
+        "teach tests/cli/test_configs.py how to run it small"
     )
 
 

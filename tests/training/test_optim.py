@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ichor.models import build_mae
-from ichor.pretrain.optim import AdamW, param_groups_weight_decay, warmup_cosine
+from ichor.training.optim import AdamW, param_groups_weight_decay, warmup_cosine
 
 
 def test_norms_and_biases_do_not_decay():

@@ -17,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ichor.data import CBFDataModule
-from ichor.data.atomic import atomic_path, write_csv
-from ichor.downstream.pooling import REGIONS, Pooling, encode
+from ichor.evaluation.pooling import REGIONS, Pooling, encode
+from ichor.io import atomic_path, write_csv
 from ichor.models import ViTEncoder3D
 from ichor.models.weights import WeightsError, load_encoder
 
@@ -75,7 +75,7 @@ def embed_scans(
 ) -> pd.DataFrame:
     """One row per usable scan, in manifest order: identity columns, then features f000, f001, ...
 
-    ``pooling``, ``blocks`` and ``regions`` are those of :func:`ichor.downstream.pooling.encode`.
+    ``pooling``, ``blocks`` and ``regions`` are those of :func:`ichor.evaluation.pooling.encode`.
     With ``on_bad_scan="skip"``, the scans left out are listed (manifest, row, path, reason) in
     ``skipped_report``, written atomically, when there are any. ``loaded``: the (network,
     metadata) of ``encoder_path`` when the caller holds them already (not read again).

@@ -15,7 +15,7 @@ from ichor.data import CBFDataModule
 from ichor.models import Backbone
 from ichor.models.weights import load_encoder
 from ichor.pretrain import MAEPretrainer
-from ichor.pretrain.optim import AdamW
+from ichor.training.optim import AdamW
 
 SMALL = {"spacing": 6.0, "shape": (32, 48, 32)}
 

@@ -1,0 +1,1 @@
+"""Judging an encoder's features: pooling, attentive pooling, frozen features, linear probes, the online probe."""
