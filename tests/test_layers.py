@@ -11,7 +11,9 @@ import pytest
 from helpers import REPO
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-pytestmark = pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is not installed (the test extra has it)")
+pytestmark = pytest.mark.skipif(
+    not LINT_IMPORTS.exists(), reason="import-linter is not installed (the test extra has it)"
+)
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
