@@ -1,7 +1,12 @@
-"""Atomic file writes: a temporary file in the target's folder, then one rename.
+"""Files in and out: atomic writes, and checkpoints read without running code from them.
 
-Readers (and a run killed half-way) never see half a file, and an existing file is only
-ever replaced whole. Every writer in ICHOR goes through here.
+Writes go to a temporary file in the target's folder, then one rename: readers (and a run
+killed half-way) never see half a file, and an existing file is only ever replaced whole.
+Every writer in ICHOR goes through here.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: a pickled checkpoint can run any
+code while it is unpickled, and ICHOR's own hold only tensors and plain values, so a file
+that needs more is refused before anything in it runs.
 """
 
 from __future__ import annotations
@@ -11,8 +16,12 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _umask() -> int:
@@ -73,3 +82,29 @@ def write_csv(table: pd.DataFrame, path: str | os.PathLike, **to_csv) -> Path:
     with atomic_path(path) as temp:
         table.to_csv(temp, **to_csv)
     return Path(path)
+
+
+class UnreadableFileError(ValueError):
+    """A file that cannot be read safely (corrupt, or asking to run code); the message names it."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU, refused whole if unpickling it would run code of the file's choosing."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        text = str(error).strip()
+        if "Weights only load failed" in text:  # torch's refusal: the file asks for a global it does not allow
+            reason = next((line for line in text.splitlines() if "Unsupported global" in line), text.splitlines()[0])
+            raise UnreadableFileError(
+                f"{path}: refused, loading it would run code it holds (ICHOR's checkpoints hold only tensors and "
+                f"plain values; load only files you trust, and re-save this one where it was made): {reason.strip()}"
+            ) from error
+        raise UnreadableFileError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {type(error).__name__}: {text[:200]}"
+        ) from error
+    if not isinstance(checkpoint, dict):
+        raise UnreadableFileError(f"{path}: not a checkpoint (it holds a {type(checkpoint).__name__}, not a dict)")
+    return checkpoint

@@ -12,10 +12,9 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ichor.data.harmonise import HarmonisationSettings
 from ichor.downstream.task import DownstreamTask
+from ichor.io import load_checkpoint
 from ichor.models.weights import WeightsError, load_encoder
 
 # Lightning saves the datamodule's constructor arguments under this key.
@@ -43,8 +42,7 @@ def load_task(path: str | Path, device: str = "cpu") -> tuple[DownstreamTask, di
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found")
-    # Lightning checkpoints hold loop and callback state besides tensors: load only checkpoints you trust.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(path)
     hparams = (checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
     if "encoder" not in hparams or "head" not in hparams or "state_dict" not in checkpoint:
         raise WeightsError(f"{path}: not a checkpoint of a downstream task (`ichor fit` with a task config)")

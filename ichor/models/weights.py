@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ichor
-from ichor.io import atomic_path, write_text
+from ichor.io import atomic_path, load_checkpoint, write_text
 from ichor.models.pos_embed import POS_EMBEDS
 from ichor.models.vit import ViTEncoder3D
 
@@ -76,8 +76,7 @@ def encoder_state_from_checkpoint(
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found")
-    # Lightning checkpoints hold loop and callback state besides tensors: load only checkpoints you trust.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(path)
     if "state_dict" not in checkpoint or ENCODER_RECORD_KEY not in checkpoint:
         raise WeightsError(f"{path}: not a Lightning checkpoint of an ichor pre-training run (no encoder record)")
     return checkpoint
