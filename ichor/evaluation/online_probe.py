@@ -11,8 +11,13 @@ logger (TensorBoard: the ``probe/`` scalars, at the training step):
   for a number;
 - ``probe/site_balanced_accuracy`` and ``probe/site_chance``: how well the same probe tells
   the study from the features (lower is more site-invariant), and its chance level, 1 / studies;
-- ``probe/rankme``: the effective rank of the feature matrix (Garrido et al., ICML 2023);
-  a collapsing representation (every scan alike) drives it towards 1.
+- ``probe/rankme``: the effective rank of the centred feature matrix (Garrido et al., ICML
+  2023); a collapsing representation (every scan alike) drives it towards 1. Centred: a mean
+  vector that every scan shares is one large singular value, and would pass for collapse.
+
+``initial`` holds the first probe's scalars (the encoder as initialised; kept in the checkpoint,
+so a resumed run still knows them) and ``latest`` the last: a recipe counts only if its probe
+after pre-training beats its own initialisation.
 
 The anchors are nidl's ``ModelProbingCallback`` and lightly's online linear classifier. Set it in
 YAML::
@@ -51,8 +56,9 @@ PREFIX = "probe/"
 
 
 def rankme(features: np.ndarray, eps: float = 1e-7) -> float:
-    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of (N, D) features."""
-    singular = np.linalg.svd(np.asarray(features, dtype=np.float64), compute_uv=False)
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of (N, D) features, centred."""
+    features = np.asarray(features, dtype=np.float64)
+    singular = np.linalg.svd(features - features.mean(axis=0), compute_uv=False)
     p = singular / max(singular.sum(), eps) + eps
     return float(np.exp(-(p * np.log(p)).sum()))
 
@@ -123,6 +129,14 @@ class OnlineProbe(Callback):
         self.seed = seed
         self._loader: DataLoader | None = None
         self._rows: pd.DataFrame | None = None
+        self.initial: dict[str, float] = {}
+        self.latest: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial": dict(self.initial)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.initial = dict(state_dict.get("initial", {}))
 
     # ---------------------------------------------------------------- hooks
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -158,6 +172,8 @@ class OnlineProbe(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        self.initial = self.initial or metrics
+        self.latest = metrics
         return metrics
 
     def probe_set(self, trainer: Trainer) -> tuple[DataLoader, pd.DataFrame]:

@@ -29,8 +29,15 @@ SCALARS = {
 def test_rankme_counts_the_effective_dimensions():
     rng = np.random.default_rng(0)
     assert rankme(np.outer(rng.standard_normal(50), rng.standard_normal(8))) == pytest.approx(1.0, abs=1e-3)
-    assert rankme(np.eye(8)) == pytest.approx(8.0, rel=1e-3)
+    assert rankme(np.eye(8)) == pytest.approx(7.0, rel=1e-3)  # centring takes the shared mean direction out
     assert 6 < rankme(rng.standard_normal((200, 8))) <= 8
+
+
+def test_rankme_does_not_read_a_shared_mean_as_collapse():
+    """Features far from the origin (a large mean every scan shares) but varied in 8 directions: rank 8, not 1."""
+    rng = np.random.default_rng(0)
+    features = 100.0 + rng.standard_normal((200, 8))
+    assert rankme(features) > 6
 
 
 @pytest.mark.slow
@@ -79,6 +86,12 @@ def test_probe_metric_rises_as_the_encoder_learns_and_reaches_tensorboard(tmp_pa
     assert auroc[0] == pytest.approx(0.5) and auroc[-1] > 0.8, auroc
     assert events.Scalars("probe/site_chance")[0].value == 0.5
     assert trainer.callback_metrics["probe/auroc"] == pytest.approx(auroc[-1])
+    assert probe.initial["probe/auroc"] == pytest.approx(auroc[0]) and probe.latest["probe/auroc"] == pytest.approx(
+        auroc[-1]
+    )
+    resumed = OnlineProbe(target="diagnosis")
+    resumed.load_state_dict(probe.state_dict())  # what a checkpoint carries: the initial values survive a resume
+    assert resumed.initial == probe.initial
     assert module.encoder_network().training  # embedding left the encoder in the mode it found
 
 
