@@ -209,7 +209,9 @@ def write_scan(args: tuple[ScanPlan, SynthOptions, str]) -> str:
     save_nifti_gz(keep_mantissa_bits(scan.cbf, CBF_MANTISSA_BITS), scan.affine, files["path"], code)
     for tissue in TISSUES:
         save_nifti_gz(getattr(scan, tissue.lower()), scan.affine, files[tissue.lower()], code, np.uint8)
-    write_json(files["json"], sidecar(plan))
+    meta = sidecar(plan)
+    meta["SyntheticGroundTruth"]["oracle"] = scan.oracle  # measured on the map just written
+    write_json(files["json"], meta)
     return str(files["path"])
 
 

@@ -9,7 +9,8 @@ the delivered voxel, not the readout blur), so quality indices can use them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -17,12 +18,13 @@ from ichor.synth import artefacts as art
 from ichor.synth.acquisition import BRAIN_CENTRE_MNI, ISOCENTRE_OFFSET, Sampler, head_pose, output_grid
 from ichor.synth.anatomy import BASE_VOXEL_MM, FOLDING_MM, base_anatomy, blur, blurred, individual_tissue
 from ichor.synth.fields import correlated_noise, smooth_field
-from ichor.synth.physiology import REGIONAL_CORRELATION_MM, tissue_cbf
+from ichor.synth.physiology import PATTERNS, REGIONAL_CORRELATION_MM, disease_pattern, tissue_cbf
 from ichor.synth.plan import ScanPlan, SynthOptions
 from ichor.synth.protocols import MNI_SPACE, Protocol
 
 REFERENCE_GM_CBF = 60.0  # SNR is quoted for this GM CBF
 TISSUE_PV_FWHM = 0.7  # partial-volume blur of a delivered voxel, as a fraction of its size (box ~ Gaussian)
+ORACLE_REGION = 0.5  # a disease pattern's region: where its weight (in [0, 1]) is at least this
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class RenderedScan:
     wm: np.ndarray
     csf: np.ndarray
     affine: np.ndarray
+    #: What a perfect reader of this map would measure (:func:`oracle_features`): the benchmark's ceiling.
+    oracle: dict[str, float] = field(default_factory=dict)
 
 
 def tissue_fwhm(protocol: Protocol) -> tuple[float, float, float]:
@@ -41,8 +45,32 @@ def tissue_fwhm(protocol: Protocol) -> tuple[float, float, float]:
     return tuple(round(TISSUE_PV_FWHM * v, 3) for v in protocol.out_voxel_mm)
 
 
+@cache
+def oracle_regions() -> dict[str, np.ndarray]:
+    """Each disease's pattern on the base grid, both hemispheres alike: the region a reader would outline."""
+    return {diagnosis: np.asarray(disease_pattern(diagnosis, 0.0), np.float32) for diagnosis in PATTERNS}
+
+
+def oracle_features(cbf: np.ndarray, brain: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean CBF inside each disease's region relative to the brain mean, and the log brain mean, of the final map.
+
+    Measured on the map as delivered (noise, artefacts, pose and resampling included), through
+    the scan's own regions (the patterns moved by its pose): the features a perfect reader of
+    the map would use, so a linear model on them is a ceiling for any encoder on the same map.
+    """
+    brain_mean = float(cbf[brain].mean()) if brain.any() else 0.0
+    features = {"log_brain_mean": float(np.log(max(brain_mean, 1e-3)))}
+    for diagnosis, weight in regions.items():
+        region = brain & (weight >= ORACLE_REGION)
+        relative = float(cbf[region].mean()) / brain_mean if region.any() and brain_mean > 0 else float("nan")
+        features[f"{diagnosis.lower()}_region_relative"] = round(relative, 6)
+    features["log_brain_mean"] = round(features["log_brain_mean"], 6)
+    return features
+
+
 def warm_caches(protocols: list[Protocol]) -> None:
     """Compute the per-process caches up front (before forking workers, so they are shared)."""
+    oracle_regions()
     for protocol in protocols:
         blurred("vessel", protocol.psf_fwhm_mm)
     art.edge_distance_mm()
@@ -101,4 +129,7 @@ def render_scan(plan: ScanPlan, options: SynthOptions | None = None) -> Rendered
     sigma = REFERENCE_GM_CBF / (p.snr * options.snr_scale) * art.noise_factor(plan.artefacts)
     noise = correlated_noise(rng, shape, p.out_voxel_mm, p.acq_voxel_mm) * np.float32(sigma)
     cbf = np.where(brain, cbf + noise, 0).astype(np.float32)
-    return RenderedScan(cbf, *(np.clip(m, 0, 1) for m in (gm, wm, csf)), affine=affine)
+    regions = dict(zip(oracle_regions(), sample(*oracle_regions().values())))
+    return RenderedScan(
+        cbf, *(np.clip(m, 0, 1) for m in (gm, wm, csf)), affine=affine, oracle=oracle_features(cbf, brain, regions)
+    )
