@@ -60,7 +60,7 @@ def ad_dataset(root: Path, subjects: int, seed: int) -> tuple[Path, dict[str, np
     for i in range(subjects):
         diagnosis = ("CN", "AD")[i % 2]
         level = rng.uniform(45, 75)
-        loss = EFFECT * REGIONAL_EFFECT * pattern if diagnosis == "AD" else 0.0
+        loss = EFFECT * REGIONAL_EFFECT["AD"] * pattern if diagnosis == "AD" else 0.0
         cbf = (gm * level + wm * level / 3) * (1 - loss) * (1 + 0.1 * rng.standard_normal(gm.shape))
         data, region, grid = np.where(brain, cbf, 0).astype(np.float32), pattern >= REGION, affine.copy()
         if i % 4 >= 2:  # stored LPS
