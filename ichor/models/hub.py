@@ -5,7 +5,9 @@ A packed encoder is a ``.tar.gz`` of an export folder's two files (``encoder.jso
 packs to the same sha256. A source is an export folder, or a ``https://`` or ``file://`` URL of a
 packed encoder pinned by its checksum, ``URL#sha256=<hex>``: the archive is downloaded once into
 the cache, verified before anything is unpacked, and unpacked under its checksum. A checksum
-that differs is refused, and nothing of that download is left behind.
+that differs is refused, and nothing of that download is left behind. The unpacked files' own
+checksums are recorded beside them and checked at every load: a cached copy changed later is
+fetched again, never trusted.
 
 The cache is ``$ICHOR_CACHE_DIR/encoders``, by default the user cache folder
 (``$XDG_CACHE_HOME/ichor`` or ``~/.cache/ichor``; ``%LOCALAPPDATA%\\ichor`` on Windows).
@@ -16,6 +18,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
+import logging
 import os
 import re
 import shutil
@@ -34,6 +38,9 @@ PACKED_FILES = (METADATA_FILE, WEIGHTS_FILE)
 URL_SCHEMES = ("https://", "file://")
 PIN = re.compile(r"^(?P<url>[^#]+)#sha256=(?P<sha256>[0-9a-fA-F]{64})$")
 CHUNK = 1 << 20
+DIGESTS_FILE = ".sha256.json"  # the unpacked files' checksums, recorded once the archive matched its pin
+
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -98,9 +105,26 @@ def resolve(source: str | os.PathLike, cache: str | os.PathLike | None = None) -
     url, sha256 = match["url"], match["sha256"].lower()
     folder = Path(cache) if cache is not None else cache_dir()
     target = folder / sha256
+    if (target / METADATA_FILE).is_file() and not intact(target):
+        log.warning("%s: the cached copy of %s was changed since it was fetched: fetching it again", target, url)
+        shutil.rmtree(target)
     if not (target / METADATA_FILE).is_file():
         fetch(url, sha256, target)
     return target
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of each packed file of an unpacked encoder."""
+    return {name: sha256_file(folder / name) for name in PACKED_FILES if (folder / name).is_file()}
+
+
+def intact(folder: Path) -> bool:
+    """Whether a cached copy still holds exactly what was verified against its pin when it was unpacked."""
+    try:
+        recorded = json.loads((folder / DIGESTS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return recorded == file_digests(folder)
 
 
 def fetch(url: str, sha256: str, target: Path) -> None:
@@ -114,6 +138,7 @@ def fetch(url: str, sha256: str, target: Path) -> None:
         unpacked = Path(work) / "encoder"
         unpack(archive, unpacked, url)
         read_metadata(unpacked)
+        (unpacked / DIGESTS_FILE).write_text(json.dumps(file_digests(unpacked), indent=1))
         try:
             unpacked.rename(target)
         except OSError:  # another process unpacked the same archive first: keep its copy
