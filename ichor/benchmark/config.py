@@ -7,7 +7,8 @@ the current directory, like ``ichor fit --config``.
 ``linear_probe`` is the classic linear evaluation of frozen features: each encoder embeds every
 scan once, and the same standardised logistic (ridge) regression as the regional-mean baseline
 is fitted on each fold's training scans - only the features differ, so the comparison is of
-representations, not of optimisers. ``finetune`` trains the task's Lightning config end to end.
+representations, not of optimisers. ``finetune`` trains the task's Lightning config end to end;
+``lora`` trains it with the encoder frozen and LoRA adapters on its attention (the paper's adaptation).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-MODES = ("linear_probe", "attentive_probe", "finetune")
-TRAINED_MODES = ("attentive_probe", "finetune", "scratch")  # Lightning runs; the linear probe is a linear model
+MODES = ("linear_probe", "attentive_probe", "finetune", "lora")
+TRAINED_MODES = ("attentive_probe", "finetune", "lora", "scratch")  # Lightning runs; the linear probe is a linear model
 CLASSIFICATION_METRICS = ("balanced_accuracy", "auroc")
 REGRESSION_METRICS = ("mae", "rmse", "pearson", "spearman", "r2")
 
@@ -72,7 +73,8 @@ class BenchmarkConfig:
         encoders: method name -> an encoder used as it is, beside the pre-trained ones: an export
             folder (``ichor export-encoder``, ``ichor import-encoder``) or a pinned URL.
         tasks: the downstream tasks.
-        modes: adaptation modes run for every pre-trained encoder.
+        modes: adaptation modes run for every pre-trained encoder (``lora`` and ``attentive_probe``
+            run as long as ``finetune``: ``epochs.finetune``).
         scratch: also train the finetune architecture from random weights, once per task.
         baseline: also fit logistic/linear regression on regional mean CBF (GM, WM, brain halves).
         budgets: label budgets of each fold's training subjects: a fraction in (0, 1] of them, or a

@@ -8,7 +8,7 @@ method, so methods are compared on identical test subjects. A label budget keeps
 fraction of each fold's training subjects (validation and test subjects are unchanged).
 
 ``linear_probe`` and the regional-mean baseline fit one linear model per fold on per-scan
-features (frozen encoder embeddings, regional mean CBF); ``finetune`` and ``scratch`` are
+features (frozen encoder embeddings, regional mean CBF); ``finetune``, ``lora`` and ``scratch`` are
 ``ichor.downstream.cv.run_fold`` Lightning runs on a split file.
 
 Everything finished is kept under OUT: an encoder exported with the same pre-training arguments
@@ -165,7 +165,7 @@ def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) ->
         task.config,
         *cfg.overrides,
         *cfg.task_overrides,
-        *_epochs(cfg, "finetune" if mode == "attentive_probe" else mode),
+        *_epochs(cfg, "finetune" if mode in ("attentive_probe", "lora") else mode),
         f"--model.init_args.encoder={encoder}",
         f"--model.init_args.mode={task_mode}",
         *pooling,

@@ -1,4 +1,4 @@
-"""Export the encoder of a pre-training checkpoint (any method) for downstream use.
+"""Export the encoder of a pre-training checkpoint (any method), or of a LoRA task, for downstream use.
 
 Writes DIR/encoder.safetensors (encoder weights only, no decoder) and DIR/encoder.json (the
 adaptation record: architecture, grid, spacing, orientation, normalisation, pooling, data
@@ -6,6 +6,12 @@ summary, pre-training settings, software versions, licence, citation), each writ
 With --pack, also DIR.tar.gz, a reproducible archive to share, and its sha256, which pins it:
 
   ichor export-encoder runs/pretrain_demo/checkpoints/last.ckpt --out runs/pretrain_demo/encoder --pack
+
+A LoRA task's checkpoint (``mode: lora``) exports its encoder with the adapters merged into the
+weights, an encoder like any other whose encoder.json says what was merged (``adaptation``), and
+the adapters alone beside it (lora.safetensors and lora.json, a few MB):
+
+  ichor export-encoder runs/lora_diagnosis/checkpoints/best.ckpt --out runs/lora_diagnosis/encoder
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from ichor.models.weights import WeightsError, export_encoder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) of an `ichor fit` pre-training run")
+    parser.add_argument(
+        "checkpoint", help="Lightning checkpoint (.ckpt) of an `ichor fit` pre-training run or LoRA task"
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     add_sharing_arguments(parser)

@@ -1,12 +1,17 @@
 """``DownstreamTask``: a pre-trained encoder, a pooling and a plugin head, as one LightningModule.
 
-Three modes answer the questions a paper's results table asks:
+Four modes answer the questions a paper's results table asks:
 - ``linear_probe``: how good are the frozen features? The encoder is frozen and kept in
   eval mode (``train()`` is overridden, the classic linear-probe bug being a frozen encoder
   left in train mode), features pass a ``BatchNorm1d(affine=False)`` and a linear head.
 - ``finetune``: everything trains, with layer-wise lr decay (0.75 by default).
 - ``scratch``: the same architecture with random weights, trained like ``finetune``
   without decay: the baseline that says what pre-training bought.
+- ``lora``: the ICHOR paper's adaptation. The encoder is frozen, low-rank adapters on every
+  block's attention projections train (:mod:`ichor.models.lora`; rank 8 on query, key, value and
+  output by default, 0.7 % of ViT-B's weights), and the pooled features pass a ``LayerNorm``
+  before the linear head (the paper's brain-token mean -> LayerNorm -> linear). ``ichor
+  export-encoder`` of its checkpoint merges the adapters into a plain encoder.
 
 ``pooling: attentive`` replaces the fixed pooling by a learned one
 (:class:`ichor.evaluation.attentive.AttentivePooler`); with ``linear_probe`` it is the
@@ -28,13 +33,14 @@ from ichor.downstream.plugins import resolve_head
 from ichor.evaluation.attentive import AttentivePooler
 from ichor.evaluation.pooling import POOLINGS, Pooling, encode, encode_tokens, feature_width
 from ichor.models import ViTEncoder3D
-from ichor.models.weights import WeightsError, load_encoder
+from ichor.models.lora import LoRA, add_lora
+from ichor.models.weights import LORA_RECORD_KEY, WeightsError, load_encoder, lora_record
 from ichor.training.lrd import param_groups_lrd
 from ichor.training.optim import AdamW, configure_adamw
 from ichor.training.settings import as_dataclass
 
-Mode = Literal["linear_probe", "finetune", "scratch"]
-MODES = ("linear_probe", "finetune", "scratch")
+Mode = Literal["linear_probe", "finetune", "scratch", "lora"]
+MODES = ("linear_probe", "finetune", "scratch", "lora")
 ATTENTIVE = "attentive"  # the learned pooling, beside the fixed ones of ichor.evaluation.pooling
 # Manifest fields copied into every prediction row, when the batch has them.
 ID_COLUMNS = ("subject", "session", "study", "path", "split")  # split: train/val/test/unlabelled, as the run used it
@@ -42,6 +48,8 @@ ID_COLUMNS = ("subject", "session", "study", "path", "split")  # split: train/va
 CHECKED_SETTINGS = ("spacing", "normalization", "cbf_scale", "orientation")
 # The optimiser recipe of a task unless its config says otherwise: the lr is used as given.
 TASK_OPTIM = AdamW(lr=1e-3, lr_batch=None, betas=(0.9, 0.999), warmup_epochs=1.0)
+# The adapters of mode lora unless its config says otherwise: the paper's (rank 8, alpha 16, q, k, v, o).
+TASK_LORA = LoRA()
 # Checkpoint key of the task's label column (the datamodule's ``target``, read at setup).
 TARGET_KEY = "ichor_target"
 
@@ -83,7 +91,7 @@ class DownstreamTask(LightningModule):
         head: head name (``ichor heads`` lists them) or class path ``package.module.Class``.
         head_args: the head's constructor arguments; those learnt from the training scans
             (class names, target scale) are filled in at setup and saved with the checkpoint.
-        mode: "linear_probe", "finetune" or "scratch" (see the module docstring).
+        mode: "linear_probe", "finetune", "scratch" or "lora" (see the module docstring).
         pooling: "brain_mean" (mean of brain tokens), "mean" (all tokens), "max" (brain tokens) or
             "region" (brain-token means of the grid's 8 octants, side by side); "attentive" learns it
             (a query cross-attending over brain tokens).
@@ -93,7 +101,9 @@ class DownstreamTask(LightningModule):
         layer_decay: finetune lr ratio between consecutive encoder layers.
         drop_path: stochastic depth of the encoder's last block in finetune/scratch (rising linearly
             from 0 at the first); a linear probe's frozen encoder never drops.
-        grad_checkpointing: recompute encoder blocks in backward (finetune/scratch memory).
+        grad_checkpointing: recompute encoder blocks in backward (finetune/scratch/lora memory).
+        lora: the adapters of ``mode: lora`` (:class:`ichor.models.lora.LoRA`: ``rank``, ``alpha``,
+            ``dropout``, ``targets``); the paper's settings by default.
         figures: log a confusion matrix / scatter plot to TensorBoard at each validation epoch end.
     """
 
@@ -108,6 +118,7 @@ class DownstreamTask(LightningModule):
         layer_decay: float = 0.75,
         drop_path: float = 0.0,
         grad_checkpointing: bool = False,
+        lora: LoRA = TASK_LORA,
         figures: bool = True,
     ) -> None:
         super().__init__()
@@ -118,12 +129,16 @@ class DownstreamTask(LightningModule):
         self.save_hyperparameters()
         self.optim = as_dataclass(AdamW, optim, TASK_OPTIM)
         self.hparams.optim = self.optim.as_dict()  # plain values in the checkpoint
+        self.lora = as_dataclass(LoRA, lora, TASK_LORA)
+        self.hparams.lora = self.lora.as_dict()
         self.head_class = resolve_head(head)  # fail at config time, not after caching the data
         self.target: str | None = None  # the datamodule's label column, set at setup
         self.encoder: ViTEncoder3D | None = None
         self.head: nn.Module | None = None
         self.feature_norm: nn.Module = nn.Identity()
         self.pooler: AttentivePooler | None = None
+        self._base_metadata: dict[str, Any] = {}  # the encoder's record, for a LoRA checkpoint's export
+        self._harmonisation: dict[str, Any] = {}
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @classmethod
@@ -158,9 +173,15 @@ class DownstreamTask(LightningModule):
             encoder.set_drop_path(hp.drop_path)
         if hp.pooling == ATTENTIVE:
             self.pooler = AttentivePooler(encoder.embed_dim, encoder.num_heads)
+        width = feature_width(encoder.embed_dim, hp.pooling)
         if hp.mode == "linear_probe":
             encoder.requires_grad_(False)
-            self.feature_norm = nn.BatchNorm1d(feature_width(encoder.embed_dim, hp.pooling), affine=False, eps=1e-6)
+            self.feature_norm = nn.BatchNorm1d(width, affine=False, eps=1e-6)
+        if hp.mode == "lora":
+            add_lora(encoder, self.lora)  # freezes the base weights
+            self.feature_norm = nn.LayerNorm(width)
+            self._base_metadata = metadata
+            self._harmonisation = data_settings or metadata.get("harmonisation", {})
         self.encoder = encoder
         self.train(self.training)  # puts a frozen encoder in eval mode
 
@@ -251,6 +272,10 @@ class DownstreamTask(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[TARGET_KEY] = self.target
+        if self.hparams.mode == "lora" and self.encoder is not None:
+            checkpoint[LORA_RECORD_KEY] = lora_record(
+                self.encoder, self.lora, self.hparams.encoder, self._base_metadata, self._harmonisation
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._adopt_target(checkpoint.get(TARGET_KEY), "the checkpoint's label column")

@@ -13,6 +13,10 @@ the adaptation record: everything needed to rebuild and use the encoder elsewher
 Loading checks the record against this installation and the weights against the record, and
 says everything that differs at once (:func:`check_compatibility`). The decoder is stripped in
 exactly one place, :func:`encoder_state_from_checkpoint`.
+
+The checkpoint of a downstream task trained with LoRA exports too: its adapters are merged
+into the base weights (:mod:`ichor.models.lora`), so the folder holds a plain encoder whose
+record says so under ``adaptation``, and the adapters alone are written beside it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 import ichor
 from ichor.io import atomic_path, load_checkpoint, write_text
+from ichor.models.lora import LoRA, add_lora, base_fingerprint, merge_lora, save_adapters
 from ichor.models.pos_embed import POS_EMBEDS
 from ichor.models.vit import ViTEncoder3D
 
@@ -52,6 +57,8 @@ SOFTWARE = ("torch", "lightning", "safetensors", "monai")
 # state-dict entry belongs to the pretext task (decoder, projector).
 DATA_RECORD_KEY = "ichor_data"
 ENCODER_RECORD_KEY = "ichor_encoder"
+# Checkpoints of a downstream task in LoRA mode carry the LoRA record instead (:func:`lora_record`).
+LORA_RECORD_KEY = "ichor_lora"
 
 
 class WeightsError(ValueError):
@@ -77,8 +84,10 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found")
     checkpoint = load_checkpoint(path)
-    if "state_dict" not in checkpoint or ENCODER_RECORD_KEY not in checkpoint:
-        raise WeightsError(f"{path}: not a Lightning checkpoint of an ichor pre-training run (no encoder record)")
+    if "state_dict" not in checkpoint or not {ENCODER_RECORD_KEY, LORA_RECORD_KEY} & checkpoint.keys():
+        raise WeightsError(
+            f"{path}: not a Lightning checkpoint of an ichor pre-training run or of a LoRA task (no encoder record)"
+        )
     return checkpoint
 
 
@@ -143,6 +152,84 @@ def _metadata_from_checkpoint(
     )
 
 
+def lora_record(
+    encoder: ViTEncoder3D,
+    settings: LoRA,
+    base_source: str | Path,
+    base_metadata: dict[str, Any],
+    harmonisation: dict[str, Any],
+    prefix: str = "encoder.",
+) -> dict[str, Any]:
+    """What a LoRA task's checkpoint keeps so that its encoder exports merged: the settings, the adapted
+    encoder's architecture and state-dict ``prefix``, the harmonisation of the task's data, and the
+    base encoder's source, fingerprint and record."""
+    return {
+        "method": "lora",
+        "prefix": prefix,
+        "settings": settings.as_dict(),
+        "config": {**encoder.config, "img_size": list(encoder.img_size)},
+        "harmonisation": harmonisation,
+        "base": {"source": str(base_source), "sha256": base_fingerprint(encoder), "metadata": base_metadata},
+    }
+
+
+def _lora_encoder(
+    path: Path, checkpoint: dict[str, Any], licence: str | None = None, citation: str | None = None
+) -> tuple[ViTEncoder3D, LoRA, dict[str, Any]]:
+    """A LoRA task's encoder with its adapters (not merged), their settings, and the merged encoder's record.
+
+    The record is the base encoder's, with this encoder's architecture and harmonisation, and
+    ``adaptation`` saying what was merged into it.
+    """
+    record = checkpoint[LORA_RECORD_KEY]
+    settings = LoRA(**record["settings"])
+    config = record["config"]
+    encoder = add_lora(ViTEncoder3D(**{**config, "img_size": tuple(config["img_size"])}), settings)
+    load_state(encoder, encoder_state_from_checkpoint(checkpoint["state_dict"], record, str(path)), path)
+    base = record["base"]["metadata"]
+    adaptation = {
+        **settings.as_dict(),
+        "method": "lora",
+        "merged": True,
+        "checkpoint": str(path),
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        "base": {k: record["base"][k] for k in ("source", "sha256")},
+    }
+    metadata = {
+        **base,
+        **encoder_metadata(
+            encoder.config,
+            record["harmonisation"],
+            base.get("pretraining", {}),
+            licence or base.get("licence"),
+            citation or base.get("citation"),
+        ),
+        "adaptation": adaptation,
+    }
+    return encoder, settings, metadata
+
+
+def _checkpoint_encoder(
+    path: Path,
+    checkpoint: dict[str, Any],
+    licence: str | None = None,
+    citation: str | None = None,
+    adapters_out: Path | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Encoder weights and record of a checkpoint: a pre-training run's encoder, or a LoRA task's with its
+    adapters merged (and first saved alone to ``adapters_out``, when given)."""
+    if LORA_RECORD_KEY not in checkpoint:
+        metadata = _metadata_from_checkpoint(path, checkpoint, licence, citation)
+        return encoder_state_from_checkpoint(
+            checkpoint["state_dict"], checkpoint[ENCODER_RECORD_KEY], str(path)
+        ), metadata
+    encoder, settings, metadata = _lora_encoder(path, checkpoint, licence, citation)
+    if adapters_out is not None:
+        save_adapters(encoder, settings, adapters_out, metadata["adaptation"]["base"])
+    return merge_lora(encoder).state_dict(), metadata
+
+
 def check_export_target(out_dir: str | Path, overwrite: bool) -> Path:
     """The weights file of an export folder, refused when it exists and ``overwrite`` is not given."""
     target = Path(out_dir) / WEIGHTS_FILE
@@ -172,14 +259,12 @@ def export_encoder(
     licence: str | None = None,
     citation: str | None = None,
 ) -> Path:
-    """Write ``encoder.safetensors`` and ``encoder.json`` from a pre-training checkpoint (MAE, SimCLR, Models Genesis, ...)."""
+    """Write ``encoder.safetensors`` and ``encoder.json`` from a pre-training checkpoint (MAE, SimCLR, Models
+    Genesis, ...), or from a LoRA task's checkpoint: its encoder merged, and its adapters alone beside it."""
     checkpoint_path = Path(checkpoint_path)
     check_export_target(out_dir, overwrite)  # before reading a large checkpoint
     checkpoint = _read_checkpoint(checkpoint_path)
-    metadata = _metadata_from_checkpoint(checkpoint_path, checkpoint, licence, citation)
-    state = encoder_state_from_checkpoint(
-        checkpoint["state_dict"], checkpoint[ENCODER_RECORD_KEY], str(checkpoint_path)
-    )
+    state, metadata = _checkpoint_encoder(checkpoint_path, checkpoint, licence, citation, adapters_out=Path(out_dir))
     return write_export(state, metadata, out_dir, overwrite=True)
 
 
@@ -241,7 +326,8 @@ def load_state(encoder: ViTEncoder3D, state: dict[str, torch.Tensor], source: st
 def load_encoder(
     source: str | Path, img_size: tuple[int, int, int] | None = None
 ) -> tuple[ViTEncoder3D, dict[str, Any]]:
-    """Build the encoder of an export folder or a pre-training checkpoint, with its metadata.
+    """Build the encoder of an export folder, a pre-training checkpoint or a LoRA task's checkpoint (adapters
+    merged), with its metadata.
 
     ``img_size`` other than the pre-training shape regenerates fixed position embeddings (weights
     are shape-independent) or interpolates learned ones; it must still be a multiple of the patch size.
@@ -251,9 +337,7 @@ def load_encoder(
         metadata = read_metadata(source)
         state = load_file(str(source / WEIGHTS_FILE))
     else:
-        checkpoint = _read_checkpoint(source)
-        metadata = _metadata_from_checkpoint(source, checkpoint)
-        state = encoder_state_from_checkpoint(checkpoint["state_dict"], checkpoint[ENCODER_RECORD_KEY], str(source))
+        state, metadata = _checkpoint_encoder(source, _read_checkpoint(source))
     encoder = ViTEncoder3D(img_size=tuple(metadata["img_size"]), **metadata["architecture"])
     load_state(encoder, state, source)
     if img_size is not None and tuple(img_size) != encoder.img_size:
