@@ -84,6 +84,18 @@ def write_csv(table: pd.DataFrame, path: str | os.PathLike, **to_csv) -> Path:
     return Path(path)
 
 
+def confined(folder: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """``folder / relative``, refused when it would leave ``folder`` (a label holding ``..`` or ``/``).
+
+    Output names built from manifest values (subject, session, study) go through here, so a
+    label can never make ICHOR write outside the folder the user named.
+    """
+    path = Path(folder) / relative
+    if Path(relative).is_absolute() or not path.resolve().is_relative_to(Path(folder).resolve()):
+        raise ValueError(f"{relative}: an output name that leaves {folder}; refused (a label with '..' or '/'?)")
+    return path
+
+
 class UnreadableFileError(ValueError):
     """A file that cannot be read safely (corrupt, or asking to run code); the message names it."""
 

@@ -28,7 +28,7 @@ from ichor.explain.checkpoint import load_task
 from ichor.explain.figure import attribution_figure, save_figure
 from ichor.explain.maps import GroupAverage, patch_volume, to_source_grid
 from ichor.explain.occlusion import occlusion
-from ichor.io import atomic_path, check_output, write_csv
+from ichor.io import atomic_path, check_output, confined, write_csv
 
 SUMMARY_FILE = "explanations.csv"
 GROUP_FOLDER = "group"
@@ -47,8 +47,10 @@ def explained_class(task: DownstreamTask, name: str | None) -> int | None:
     return classes.index(name)
 
 
-def scan_stem(row) -> str:
-    return f"sub-{row.subject}" + (f"_ses-{row.session}" if row.session else "")
+def scan_stem(row) -> Path:
+    """``<study>/sub-<subject>[_ses-<session>]``, each label made file-name safe."""
+    name = f"sub-{_label(row.subject)}" + (f"_ses-{_label(row.session)}" if row.session else "")
+    return Path(_label(row.study)) / name
 
 
 def group_labels(rows: pd.DataFrame, column: str | None) -> list[str]:
@@ -65,7 +67,8 @@ def _label(value) -> str:
     """A file-name-safe group label; integral numbers without ".0"."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value))
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(value))
+    return safe if safe.strip(".") else safe.replace(".", "_")  # "." and ".." name folders, not scans
 
 
 def explain(
@@ -94,10 +97,12 @@ def explain(
     classes = getattr(task.head, "classes", None)
     groups = group_labels(rows, group_by or (task.target if classes is not None else None))
     inputs = [*manifests, checkpoint, *rows["path"]]
-    stems = [Path(row.study) / scan_stem(row) for row in rows.itertuples()]
+    stems = [scan_stem(row) for row in rows.itertuples()]
     planned = [out / SUMMARY_FILE]
-    planned += [out / f"{stem}_attribution.{ext}" for stem in stems for ext in ("nii.gz", "png")]
-    planned += [out / GROUP_FOLDER / f"{group}_attribution.{ext}" for group in set(groups) for ext in ("nii.gz", "png")]
+    planned += [confined(out, f"{stem}_attribution.{ext}") for stem in stems for ext in ("nii.gz", "png")]
+    planned += [
+        confined(out, f"{GROUP_FOLDER}/{group}_attribution.{ext}") for group in set(groups) for ext in ("nii.gz", "png")
+    ]
     for path in planned:
         check_output(path, inputs, overwrite)
 
