@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import astuple
 
 import torch
 
@@ -61,7 +60,9 @@ def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
         )
     from monai.networks.nets import MaskedAutoEncoderViT
 
-    width, depth, heads, dec_width, dec_depth, dec_heads = astuple(PRESETS[args.preset])
+    preset = PRESETS[args.preset]
+    width, depth, heads = preset.embed_dim, preset.depth, preset.num_heads
+    dec_width, dec_depth, dec_heads = preset.decoder_embed_dim, preset.decoder_depth, preset.decoder_num_heads
     return MaskedAutoEncoderViT(
         in_channels=1,
         img_size=tuple(args.size),

@@ -173,4 +173,4 @@ def test_a_version_1_export_still_loads(tmp_path):
     old = {k: v for k, v in record.items() if k not in ("pooling", "software", "licence", "citation")}
     path.write_text(json.dumps({**old, "format_version": 1, "architecture": architecture}))
     encoder = Encoder.from_pretrained(out)
-    assert encoder.network.pos_embed_kind == "sincos" and "96-wide" in repr(encoder)
+    assert encoder.network.config.pos_embed == "sincos" and "96-wide" in repr(encoder)

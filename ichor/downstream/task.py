@@ -167,7 +167,7 @@ class DownstreamTask(LightningModule):
         if data_settings:
             check_harmonisation(metadata.get("harmonisation", {}), data_settings, hp.encoder)
         if hp.mode == "scratch":
-            encoder = ViTEncoder3D(img_size=encoder.img_size, **metadata["architecture"])
+            encoder = ViTEncoder3D(encoder.config, encoder.img_size)
         encoder.grad_checkpointing = hp.grad_checkpointing
         if hp.mode != "linear_probe":
             encoder.set_drop_path(hp.drop_path)

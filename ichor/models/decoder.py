@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from torch import nn
 
+from ichor.models.config import MAEConfig
 from ichor.models.pos_embed import sincos_3d
 from ichor.models.vit import Block, gather_tokens, run_blocks
-
-# Parts of the decoder whose state-dict names were ``decoder_<part>`` before it was shared (in the
-# MAE and in Models Genesis' own decoder): checkpoints written then still load, and resume.
-LEGACY_PARTS = ("embed", "blocks", "norm", "pred")
-
-
-def rename_on_load(module: nn.Module, state_dict: dict, prefix: str, *args: object, renames: dict[str, str]) -> None:
-    """Load-state-dict pre-hook: rename keys that start with ``prefix + old`` to ``prefix + new``, in place."""
-    for key in list(state_dict):
-        for old, new in renames.items():
-            if key.startswith(prefix + old):
-                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
 
 
 class TransformerDecoder(nn.Module):
@@ -32,37 +19,24 @@ class TransformerDecoder(nn.Module):
     parts draws its initial weights in one fixed order.
 
     Args:
+        config: its widths (``decoder_embed_dim``, ``decoder_depth``, ``decoder_num_heads``,
+            ``mlp_ratio``), the encoder tokens it reads (``embed_dim``) and what each prediction
+            row holds (``in_chans * patch_size**3`` voxels).
         grid: patch grid (D, H, W) of the input; positions are a fixed table over it.
-        patch_size, in_chans: what each prediction row holds: ``in_chans * patch_size**3`` voxels.
-        embed_dim: width of the encoder tokens it reads.
-        decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio: its own Transformer.
         grad_checkpointing: recompute blocks in backward.
     """
 
-    def __init__(
-        self,
-        grid: tuple[int, int, int],
-        patch_size: int,
-        in_chans: int,
-        embed_dim: int,
-        decoder_embed_dim: int,
-        decoder_depth: int,
-        decoder_num_heads: int,
-        mlp_ratio: float = 4.0,
-        grad_checkpointing: bool = False,
-    ) -> None:
+    def __init__(self, config: MAEConfig, grid: tuple[int, int, int], grad_checkpointing: bool = False) -> None:
         super().__init__()
         self.grad_checkpointing = grad_checkpointing
-        self.embed = nn.Linear(embed_dim, decoder_embed_dim)
+        width = config.decoder_embed_dim
+        self.embed = nn.Linear(config.embed_dim, width)
         self.blocks = nn.ModuleList(
-            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)]
+            [Block(width, config.decoder_num_heads, config.mlp_ratio) for _ in range(config.decoder_depth)]
         )
-        self.norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
-        self.pred = nn.Linear(decoder_embed_dim, in_chans * patch_size**3)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.pred = nn.Linear(width, config.in_chans * config.patch_size**3)
         self.set_grid(grid)
-        self.register_load_state_dict_pre_hook(
-            partial(rename_on_load, renames={f"decoder_{part}.": f"{part}." for part in LEGACY_PARTS})
-        )
 
     def set_grid(self, grid: tuple[int, int, int]) -> None:
         """Regenerate the position table for another input shape (weights are unaffected)."""

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 import torch
 
 from ichor.data.datamodule import Normalization
 from ichor.data.harmonise import HarmonisationSettings
+from ichor.models.config import ViTConfig
 from ichor.models.hub import sha256_file
 from ichor.models.vit import ViTEncoder3D
 from ichor.models.weights import WeightsError, check_export_target, encoder_metadata, load_state, write_export
@@ -107,8 +108,8 @@ def read_state(path: Path, prefix: str | None = None) -> tuple[dict[str, torch.T
     return state, prefix
 
 
-def infer_architecture(state: dict[str, torch.Tensor], num_heads: int, source: str) -> dict[str, Any]:
-    """``ViTEncoder3D`` arguments (without ``img_size``) read from the weights; differences refused by name."""
+def infer_architecture(state: dict[str, torch.Tensor], num_heads: int, source: str) -> ViTConfig:
+    """The encoder's config read from the weights; differences refused by name."""
     patch = state[PATCH_KEY]
     if patch.dim() != 5:
         raise WeightsError(f"{source}: patch embedding of shape {tuple(patch.shape)} is not a 3D convolution")
@@ -123,17 +124,17 @@ def infer_architecture(state: dict[str, torch.Tensor], num_heads: int, source: s
         raise WeightsError(f"{source}: MLP {mlp_in} -> {mlp_out} wide: a gated activation (GEGLU), not supported")
     if hidden % num_heads:
         raise WeightsError(f"{source}: width {hidden} is not divisible by {num_heads} heads (--num-heads)")
-    return {
-        "patch_size": int(kernel[0]),
-        "in_chans": int(in_chans),
-        "embed_dim": int(hidden),
-        "depth": depth,
-        "num_heads": num_heads,
-        "mlp_ratio": mlp_in / hidden,
-        "pos_embed": "learned",
-        "cls_token": "cls_token" in state,
-        "norm_eps": MONAI_NORM_EPS,
-    }
+    return ViTConfig(
+        patch_size=int(kernel[0]),
+        in_chans=int(in_chans),
+        embed_dim=int(hidden),
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_in / hidden,
+        pos_embed="learned",
+        cls_token="cls_token" in state,
+        norm_eps=MONAI_NORM_EPS,
+    )
 
 
 def map_monai_state(
@@ -219,10 +220,10 @@ def import_monai(
     path = Path(checkpoint)
     check_export_target(out, overwrite)  # before any work
     state, prefix = read_state(path, prefix)
-    architecture = infer_architecture(state, num_heads, str(path))
-    source_shape = grid_of(state, architecture["patch_size"], img_size, str(path))
-    mapped, dropped = map_monai_state(state, fmt, architecture["depth"], str(path))
-    encoder = ViTEncoder3D(img_size=source_shape, **architecture)
+    config = infer_architecture(state, num_heads, str(path))
+    source_shape = grid_of(state, config.patch_size, img_size, str(path))
+    mapped, dropped = map_monai_state(state, fmt, config.depth, str(path))
+    encoder = ViTEncoder3D(config, source_shape)
     load_state(encoder, mapped, path)
     target = tuple(int(n) for n in shape) if shape is not None else source_shape
     encoder.set_img_size(target)  # interpolates the table when the grid differs
@@ -243,6 +244,7 @@ def import_monai(
     }
     metadata = encoder_metadata(
         encoder.config,
+        encoder.img_size,
         harmonisation,
         {"method": f"unknown: imported from {fmt} (see source)"},
         licence,

@@ -211,7 +211,7 @@ def save_adapters(encoder: ViTEncoder3D, settings: LoRA, out_dir: str | Path, ba
         "format_version": ADAPTERS_FORMAT_VERSION,
         **settings.as_dict(),
         "parameters": sum(t.numel() for t in tensors.values()),
-        "base": {**base, "sha256": base_fingerprint(encoder), "architecture": encoder.config},
+        "base": {**base, "sha256": base_fingerprint(encoder), "architecture": asdict(encoder.config)},
     }
     write_text(out_dir / ADAPTERS_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return out_dir

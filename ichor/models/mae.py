@@ -16,19 +16,16 @@ dynamic dimensions after the first recompilation.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ichor.models.decoder import LEGACY_PARTS, TransformerDecoder, rename_on_load
+from ichor.models.config import MAEConfig
+from ichor.models.decoder import TransformerDecoder
 from ichor.models.patching import brain_patches, unpatchify
 from ichor.models.vit import ViTEncoder3D, check_has_brain, gather_tokens, init_weights, padding_mask
-
-# State-dict names of the MAE's decoder before it became the shared TransformerDecoder.
-LEGACY_DECODER_KEYS = {f"decoder_{part}.": f"decoder.{part}." for part in LEGACY_PARTS}
 
 
 class Masking(NamedTuple):
@@ -54,63 +51,22 @@ class MaskedAutoencoderViT3D(nn.Module):
     """Masked autoencoder with a :class:`ViTEncoder3D` (``self.encoder``) and a light :class:`TransformerDecoder`.
 
     Args:
-        img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
-        grad_checkpointing, min_brain_fraction: see :class:`ViTEncoder3D`.
-        decoder_embed_dim, decoder_depth, decoder_num_heads: decoder width, blocks, heads.
-        norm_pix_loss: regress each patch normalised by its own mean and variance.
-        mask_ratio: default fraction of (brain) patches hidden from the encoder, in (0, 1).
-        brain_aware: drop non-brain patches from encoder, decoder and loss; False gives the
-            classic MAE over the whole grid (the loss still counts brain patches only).
+        config: encoder, decoder and objective (:class:`ichor.models.MAEConfig`).
+        img_size: (D, H, W) input shape, each a multiple of ``config.patch_size``.
+        grad_checkpointing: recompute blocks in backward (less memory, about 30 % more compute).
     """
 
-    def __init__(
-        self,
-        img_size: tuple[int, int, int],
-        patch_size: int = 16,
-        in_chans: int = 1,
-        embed_dim: int = 192,
-        depth: int = 12,
-        num_heads: int = 3,
-        decoder_embed_dim: int = 128,
-        decoder_depth: int = 4,
-        decoder_num_heads: int = 4,
-        mlp_ratio: float = 4.0,
-        norm_pix_loss: bool = True,
-        mask_ratio: float = 0.75,
-        brain_aware: bool = True,
-        min_brain_fraction: float = 0.0,
-        grad_checkpointing: bool = False,
-    ) -> None:
+    def __init__(self, config: MAEConfig, img_size: tuple[int, int, int], grad_checkpointing: bool = False) -> None:
         super().__init__()
-        check_mask_ratio(mask_ratio)
-        self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
-        self.brain_aware = brain_aware
-        self.encoder = ViTEncoder3D(
-            img_size,
-            patch_size,
-            in_chans,
-            embed_dim,
-            depth,
-            num_heads,
-            mlp_ratio,
-            grad_checkpointing,
-            min_brain_fraction,
-        )
-        self.decoder = TransformerDecoder(
-            self.encoder.grid,
-            patch_size,
-            in_chans,
-            embed_dim,
-            decoder_embed_dim,
-            decoder_depth,
-            decoder_num_heads,
-            mlp_ratio,
-            grad_checkpointing,
-        )
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        check_mask_ratio(config.mask_ratio)
+        self.config = config
+        self.mask_ratio = config.mask_ratio
+        self.norm_pix_loss = config.norm_pix_loss
+        self.brain_aware = config.brain_aware
+        self.encoder = ViTEncoder3D(config, img_size, grad_checkpointing)
+        self.decoder = TransformerDecoder(config, self.encoder.grid, grad_checkpointing)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_embed_dim))
         self.initialize_weights()
-        self.register_load_state_dict_pre_hook(partial(rename_on_load, renames=LEGACY_DECODER_KEYS))
 
     def initialize_weights(self) -> None:
         """MAE initialisation (xavier-uniform linears, unit LayerNorms, normal(0.02) mask token)."""

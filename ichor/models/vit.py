@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ichor.models.config import ViTConfig
 from ichor.models.patching import brain_patches, grid_size, patchify
-from ichor.models.pos_embed import POS_EMBEDS, resize_table, sincos_3d
+from ichor.models.pos_embed import resize_table, sincos_3d
 
 
 def init_weights(module: nn.Module) -> None:
@@ -139,51 +140,24 @@ class ViTEncoder3D(nn.Module):
     """3D ViT encoder over cubic patches of a (B, C, D, H, W) volume.
 
     Args:
-        img_size: (D, H, W) input shape, each a multiple of ``patch_size``.
-        patch_size: cubic patch edge in voxels.
-        in_chans: input channels (1 for CBF).
-        embed_dim, depth, num_heads, mlp_ratio: Transformer width, blocks, heads, MLP expansion.
+        config: the architecture (:class:`ichor.models.ViTConfig`; of an ``MAEConfig``, its encoder part).
+        img_size: (D, H, W) input shape, each a multiple of ``config.patch_size``.
         grad_checkpointing: recompute blocks in backward (less memory, about 30 % more compute).
-        min_brain_fraction: a patch counts as brain when at least this fraction of its voxels
-            are brain (and at least one is); 0 means any brain voxel.
-        pos_embed: "sincos" (fixed, regenerated for any grid) or "learned" (a parameter,
-            interpolated to a new grid; imported encoders).
-        cls_token: prepend a learned token before the blocks (imported encoders trained with one).
-        norm_eps: LayerNorm epsilon (1e-6 as in MAE; MONAI's ViT uses PyTorch's 1e-5).
     """
 
-    def __init__(
-        self,
-        img_size: tuple[int, int, int],
-        patch_size: int = 16,
-        in_chans: int = 1,
-        embed_dim: int = 192,
-        depth: int = 12,
-        num_heads: int = 3,
-        mlp_ratio: float = 4.0,
-        grad_checkpointing: bool = False,
-        min_brain_fraction: float = 0.0,
-        pos_embed: str = "sincos",
-        cls_token: bool = False,
-        norm_eps: float = 1e-6,
-    ) -> None:
+    def __init__(self, config: ViTConfig, img_size: tuple[int, int, int], grad_checkpointing: bool = False) -> None:
         super().__init__()
-        if pos_embed not in POS_EMBEDS:
-            raise ValueError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got {pos_embed!r}")
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        self.embed_dim = embed_dim
-        self.depth = depth
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
+        self.config = config = config.encoder()
+        # The geometry that callers read, as nn.Linear's in_features: the config is its source.
+        self.patch_size, self.in_chans, self.embed_dim = config.patch_size, config.in_chans, config.embed_dim
+        self.depth, self.num_heads, self.min_brain_fraction = config.depth, config.num_heads, config.min_brain_fraction
         self.grad_checkpointing = grad_checkpointing
-        self.min_brain_fraction = min_brain_fraction
-        self.pos_embed_kind = pos_embed
-        self.norm_eps = norm_eps
-        self.patch_embed = PatchEmbed3D(patch_size, in_chans, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, norm_eps) for _ in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.patch_embed = PatchEmbed3D(config.patch_size, config.in_chans, config.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim)) if config.cls_token else None
+        self.blocks = nn.ModuleList(
+            [Block(config.embed_dim, config.num_heads, config.mlp_ratio, config.norm_eps) for _ in range(config.depth)]
+        )
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.norm_eps)
         self.set_img_size(img_size)
         self.apply(init_weights)
 
@@ -194,7 +168,7 @@ class ViTEncoder3D(nn.Module):
         self.img_size = tuple(int(n) for n in img_size)
         self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
         device = self.patch_embed.proj.weight.device
-        if self.pos_embed_kind == "sincos":
+        if self.config.pos_embed == "sincos":
             table = sincos_3d(self.grid, self.embed_dim).unsqueeze(0).to(device)
             self.register_buffer("pos_embed", table, persistent=False)
         elif old_grid is None:  # learned, at construction: filled by load_state_dict
@@ -204,28 +178,11 @@ class ViTEncoder3D(nn.Module):
 
     def set_drop_path(self, rate: float) -> None:
         """Stochastic depth rising linearly from 0 at the first block to ``rate`` at the last (as in BEiT/MAE
-        fine-tuning); a training setting, not part of the architecture that ``config`` records."""
+        fine-tuning); a training setting, not part of the architecture (``config``)."""
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {rate}")
         for i, block in enumerate(self.blocks):
             block.drop_path = rate * i / max(len(self.blocks) - 1, 1)
-
-    @property
-    def config(self) -> dict:
-        """Constructor arguments: saved beside exported weights, ``ViTEncoder3D(**config)`` rebuilds it."""
-        return {
-            "img_size": self.img_size,
-            "patch_size": self.patch_size,
-            "in_chans": self.in_chans,
-            "embed_dim": self.embed_dim,
-            "depth": self.depth,
-            "num_heads": self.num_heads,
-            "mlp_ratio": self.mlp_ratio,
-            "min_brain_fraction": self.min_brain_fraction,
-            "pos_embed": self.pos_embed_kind,
-            "cls_token": self.cls_token is not None,
-            "norm_eps": self.norm_eps,
-        }
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, C, D, H, W) -> (B, L, C*p^3), checking the shape against the position table."""

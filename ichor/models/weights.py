@@ -21,8 +21,8 @@ record says so under ``adaptation``, and the adapters alone are written beside i
 
 from __future__ import annotations
 
-import inspect
 import json
+from dataclasses import asdict, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 import ichor
 from ichor.io import atomic_path, load_checkpoint, write_text
+from ichor.models.config import ViTConfig, updated
 from ichor.models.lora import LoRA, add_lora, base_fingerprint, merge_lora, save_adapters
 from ichor.models.pos_embed import POS_EMBEDS
 from ichor.models.vit import ViTEncoder3D
@@ -53,7 +54,8 @@ SOFTWARE = ("torch", "lightning", "safetensors", "monai")
 
 # Checkpoints of every ichor.pretrain.Pretrainer carry two records beside the state dict:
 # the data record (harmonisation settings and data summary of the run), and the encoder record
-# (method, state-dict prefix of the encoder, preset and constructor arguments). Every other
+# (method, state-dict prefix of the encoder, preset, and ``config``: the ViTConfig's fields and
+# ``img_size``). Every other
 # state-dict entry belongs to the pretext task (decoder, projector).
 DATA_RECORD_KEY = "ichor_data"
 ENCODER_RECORD_KEY = "ichor_encoder"
@@ -103,22 +105,23 @@ def software_versions() -> dict[str, str]:
 
 
 def encoder_metadata(
-    config: dict[str, Any],
+    config: ViTConfig,
+    img_size: tuple[int, int, int] | list[int],
     harmonisation: dict[str, Any],
     pretraining: dict[str, Any],
     licence: str | None = None,
     citation: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The adaptation record of an encoder of ``config`` (``ViTEncoder3D.config``; see the module docstring).
+    """The adaptation record of an encoder of ``config`` at ``img_size`` (see the module docstring).
 
     ``extra`` adds keys such as ``source``.
     """
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "architecture": {k: v for k, v in config.items() if k != "img_size"},
-        "img_size": list(config["img_size"]),
+        "architecture": asdict(config),
+        "img_size": list(img_size),
         "harmonisation": harmonisation,
         "pooling": DEFAULT_POOLING,
         "pretraining": pretraining,
@@ -133,6 +136,8 @@ def _metadata_from_checkpoint(
     path: Path, checkpoint: dict[str, Any], licence: str | None = None, citation: str | None = None
 ) -> dict[str, Any]:
     record = checkpoint[ENCODER_RECORD_KEY]
+    architecture = dict(record["config"])
+    img_size = architecture.pop("img_size")
     data = checkpoint.get(DATA_RECORD_KEY, {})
     pretraining = {
         "method": record["method"],
@@ -142,7 +147,8 @@ def _metadata_from_checkpoint(
         **record["pretraining"],
     }
     return encoder_metadata(
-        record["config"],
+        updated(ViTConfig(), architecture, str(path)),
+        img_size,
         data.get("harmonisation", {}),
         pretraining,
         licence,
@@ -167,7 +173,7 @@ def lora_record(
         "method": "lora",
         "prefix": prefix,
         "settings": settings.as_dict(),
-        "config": {**encoder.config, "img_size": list(encoder.img_size)},
+        "config": {**asdict(encoder.config), "img_size": list(encoder.img_size)},
         "harmonisation": harmonisation,
         "base": {"source": str(base_source), "sha256": base_fingerprint(encoder), "metadata": base_metadata},
     }
@@ -183,8 +189,9 @@ def _lora_encoder(
     """
     record = checkpoint[LORA_RECORD_KEY]
     settings = LoRA(**record["settings"])
-    config = record["config"]
-    encoder = add_lora(ViTEncoder3D(**{**config, "img_size": tuple(config["img_size"])}), settings)
+    architecture = dict(record["config"])
+    img_size = tuple(architecture.pop("img_size"))
+    encoder = add_lora(ViTEncoder3D(updated(ViTConfig(), architecture, str(path)), img_size), settings)
     load_state(encoder, encoder_state_from_checkpoint(checkpoint["state_dict"], record, str(path)), path)
     base = record["base"]["metadata"]
     adaptation = {
@@ -200,6 +207,7 @@ def _lora_encoder(
         **base,
         **encoder_metadata(
             encoder.config,
+            encoder.img_size,
             record["harmonisation"],
             base.get("pretraining", {}),
             licence or base.get("licence"),
@@ -290,10 +298,9 @@ def check_compatibility(metadata: dict[str, Any], source: str | Path) -> None:
             f"format {metadata['format']!r} v{metadata['format_version']} (written by ichor {written_by}) "
             f"is not readable by ichor {ichor.__version__} ({FORMAT!r} up to v{FORMAT_VERSION})"
         )
-    known = set(inspect.signature(ViTEncoder3D).parameters) - {"img_size"}
-    unknown = sorted(set(metadata["architecture"]) - known)
+    unknown = sorted(set(metadata["architecture"]) - {f.name for f in fields(ViTConfig)})
     if unknown:
-        problems.append(f"architecture key(s) {', '.join(unknown)} unknown to this ichor's ViTEncoder3D")
+        problems.append(f"architecture key(s) {', '.join(unknown)} unknown to this ichor's ViTConfig")
     kind = metadata["architecture"].get("pos_embed", "sincos")
     if kind not in POS_EMBEDS:
         problems.append(f"position embedding {kind!r} is not one of {', '.join(POS_EMBEDS)}")
@@ -338,7 +345,8 @@ def load_encoder(
         state = load_file(str(source / WEIGHTS_FILE))
     else:
         state, metadata = _checkpoint_encoder(source, _read_checkpoint(source))
-    encoder = ViTEncoder3D(img_size=tuple(metadata["img_size"]), **metadata["architecture"])
+    config = updated(ViTConfig(), metadata["architecture"], str(source))  # keys a v1 export lacks: defaults
+    encoder = ViTEncoder3D(config, tuple(metadata["img_size"]))
     load_state(encoder, state, source)
     if img_size is not None and tuple(img_size) != encoder.img_size:
         encoder.set_img_size(tuple(img_size))

@@ -24,6 +24,7 @@ and implements ``build_networks``, ``encoder_network`` and ``step``.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import grad_norm
 
-from ichor.models import Backbone, ViTEncoder3D, build_encoder
+from ichor.models import Backbone, ViTEncoder3D
 from ichor.models.weights import DATA_RECORD_KEY, ENCODER_RECORD_KEY
 from ichor.training.optim import AdamW, configure_adamw
 from ichor.training.settings import as_dataclass
@@ -108,14 +109,7 @@ class Pretrainer(LightningModule):
     # ------------------------------------------------------------------ model
     def build_encoder(self, img_size: tuple[int, int, int]) -> ViTEncoder3D:
         """The backbone's encoder at ``img_size``, for methods whose pretext head sits on a bare encoder."""
-        backbone = self.backbone
-        return build_encoder(
-            backbone.preset,
-            img_size,
-            backbone.patch_size,
-            grad_checkpointing=backbone.grad_checkpointing,
-            **backbone.overrides,
-        )
+        return ViTEncoder3D(self.backbone.config(), img_size, self.backbone.grad_checkpointing)
 
     def _build(self, img_size: tuple[int, int, int]) -> None:
         """Build the networks with weights that depend on ``seed`` only, not on when setup runs."""
@@ -160,8 +154,7 @@ class Pretrainer(LightningModule):
         """
         encoder = self.encoder_network()
         name = next(name for name, module in self.named_modules() if module is encoder)
-        config = dict(encoder.config)
-        config["img_size"] = list(config["img_size"])
+        config = {**asdict(encoder.config), "img_size": list(encoder.img_size)}
         return {
             "method": self.method,
             "prefix": f"{name}.",

@@ -11,12 +11,12 @@ their queries still predict, from the brain tokens around them.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, ClassVar
 
 import torch
 
-from ichor.models import Backbone, TransformerDecoder, ViTEncoder3D, get_preset
+from ichor.models import Backbone, TransformerDecoder, ViTEncoder3D
 from ichor.models.patching import unpatchify
 from ichor.models.vit import init_weights
 from ichor.pretrain.base import TRAIN_STREAM, Pretrainer, brain_mask_of
@@ -37,7 +37,7 @@ class GenesisPretrainer(Pretrainer):
     Args:
         backbone, optim, seed: see :class:`ichor.pretrain.base.Pretrainer`.
         decoder_embed_dim, decoder_depth, decoder_num_heads: decoder size; None takes the
-            preset's MAE decoder.
+            backbone's (its preset's MAE decoder, or ``backbone.overrides``).
         corruption: what is done to the input (:class:`GenesisCorruption`).
     """
 
@@ -66,17 +66,14 @@ class GenesisPretrainer(Pretrainer):
     def build_networks(self, img_size: tuple[int, int, int]) -> None:
         hp = self.hparams
         self.encoder = self.build_encoder(img_size)
-        preset = get_preset(self.backbone.preset)
-        self.decoder = TransformerDecoder(
-            self.encoder.grid,
-            self.encoder.patch_size,
-            self.encoder.in_chans,
-            self.encoder.embed_dim,
-            decoder_embed_dim=hp.decoder_embed_dim or preset.decoder_embed_dim,
-            decoder_depth=hp.decoder_depth if hp.decoder_depth is not None else preset.decoder_depth,
-            decoder_num_heads=hp.decoder_num_heads or preset.decoder_num_heads,
-            grad_checkpointing=self.backbone.grad_checkpointing,
+        network = self.backbone.config()
+        decoder = replace(
+            network,
+            decoder_embed_dim=hp.decoder_embed_dim or network.decoder_embed_dim,
+            decoder_depth=hp.decoder_depth if hp.decoder_depth is not None else network.decoder_depth,
+            decoder_num_heads=hp.decoder_num_heads or network.decoder_num_heads,
         )
+        self.decoder = TransformerDecoder(decoder, self.encoder.grid, self.backbone.grad_checkpointing)
         self.decoder.apply(init_weights)
 
     def encoder_network(self) -> ViTEncoder3D:

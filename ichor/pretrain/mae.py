@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ichor.models import Backbone, ViTEncoder3D, build_mae, mae_flops
+from ichor.models import Backbone, MaskedAutoencoderViT3D, ViTEncoder3D, mae_flops
 from ichor.pretrain.base import VAL_STREAM, Pretrainer
 from ichor.pretrain.figures import reconstruction_figure
 from ichor.training.optim import AdamW
@@ -45,16 +46,10 @@ class MAEPretrainer(Pretrainer):
     # ------------------------------------------------------------------ model
     def build_networks(self, img_size: tuple[int, int, int]) -> None:
         hp, backbone = self.hparams, self.backbone
-        self.mae = build_mae(
-            backbone.preset,
-            img_size=tuple(img_size),
-            patch_size=backbone.patch_size,
-            mask_ratio=hp.mask_ratio,
-            norm_pix_loss=hp.norm_pix_loss,
-            brain_aware=hp.brain_aware,
-            grad_checkpointing=backbone.grad_checkpointing,
-            **backbone.overrides,
+        config = replace(
+            backbone.config(), mask_ratio=hp.mask_ratio, norm_pix_loss=hp.norm_pix_loss, brain_aware=hp.brain_aware
         )
+        self.mae = MaskedAutoencoderViT3D(config, img_size, backbone.grad_checkpointing)
 
     def encoder_network(self) -> ViTEncoder3D:
         return self.mae.encoder

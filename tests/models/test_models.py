@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import astuple
 
 import pytest
 import torch
 
 from ichor.models import (
     PRESETS,
+    MAEConfig,
     MaskedAutoencoderViT3D,
+    ViTConfig,
     ViTEncoder3D,
     build_mae,
     mae_flops,
@@ -23,9 +24,9 @@ P = 8  # 4 x 4 x 4 = 64 patches
 SMALL = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=24, decoder_depth=2, decoder_num_heads=2)
 
 
-def make_mae(**kwargs) -> MaskedAutoencoderViT3D:
+def make_mae(grad_checkpointing: bool = False, **kwargs) -> MaskedAutoencoderViT3D:
     torch.manual_seed(0)
-    return MaskedAutoencoderViT3D(img_size=IMG, patch_size=P, **{**SMALL, **kwargs})
+    return MaskedAutoencoderViT3D(MAEConfig(patch_size=P, **{**SMALL, **kwargs}), IMG, grad_checkpointing)
 
 
 def sphere(radius: float, centre=(16.0, 16.0, 16.0), size=IMG) -> torch.Tensor:
@@ -154,7 +155,7 @@ def test_patchify_round_trip_and_conv_order():
 
 
 def test_position_embeddings_are_fixed_distinct_and_regenerated():
-    encoder = ViTEncoder3D(IMG, patch_size=P, embed_dim=32, depth=1, num_heads=2)
+    encoder = ViTEncoder3D(ViTConfig(patch_size=P, embed_dim=32, depth=1, num_heads=2), IMG)
     pos = encoder.pos_embed
     assert pos.shape == (1, 64, 32)
     assert not pos.requires_grad
@@ -165,7 +166,7 @@ def test_position_embeddings_are_fixed_distinct_and_regenerated():
     weights = encoder.state_dict()
     encoder.set_img_size((48, 32, 16))
     assert encoder.pos_embed.shape == (1, 6 * 4 * 2, 32)
-    other = ViTEncoder3D(**{**encoder.config, "img_size": (48, 32, 16)})
+    other = ViTEncoder3D(encoder.config, (48, 32, 16))
     other.load_state_dict(weights)  # strict: no missing or unexpected keys
     tokens, _ = other.forward_features(torch.rand(1, 1, 48, 32, 16))
     assert tokens.shape == (1, 48, 32)
@@ -194,7 +195,7 @@ def test_clear_error_when_shape_is_not_a_multiple_of_the_patch(shape):
     with pytest.raises(ValueError, match=r"not a multiple of the patch size 8.*datamodule's `shape`"):
         make_mae()(torch.rand(1, 1, *shape))
     with pytest.raises(ValueError, match=str(shape).replace("(", r"\(").replace(")", r"\)")):
-        MaskedAutoencoderViT3D(shape, patch_size=P, **SMALL)
+        MaskedAutoencoderViT3D(MAEConfig(patch_size=P, **SMALL), shape)
 
 
 def test_clear_error_when_input_differs_from_img_size():
@@ -260,7 +261,8 @@ def test_presets_build_with_published_widths():
         "mae_vit_base": (768, 12, 12, 384, 4, 12),
         "mae_vit_large": (1024, 24, 16, 512, 8, 16),
     }
-    assert {name: astuple(preset) for name, preset in PRESETS.items()} == documented
+    widths = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+    assert {name: tuple(getattr(preset, k) for k in widths) for name, preset in PRESETS.items()} == documented
     for name, (w, d, h, dw, _dd, dh) in documented.items():
         if name in ("mae_vit_base", "mae_vit_large"):
             continue  # same code path; building them costs seconds
@@ -303,27 +305,7 @@ def test_short_overfit_on_one_volume_drives_loss_down():
 def test_encoder_weights_export_and_reload_without_key_mismatch():
     model = make_mae().eval()
     imgs, brain = brain_batch()
-    reloaded = ViTEncoder3D(**model.encoder.config).eval()
+    reloaded = ViTEncoder3D(model.encoder.config, model.encoder.img_size).eval()
     reloaded.load_state_dict(model.encoder.state_dict())  # strict
     with torch.no_grad():
         torch.testing.assert_close(reloaded(imgs, brain)[0], model.encoder(imgs, brain)[0])
-
-
-def test_checkpoints_from_before_the_shared_decoder_still_load():
-    """MAE state dicts written with the old decoder names (decoder_embed., decoder_blocks., ...) load strictly."""
-    model = make_mae()
-    renamed = {
-        "decoder.embed.": "decoder_embed.",
-        "decoder.blocks.": "decoder_blocks.",
-        "decoder.norm.": "decoder_norm.",
-        "decoder.pred.": "decoder_pred.",
-    }
-    legacy = {}
-    for key, value in model.state_dict().items():
-        new = next((old + key[len(prefix) :] for prefix, old in renamed.items() if key.startswith(prefix)), key)
-        legacy[new] = value.clone()
-    assert "decoder_pred.weight" in legacy and not any(k.startswith("decoder.") for k in legacy)
-    fresh = make_mae(depth=2)
-    torch.nn.init.zeros_(fresh.decoder.pred.weight)
-    fresh.load_state_dict(legacy)  # strict
-    torch.testing.assert_close(fresh.decoder.pred.weight, model.decoder.pred.weight)

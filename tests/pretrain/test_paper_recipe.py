@@ -27,7 +27,7 @@ def test_paper_recipe_builds_vit_b_with_patch_12_on_96_cubed_and_scores_plain_ma
     )
     mae = module.mae
     encoder, decoder = mae.encoder, mae.decoder
-    assert (encoder.embed_dim, encoder.depth, encoder.pos_embed_kind) == (768, 12, "sincos")  # ViT-B
+    assert (encoder.embed_dim, encoder.depth, encoder.config.pos_embed) == (768, 12, "sincos")  # ViT-B
     assert encoder.grid == (8, 8, 8) and encoder.patch_size**3 == 1728  # 512 patches of 24 mm
     assert (decoder.embed.out_features, len(decoder.blocks)) == (384, 4)
     assert (mae.mask_ratio, mae.norm_pix_loss) == (0.5, False)

@@ -273,7 +273,8 @@ def test_checkpoint_records_data_and_where_the_encoder_is(checkpoints, name):
     settings = {"simclr": "augmentation", "genesis": "corruption"}[name]
     assert json.loads(json.dumps(record["pretraining"]))[settings] == checkpoint["hyper_parameters"][settings]
     # The prefix selects exactly a ViTEncoder3D's weights.
-    encoder = ichor.models.ViTEncoder3D(**record["config"])
+    config = {k: v for k, v in record["config"].items() if k != "img_size"}
+    encoder = ichor.models.ViTEncoder3D(ichor.models.ViTConfig(**config), record["config"]["img_size"])
     state = {
         k[len(record["prefix"]) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(record["prefix"])
     }
