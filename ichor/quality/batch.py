@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ichor.data.manifest import TISSUE_COLUMNS, Problem, RowError, load_row
+from ichor.data.manifest import Problem, RowError, load_row
 from ichor.data.scans import ScanError, load_cbf
+from ichor.data.schema import ID_COLUMNS, TISSUE_COLUMNS
 from ichor.io import write_csv
 from ichor.quality.qei import QEIError, QEIResult, compute_qei
 
-OUTPUT_COLUMNS = ("subject", "session", "study", "path", "qei", "rho_ss", "di", "neg_gm")
+OUTPUT_COLUMNS = (*ID_COLUMNS, "qei", "rho_ss", "di", "neg_gm")
 ROWS_PER_TASK = 4  # rows handed to a worker at a time: few enough to keep a progress bar moving
 RowKey = tuple[str, int]  # (manifest, row)
 
@@ -131,7 +132,7 @@ def result_table(rows: pd.DataFrame, results: dict[RowKey, QEIResult]) -> pd.Dat
     for record in rows.to_dict("records"):
         result = results.get((record["manifest"], record["row"]))
         if result is not None:
-            records.append({**{column: record[column] for column in OUTPUT_COLUMNS[:4]}, **vars(result)})
+            records.append({**{column: record[column] for column in ID_COLUMNS}, **vars(result)})
     return pd.DataFrame(records, columns=OUTPUT_COLUMNS)
 
 

@@ -66,14 +66,14 @@ def test_stratified_by_label_keeps_label_balance():
 def test_unknown_held_out_study_or_label_column_is_an_error():
     rows = scans()
     with pytest.raises(ValueError, match="study-99"):
-        assign_splits(rows, test_studies=["study-99"])
+        assign_splits(rows, 0.1, 0.1, 0, test_studies=["study-99"])
     with pytest.raises(ValueError, match="severity"):
-        assign_splits(rows, stratify_by="severity")
+        assign_splits(rows, 0.1, 0.1, 0, stratify_by="severity")
 
 
 def test_split_table_has_one_line_per_scan_for_audit(tmp_path):
     rows = scans(n_studies=1, subjects=5)
-    path = write_splits(rows, assign_splits(rows, 0.2, 0.2), tmp_path / "logs" / "splits.csv")
+    path = write_splits(rows, assign_splits(rows, 0.2, 0.2, seed=0), tmp_path / "logs" / "splits.csv")
     table = pd.read_csv(path)
     assert list(table.columns) == ["subject", "session", "study", "site", "split", "manifest", "row", "path"]
     assert len(table) == len(rows) and set(table["split"]) <= {"train", "val", "test"}
