@@ -16,7 +16,7 @@ import pandas as pd
 
 from ichor.data.manifest import Problem, RowError, load_row
 from ichor.data.scans import ScanError, load_cbf
-from ichor.data.schema import ID_COLUMNS, TISSUE_COLUMNS
+from ichor.data.schema import ID_COLUMNS, PATH_COLUMNS, TISSUE_COLUMNS
 from ichor.io import write_csv
 from ichor.quality.qei import QEIError, QEIResult, compute_qei
 
@@ -141,7 +141,7 @@ def write_annotated(manifest: str, out: str, results: dict[RowKey, QEIResult]) -
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     table.columns = [str(column).strip() for column in table.columns]
     source, target = Path(manifest).resolve().parent, Path(out).resolve().parent
-    for column in ("path", *TISSUE_COLUMNS):
+    for column in PATH_COLUMNS:
         if column in table.columns and source != target:
             table[column] = [_rebase(value, source, target) for value in table[column]]
     scored = [results.get((manifest, row)) for row in range(1, len(table) + 1)]
