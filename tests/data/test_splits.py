@@ -1,5 +1,6 @@
 """Subject-level, stratified, deterministic splits with held-out studies and sites."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -61,6 +62,20 @@ def test_stratified_by_label_keeps_label_balance():
     for label, subjects in (("AD", 10), ("CN", 30)):
         for name in ("val", "test"):
             assert abs(table.loc[name, label] - subjects / 4) <= 1, (name, label, table)
+
+
+@pytest.mark.parametrize(
+    ("stratify_by", "val", "test"),
+    [
+        ("diagnosis", ["S0P003", "S0P007", "S1P002", "S1P003"], ["S0P004", "S0P006", "S1P004", "S1P006"]),
+        ("age", ["S0P001", "S0P004", "S1P002", "S1P006"], ["S0P002", "S0P007", "S1P000", "S1P007"]),  # by quartile
+    ],
+)
+def test_a_seeds_split_stays_the_same_across_versions(stratify_by, val, test):
+    """A published result names its seed: the same manifests and seed must give the same subjects, release after release."""
+    rows = scans(n_studies=2, subjects=8, sessions=1).assign(age=lambda table: 40.0 + 1.5 * np.arange(len(table)))
+    split = assign_splits(rows, 0.25, 0.25, 0, stratify_by=stratify_by)
+    assert sorted(rows.loc[split == "val", "subject"]) == val and sorted(rows.loc[split == "test", "subject"]) == test
 
 
 def test_unknown_held_out_study_or_label_column_is_an_error():
