@@ -174,6 +174,14 @@ def tiny_task_args(encoder, manifests, cache: Path) -> list[str]:
     ]
 
 
+def tiny_cv(config: str, out: Path, encoder, manifests, cache: Path, *options: str) -> int:
+    """`ichor cv` of the shipped task ``config`` as ``tiny_task_args`` runs it; ``options`` are cv's own (--folds 2)."""
+    from ichor.cli import main
+
+    command = ["cv", "--config", str(CONFIGS / config), *options, "--out", str(out)]
+    return main([*command, "--", *tiny_task_args(encoder, manifests, cache)])
+
+
 # ---------------------------------------------------------------- benchmark configs
 
 

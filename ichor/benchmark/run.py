@@ -30,7 +30,8 @@ import pandas as pd
 
 from ichor.benchmark.baseline import regional_features
 from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
-from ichor.downstream.cv import Fold, run_fold, subject_folds, target_strata
+from ichor.data.schema import label_strata, labelled_rows
+from ichor.downstream.cv import Fold, run_fold, subject_folds
 from ichor.evaluation.linear import fit_and_score
 from ichor.evaluation.online_probe import PREFIX as PROBE_PREFIX
 from ichor.io import write_text
@@ -60,10 +61,10 @@ def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed
     splits = fold.splits
     train = splits.loc[splits["split"] == "train", "subject"]
     labels = rows.drop_duplicates("subject").set_index("subject")[target]
-    strata = pd.Series(target_strata(labels.loc[train]), index=train.to_numpy())
+    strata = pd.Series(label_strata(labels.loc[train]).to_numpy(), index=train.to_numpy())
     rng = np.random.default_rng(seed)
     kept = []
-    for _, subjects in strata.groupby(strata):
+    for _, subjects in strata.groupby(strata, sort=False):
         count = int(budget) if budget > 1 else max(1, round(budget * len(subjects)))
         kept += list(rng.permutation(subjects.index.to_numpy())[:count])
     keep = (splits["split"] != "train") | splits["subject"].isin(kept)
@@ -180,7 +181,6 @@ def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) ->
 def task_setup(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.DataFrame, IchorCLI]:
     """The task's labelled manifest rows (as its config's datamodule reads them) and its parsed config."""
     from ichor.data.manifest import read_manifests
-    from ichor.data.splits import labelled_rows
     from ichor.training.runs import IchorCLI
 
     base = IchorCLI(args=task_args(task, "finetune", encoder, cfg), run=False)

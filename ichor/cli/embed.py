@@ -15,16 +15,24 @@ import argparse
 import sys
 from pathlib import Path
 
+from ichor.cli.scan_options import add_scan_arguments
 from ichor.data.scans import ScanError
 from ichor.evaluation.features import check_table_format, embed_scans, write_table
 from ichor.evaluation.pooling import POOLINGS, REGIONS
 from ichor.io import check_output
 from ichor.models.weights import WeightsError
 
+OUTPUT_OPTIONS = ("out", "overwrite")  # what the table becomes; every other option is an embed_scans parameter
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoder", required=True, help="`ichor export-encoder` folder, or a pre-training checkpoint")
-    parser.add_argument("--manifest", nargs="+", required=True, help="manifest CSV(s)")
+    parser.add_argument(
+        "--encoder",
+        dest="encoder_path",
+        metavar="ENCODER",
+        required=True,
+        help="`ichor export-encoder` folder, or a pre-training checkpoint",
+    )
     parser.add_argument("--out", required=True, help="output table: .csv, or .parquet (needs pyarrow); a new file")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -35,39 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--regions", type=int, default=REGIONS, help="region pooling: parts per grid axis (2: 8 regions, 3: 27)"
     )
-    parser.add_argument("--cache-dir", default=".ichor_cache", help="harmonised-scan cache (shared with training)")
-    parser.add_argument("--num-workers", type=int, default=0, help="processes for caching and loading")
     parser.add_argument("--on-bad-scan", choices=("error", "skip"), default="error")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    add_scan_arguments(parser, manifest_help="manifest CSV(s)", workers_help="processes for caching and loading")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        inputs = [*args.manifest, args.encoder]
+        inputs = [*args.manifests, args.encoder_path]
         check_output(check_table_format(args.out), inputs, args.overwrite)
         skipped = check_output(skipped_report_path(args.out), inputs, args.overwrite)  # part of the output
         skipped.unlink(missing_ok=True)  # a previous run's list, replaced under --overwrite
-        table = embed_scans(
-            args.encoder,
-            args.manifest,
-            args.batch_size,
-            args.pooling,
-            args.cache_dir,
-            args.num_workers,
-            args.on_bad_scan,
-            args.device,
-            progress=not args.no_progress,
-            skipped_report=skipped,
-            blocks=args.blocks,
-            regions=args.regions,
-        )
+        options = {name: value for name, value in vars(args).items() if name not in OUTPUT_OPTIONS}
+        table = embed_scans(**options, skipped_report=skipped)
         path = write_table(table, args.out)
     except (WeightsError, ScanError, RuntimeError, ValueError) as error:
         print(f"ichor embed: {error}", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ichor.cli.scan_options import add_scan_arguments
 from ichor.data.scans import ScanError
 from ichor.explain import explain
 from ichor.models.weights import WeightsError
@@ -23,7 +24,6 @@ from ichor.models.weights import WeightsError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a downstream task's checkpoint (`ichor fit` with a task config)")
-    parser.add_argument("--manifest", nargs="+", required=True, help="manifest CSV(s) of the scans to explain")
     parser.add_argument("--out", required=True, help="output folder (existing files in it need --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs (never an input)")
     parser.add_argument(
@@ -31,33 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--group-by", help="manifest column of the group averages (default: the task's label)")
     parser.add_argument("--batch-size", type=int, default=16, help="occluded copies of a scan per forward pass")
-    parser.add_argument("--cache-dir", default=".ichor_cache", help="harmonised-scan cache (shared with training)")
-    parser.add_argument("--num-workers", type=int, default=0, help="processes for caching")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    add_scan_arguments(
+        parser, manifest_help="manifest CSV(s) of the scans to explain", workers_help="processes for caching"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        table = explain(
-            args.checkpoint,
-            args.manifest,
-            args.out,
-            class_name=args.class_name,
-            group_by=args.group_by,
-            batch_size=args.batch_size,
-            cache_dir=args.cache_dir,
-            num_workers=args.num_workers,
-            device=args.device,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
+        table = explain(**vars(args))  # every option is an explain parameter, by name
     except (WeightsError, ScanError, ValueError, OSError) as error:
         print(f"ichor explain: {error}", file=sys.stderr)
         return 1

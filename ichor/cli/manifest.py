@@ -16,13 +16,19 @@ import sys
 
 from ichor.data.bids import DEFAULT_SPACE, DerivativesError, build_manifest
 from ichor.data.manifest import ManifestError, Problem, check_manifests, count_rows, expand_manifests
+from ichor.data.schema import COLUMNS
 
 MAX_NOTES = 20  # notes listed by default: a study of slab acquisitions would otherwise list every map
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="action", required=True, metavar="{check,from-bids}")
-    check = commands.add_parser("check", help="report every problem in one or more manifests")
+    check = commands.add_parser(
+        "check",
+        help="report every problem in one or more manifests",
+        epilog=columns_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument("manifests", nargs="+", metavar="MANIFEST.csv")
     check.add_argument("--no-images", action="store_true", help="only check the tables and that files exist (fast)")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -47,6 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"ASLPrep output space, or 'native' for maps without space- (default: the only one, else {DEFAULT_SPACE})",
     )
     build.add_argument("--overwrite", action="store_true", help="replace MANIFEST.csv if it exists")
+
+
+def columns_help() -> str:
+    """The manifest columns ICHOR knows (ichor.data.schema), one a line, for ``ichor manifest check --help``."""
+    lines = ["columns (any other column is a label, e.g. diagnosis):"]
+    for column in COLUMNS:
+        required = ", required" if column.required else ""
+        lines.append(f"  {column.name:<15} {column.kind}{required}: {column.meaning}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ichor.data.manifest import ManifestError, Problem, read_manifests
+from ichor.data.schema import ID_COLUMNS
 from ichor.io import check_output, real_path, write_csv
 from ichor.quality.batch import (
     OUTPUT_COLUMNS,
@@ -133,7 +134,7 @@ def _run_single(args: argparse.Namespace) -> int:
         print(f"warning: {Path(args.cbf).name}: {note}", file=sys.stderr)
     print(f"qei {result.qei:.4f}  rho_ss {result.rho_ss:.4f}  di {result.di:.4f}  neg_gm {result.neg_gm:.4f}")
     if args.out:
-        row = {"subject": "", "session": "", "study": "", "path": os.path.abspath(args.cbf), **vars(result)}
+        row = {**dict.fromkeys(ID_COLUMNS, ""), "path": os.path.abspath(args.cbf), **vars(result)}
         write_csv(pd.DataFrame([row], columns=OUTPUT_COLUMNS), args.out)
     return 0
 

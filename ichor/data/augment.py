@@ -78,7 +78,7 @@ class Augmentation:
             return images, masks
 
     def _affine(self, images: torch.Tensor, masks: torch.Tensor, draw: _Draws) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random small rotation/zoom/shift of every scan about the grid centre, in voxel units; mask by normalised convolution."""
+        """Random small rotation/zoom/shift of every scan about the grid centre, in voxel units; mask by normalized convolution."""
         b, device = images.shape[0], images.device
         size = torch.tensor(images.shape[:1:-1], dtype=torch.float32, device=device)  # (W, H, D): affine_grid's x, y, z
         to_voxels = torch.diag_embed(size / 2).expand(b, 3, 3)

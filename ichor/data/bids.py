@@ -21,8 +21,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ichor.data.manifest import OPTIONAL_COLUMNS, PATH_COLUMNS, REQUIRED_COLUMNS, TISSUE_COLUMNS
 from ichor.data.scans import AFFINE_ATOL_MM
+from ichor.data.schema import ADDED_COLUMNS, PATH_COLUMNS, REQUIRED_COLUMNS, TISSUE_COLUMNS, manifest_columns
 from ichor.io import write_csv
 
 # ASLPrep's default output space (docs/outputs.rst); used when a scan exists in several spaces.
@@ -305,7 +305,7 @@ def merge_sessions(rows: pd.DataFrame, folders: list[Path]) -> tuple[pd.DataFram
     if not tables:
         return rows, skipped
     table = pd.concat(tables, ignore_index=True).drop_duplicates(["subject", "session"])
-    reserved = set(REQUIRED_COLUMNS) | set(PATH_COLUMNS) | {"manifest", "row"}
+    reserved = {*REQUIRED_COLUMNS, *PATH_COLUMNS, *ADDED_COLUMNS}
     table = table.drop(columns=[c for c in table.columns if c in reserved and c != "subject"])
     overlap = [c for c in table.columns if c not in ("subject", "session") and c in rows.columns]
     merged = rows.merge(table, on=["subject", "session"], how="left", suffixes=("", "_sessions"))
@@ -323,7 +323,7 @@ def merge_participants(rows: pd.DataFrame, participants: Path) -> tuple[pd.DataF
     if "participant_id" not in table.columns:
         return rows, [f"{participants}: no participant_id column; not merged"]
     table = table.replace("n/a", "")
-    reserved = set(REQUIRED_COLUMNS) | set(PATH_COLUMNS) | {"session", "manifest", "row"}
+    reserved = {*REQUIRED_COLUMNS, *PATH_COLUMNS, "session", *ADDED_COLUMNS}
     skipped = [c for c in table.columns if c in reserved]
     table = table.drop(columns=skipped)
     table["subject"] = table.pop("participant_id").str.removeprefix("sub-")
@@ -445,11 +445,9 @@ def _tissue_maps(source: Path, entities: dict[str, str], cbf: Path) -> dict[str,
 
 
 def _order_columns(rows: pd.DataFrame) -> pd.DataFrame:
-    """Required columns first, then known optional ones, then the rest; drop all-empty columns."""
+    """The schema's columns first, in its order, then the labels; drop all-empty columns."""
     rows = rows.loc[:, [c for c in rows.columns if rows[c].map(_has_value).any()]]
-    order = dict.fromkeys((*REQUIRED_COLUMNS[:1], "session", *REQUIRED_COLUMNS[1:], *OPTIONAL_COLUMNS))  # each once
-    known = [c for c in order if c in rows.columns]
-    return rows[known + [c for c in rows.columns if c not in known]]
+    return rows[manifest_columns(rows.columns)]
 
 
 def _has_value(value: object) -> bool:

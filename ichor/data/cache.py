@@ -10,7 +10,7 @@ a stale array and switching back reuses the old one)::
 The scan key hashes the input file's absolute path, size and modification time (ns): a
 stat, not a read, so checking 10,000 scans is instant; touching or replacing a file
 rebuilds that scan only, and a moved dataset is rebuilt. Raw CBF is stored rather than the
-normalised values so that one cache serves every ``normalization`` (applied when reading);
+normalized values so that one cache serves every ``normalization`` (applied when reading);
 float16 keeps about 3 significant digits everywhere (steps of 0.03 at 60 mL/100g/min),
 far below the noise of a CBF map. The brain mask is stored as NaN, so image and mask live
 in one file that is written atomically (temp file + os.replace) and cannot disagree.
@@ -38,6 +38,7 @@ import pandas as pd
 from ichor.data.coverage import brain_coverage
 from ichor.data.harmonise import HarmonisationSettings, harmonise
 from ichor.data.scans import ScanError, load_cbf
+from ichor.data.workers import single_threaded
 from ichor.io import atomic_path, write_bytes
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -119,7 +120,7 @@ class ScanCache:
         if workers > 0 and len(todo) > 1:
             context = get_context("fork" if sys.platform.startswith("linux") else "spawn")
             with ProcessPoolExecutor(
-                min(workers, len(todo)), mp_context=context, initializer=_single_threaded, initargs=(os.getpid(),)
+                min(workers, len(todo)), mp_context=context, initializer=single_threaded, initargs=(os.getpid(),)
             ) as pool:
                 futures = {pool.submit(build_entry, path, self.settings, str(self.folder)): path for path in todo}
                 for future in as_completed(futures):
@@ -161,34 +162,6 @@ def build_entry(path: str, settings: HarmonisationSettings, folder: str) -> str 
     }
     write_bytes(Path(folder) / f"{key}.json", json.dumps(meta).encode())
     return None
-
-
-def _single_threaded(parent: int | None = None) -> None:
-    """Pool initialiser: one thread per process, the processes are the parallelism; and the worker
-    ends with its parent (a killed ``ichor preprocess`` leaves no worker harmonising on its own)."""
-    import SimpleITK as sitk
-    import torch
-
-    die_with_parent(parent)
-    torch.set_num_threads(1)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
-def die_with_parent(parent: int | None = None) -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere nothing.
-
-    ``parent`` is the pid of the process that started this one: if it is no longer the parent, it
-    died before the request was made (adopted by init or a subreaper), and this process ends now.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if parent is not None and os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -4,9 +4,9 @@
 finds the cached arrays, applies the bad-scan policy, splits subjects and writes the split
 table; the dataloaders read memory-mapped float16 arrays (or, with ``in_memory``, index one
 resident tensor). Training batches leave the workers as those float16 values and are
-normalised and augmented on the training device after transfer (``on_after_batch_transfer``),
+normalized and augmented on the training device after transfer (``on_after_batch_transfer``),
 where a GPU does in microseconds what costs a CPU worker milliseconds per scan; the other
-splits are normalised in the workers, so that their loaders serve ready batches to any caller.
+splits are normalized in the workers, so that their loaders serve ready batches to any caller.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from ichor.data.harmonise import HarmonisationSettings
 from ichor.data.in_memory import ShardShuffle, epoch_seed, load_resident, shard
 from ichor.data.manifest import read_manifests
 from ichor.data.scans import ScanError
+from ichor.data.schema import labelled_rows
 from ichor.data.splits import (
     SPLITS,
     UNLABELLED,
     UNLISTED,
     assign_splits,
-    labelled_rows,
     read_split_file,
     write_splits,
 )
@@ -46,13 +46,13 @@ log = logging.getLogger(__name__)
 
 Normalization = Literal["none", "scale", "zscore"]
 TransformsOn = Literal["device", "workers"]
-# Key of a raw training batch's extras: the per-scan values that normalisation and augmentation need on the device.
+# Key of a raw training batch's extras: the per-scan values that normalization and augmentation need on the device.
 RAW = "raw"
 SPLITS_FILE = "splits.csv"
 SKIPPED_FILE = "skipped_scans.csv"
 
 
-def normalise_(
+def normalize_(
     images: torch.Tensor,
     masks: torch.Tensor,
     mode: Normalization,
@@ -154,14 +154,14 @@ def prepare_(
     """
     torch.eq(images, images, out=masks)  # brain = not NaN (NaN != NaN), in one pass
     images.nan_to_num_(0.0)
-    normalise_(images, masks, normalization, cbf_scale, brain_mean, brain_std)
+    normalize_(images, masks, normalization, cbf_scale, brain_mean, brain_std)
     if augmentation is None:
         return images, masks
     return augmentation(images, masks, noise_levels(normalization, cbf_scale, brain_std), generator)
 
 
 def noise_levels(normalization: Normalization, cbf_scale: float, brain_std: torch.Tensor) -> torch.Tensor:
-    """Each scan's brain standard deviation in the units of the normalised image (sets the noise level)."""
+    """Each scan's brain standard deviation in the units of the normalized image (sets the noise level)."""
     if normalization == "scale":
         return brain_std / cbf_scale
     return torch.ones_like(brain_std) if normalization == "zscore" else brain_std
@@ -247,7 +247,7 @@ class CBFDataModule(LightningDataModule):
                 random split (``ichor cv`` writes one per fold); subjects it does not list are
                 left out and counted.
             augment: training augmentation; None turns it off.
-            transforms_on: where training batches are normalised and augmented: "device" (the
+            transforms_on: where training batches are normalized and augmented: "device" (the
                 training device, after transfer: the loader hands over float16 values, and a
                 DataLoader used without a Lightning Trainer yields them raw, to finish with
                 ``on_after_batch_transfer``) or "workers" (the loader workers, in float32).
@@ -364,7 +364,7 @@ class CBFDataModule(LightningDataModule):
         self.datasets["predict"] = CachedScans(rows, entries, hp.normalization, hp.cbf_scale)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Finish a raw training batch on its device: normalise, and augment with a seeded generator.
+        """Finish a raw training batch on its device: normalize, and augment with a seeded generator.
 
         The generator's seed is a function of (seed, epoch, the batch's scans), so a resumed
         run, a rerun and every DDP rank draw exactly what an uninterrupted run would, with no

@@ -15,7 +15,7 @@ the mask were taken as "non-zero after resampling", would grow the brain by a vo
 support (1 inside, 0 outside; negative CBF counts as brain) is resampled with the same
 weights as the map: the brain mask is where at least half of the interpolation weight came
 from brain voxels, and inside it the CBF value is the weighted mean of brain voxels only
-(normalised convolution). With down-sampling both are smoothed by the same anti-aliasing
+(normalized convolution). With down-sampling both are smoothed by the same anti-aliasing
 Gaussian first, so the ratio stays an average of brain voxels.
 """
 
@@ -39,7 +39,7 @@ MASK_THRESHOLD = 0.5
 
 @dataclass(frozen=True)
 class HarmonisationSettings:
-    """Everything that decides the harmonised array of a scan (and nothing else: not normalisation)."""
+    """Everything that decides the harmonised array of a scan (and nothing else: not normalization)."""
 
     spacing: tuple[float, float, float]
     shape: tuple[int, int, int]
@@ -65,7 +65,7 @@ class HarmonisationSettings:
             "shape": list(self.shape),
             "orientation": ORIENTATION,
             "centring": "brain centroid, snapped to the spacing lattice",
-            "interpolation": "linear, normalised by the resampled brain support; anti-aliased when down-sampling",
+            "interpolation": "linear, normalized by the resampled brain support; anti-aliased when down-sampling",
             "mask_threshold": MASK_THRESHOLD,
             "cache_version": HARMONISATION_VERSION,
         }

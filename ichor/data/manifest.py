@@ -1,9 +1,9 @@
 """Per-study CSV manifests: read them for training, or check them and report every problem.
 
-A manifest lists one CBF map per row (see data_manifests/README.md). ``read_manifest(s)``
-is what the datamodule calls: it validates the table itself and raises one
-``ManifestError`` listing all structural problems, but opens no image (the datamodule has
-its own policy for bad scans). ``check_manifests`` is what ``ichor manifest check`` calls:
+A manifest lists one CBF map per row, in the columns of :mod:`ichor.data.schema` (see
+data_manifests/README.md). ``read_manifest(s)`` is what the datamodule calls: it validates
+the table itself and raises one ``ManifestError`` listing all structural problems, but
+opens no image (the datamodule has its own policy for bad scans). ``check_manifests`` is what ``ichor manifest check`` calls:
 it also opens every image and collects every problem instead of stopping at the first.
 Neither ever writes anything.
 """
@@ -23,36 +23,14 @@ from tqdm import tqdm
 
 from ichor.data.coverage import brain_coverage
 from ichor.data.scans import ScanError, load_cbf, load_tissue_map
-
-REQUIRED_COLUMNS = ("subject", "path", "study")
-OPTIONAL_COLUMNS = (
-    "session",
-    "site",
-    "vendor",
-    "asl_type",
-    "readout",
-    "field_strength",
-    "pld",
-    "age",
-    "sex",
-    "gm",
-    "wm",
-    "csf",
+from ichor.data.schema import (
+    ADDED_COLUMNS,
+    NUMERIC_COLUMNS,
+    PATH_COLUMNS,
+    PLAUSIBLE_RANGES,
+    REQUIRED_COLUMNS,
+    TEXT_COLUMNS,
 )
-PATH_COLUMNS = ("path", "gm", "wm", "csf")
-TISSUE_COLUMNS = ("gm", "wm", "csf")
-# Known columns that must hold numbers (field_strength in tesla, pld in seconds, age in years).
-NUMERIC_COLUMNS = ("field_strength", "pld", "age")
-# Known columns that stay text even when every value looks like a number (subject "001").
-TEXT_COLUMNS = ("subject", "session", "study", "site", "vendor", "asl_type", "readout", "sex", *PATH_COLUMNS)
-# Columns read_manifest adds; a CSV that already has them would be ambiguous.
-ADDED_COLUMNS = ("manifest", "row")
-# Plausible values of numeric columns, with their unit: a value outside is noted by the check.
-PLAUSIBLE_RANGES = {
-    "pld": (0.1, 5.0, "seconds (post-labelling delay in ms?)"),
-    "age": (0.0, 120.0, "years (age in months or days?)"),
-    "field_strength": (0.1, 11.7, "tesla"),
-}
 
 ManifestPath = str | PathLike
 

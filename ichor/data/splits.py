@@ -17,26 +17,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ichor.data.schema import label_strata
 from ichor.io import write_csv
 
 SPLITS = ("train", "val", "test")
 UNLABELLED = "unlabelled"  # rows without a usable target: predicted, never trained or scored
 UNLISTED = "unlisted"  # rows whose subject a split file does not list
 SPLIT_COLUMNS = ("subject", "session", "study", "site", "split", "manifest", "row", "path")
-# A numeric label with more distinct values than this is stratified by quartile instead of value.
-MAX_NUMERIC_STRATA = 10
 
 
 def assign_splits(
     rows: pd.DataFrame,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
     test_studies: Sequence[str] | None = None,
     test_sites: Sequence[str] | None = None,
     stratify_by: str | None = None,
 ) -> pd.Series:
-    """The split ("train", "val" or "test") of every row, indexed like ``rows``."""
+    """The split ("train", "val" or "test") of every row, indexed like ``rows`` (defaults: the datamodule's)."""
     if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
         raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0 and sum below 1")
     _check_known(rows, "study", test_studies)
@@ -55,7 +54,7 @@ def assign_splits(
     subjects = subjects[~subjects.index.isin(held_subjects)]
     strata = subjects["study"].astype(str)
     if stratify_by is not None:
-        strata = strata + "|" + _label_strata(subjects[stratify_by])
+        strata = strata + "|" + label_strata(subjects[stratify_by])
     rng = np.random.default_rng(seed)
     order = pd.DataFrame({"stratum": strata.to_numpy(), "draw": rng.random(len(strata))}, index=subjects.index)
     ordered = order.sort_values(["stratum", "draw"]).index
@@ -67,20 +66,6 @@ def assign_splits(
     split_of.update({subject: "test" for subject, test in zip(ordered, is_test) if test})
     split_of.update({subject: "val" if val else "train" for subject, val in zip(remaining, is_val)})
     return rows["subject"].map(split_of).rename("split")
-
-
-def labelled_rows(rows: pd.DataFrame, target: str, values: Sequence | None = None) -> pd.Series:
-    """True where ``target`` has a value (and, with ``values``, one of them)."""
-    if target not in rows.columns:
-        manifests = ", ".join(sorted(set(map(str, rows["manifest"]))))
-        raise ValueError(
-            f"target column {target!r} is not in the manifests ({manifests}); columns: {', '.join(rows.columns)}"
-        )
-    column = rows[target]
-    labelled = column.notna() & (column.astype(str).str.strip() != "")
-    if values is not None:
-        labelled &= column.astype(str).isin([str(v) for v in values])
-    return labelled
 
 
 def read_split_file(path: str | os.PathLike, subjects: pd.Series) -> pd.Series:
@@ -112,14 +97,6 @@ def _systematic(count: int, fraction: float) -> list[bool]:
     """Every (1/fraction)-th position, centred: round(count * fraction) positions in all."""
     positions = np.arange(count)
     return list(np.floor((positions + 1) * fraction + 0.5) > np.floor(positions * fraction + 0.5))
-
-
-def _label_strata(labels: pd.Series) -> pd.Series:
-    """Label values as stratum names; many-valued numbers become quartiles; missing is its own stratum."""
-    missing = labels.isna() | (labels.astype(str) == "")
-    if pd.api.types.is_numeric_dtype(labels) and labels.nunique() > MAX_NUMERIC_STRATA:
-        labels = pd.qcut(labels, 4, duplicates="drop")
-    return labels.astype(str).mask(missing, "<missing>")
 
 
 def _check_known(rows: pd.DataFrame, column: str, values: Sequence[str] | None) -> None:

@@ -25,14 +25,13 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from ichor.data.schema import TISSUE_COLUMNS, label_strata, labelled_rows
 from ichor.io import write_csv, write_text
 
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split_file.csv"
 QEI_METRIC = "test/qei_pearson"
-# A numeric target with more distinct values than this is stratified by quintile.
-MAX_NUMERIC_STRATA = 10
 
 
 @dataclass
@@ -50,25 +49,6 @@ class Fold:
         return {f"n_{split}": self.count(split) for split in ("train", "val", "test")}
 
 
-def target_strata(labels: pd.Series) -> np.ndarray:
-    """Stratum codes of target values: classes as they are, many-valued numbers by quintile."""
-    if pd.api.types.is_numeric_dtype(labels) and labels.nunique() > MAX_NUMERIC_STRATA:
-        labels = pd.qcut(labels, 5, labels=False, duplicates="drop")
-    return pd.factorize(labels.astype(str))[0]
-
-
-def labelled_rows(rows: pd.DataFrame, target: str) -> pd.DataFrame:
-    """Rows with a target value (missing and empty values are left out, and counted in the log)."""
-    if target not in rows.columns:
-        raise ValueError(
-            f"target column {target!r} is not in the manifests (columns: {', '.join(map(str, rows.columns))})"
-        )
-    present = rows[target].notna() & (rows[target].astype(str).str.strip() != "")
-    if (~present).any():
-        log.warning("cross-validation leaves out %d scan(s) without %r", int((~present).sum()), target)
-    return rows.loc[present].reset_index(drop=True)
-
-
 def _grouped_split(rows: pd.DataFrame, target: str, n_splits: int, seed: int):
     """Stratified, subject-grouped K-fold over scan rows: yields (rest, held) index arrays."""
     subjects = rows["subject"].nunique()
@@ -80,13 +60,13 @@ def _grouped_split(rows: pd.DataFrame, target: str, n_splits: int, seed: int):
             f"{n_splits} folds need a target class with at least {n_splits} subjects; the largest has {largest}"
         )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return splitter.split(np.zeros(len(rows)), target_strata(rows[target]), groups=rows["subject"].to_numpy())
+    strata = pd.factorize(label_strata(rows[target]))[0]  # the datamodule split's strata, coded in order of appearance
+    return splitter.split(np.zeros(len(rows)), strata, groups=rows["subject"].to_numpy())
 
 
 def _largest_stratum(rows: pd.DataFrame, target: str) -> int:
     """Subjects in the most populated target stratum (StratifiedGroupKFold's bound on folds)."""
-    strata = pd.Series(target_strata(rows[target]), index=rows.index)
-    return int(rows.groupby(strata)["subject"].nunique().max())
+    return int(rows.groupby(label_strata(rows[target]))["subject"].nunique().max())
 
 
 def _fold(name: str, rows: pd.DataFrame, test: np.ndarray, target: str, val_fraction: float, seed: int) -> Fold:
@@ -106,7 +86,10 @@ def subject_folds(
     """The cross-validation folds of the labelled rows of ``rows`` (a read_manifests table)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    rows = labelled_rows(rows, target)
+    labelled = labelled_rows(rows, target)
+    if (~labelled).any():
+        log.warning("cross-validation leaves out %d scan(s) without %r", int((~labelled).sum()), target)
+    rows = rows.loc[labelled].reset_index(drop=True)
     if by_study:
         studies = sorted(rows["study"].unique())
         if len(studies) < 2:
@@ -140,7 +123,7 @@ class QEIBaseline:
                 self.qei[record["path"]] = self._scan_qei(record)
 
     def _scan_qei(self, record: dict) -> float:
-        from ichor.data.manifest import TISSUE_COLUMNS, RowError, load_row
+        from ichor.data.manifest import RowError, load_row
         from ichor.quality import QEIError, compute_qei
 
         cbf, maps = load_row(record, TISSUE_COLUMNS, self.volume, purpose="the QEI baseline")
@@ -232,7 +215,8 @@ def cross_validate(
     target = base.datamodule.hparams.target
     if target is None:
         raise ValueError("cross-validation needs the task's label column: set data.init_args.target")
-    rows = labelled_rows(read_manifests(base.datamodule.hparams.manifests), target)
+    rows = read_manifests(base.datamodule.hparams.manifests)
+    rows = rows.loc[labelled_rows(rows, target, base.datamodule.hparams.target_values)].reset_index(drop=True)
     plan = subject_folds(rows, target, folds, by_study, val_fraction, seed)
     baseline = None
     if qei_baseline:

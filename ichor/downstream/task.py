@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from ichor.data.schema import ID_COLUMNS, SPLIT_COLUMN
 from ichor.downstream.plugins import resolve_head
 from ichor.evaluation.attentive import AttentivePooler
 from ichor.evaluation.pooling import POOLINGS, Pooling, encode, encode_tokens, feature_width
@@ -42,8 +43,6 @@ from ichor.training.settings import as_dataclass
 Mode = Literal["linear_probe", "finetune", "scratch", "lora"]
 MODES = ("linear_probe", "finetune", "scratch", "lora")
 ATTENTIVE = "attentive"  # the learned pooling, beside the fixed ones of ichor.evaluation.pooling
-# Manifest fields copied into every prediction row, when the batch has them.
-ID_COLUMNS = ("subject", "session", "study", "path", "split")  # split: train/val/test/unlabelled, as the run used it
 # Harmonisation keys that must agree between pre-training and downstream data.
 CHECKED_SETTINGS = ("spacing", "normalization", "cbf_scale", "orientation")
 # The optimiser recipe of a task unless its config says otherwise: the lr is used as given.
@@ -264,7 +263,8 @@ class DownstreamTask(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, list]:
         """One row per scan: identity columns, the true target when known, the head's predictions."""
-        rows = {column: _as_list(batch[column]) for column in ID_COLUMNS if column in batch}
+        # the scan's identity and its split as the run used it (train/val/test/unlabelled), when the batch has them
+        rows = {column: _as_list(batch[column]) for column in (*ID_COLUMNS, SPLIT_COLUMN) if column in batch}
         if self.target in batch:
             rows[self.target] = _as_list(batch[self.target])
         rows.update(self.head.predictions(self(batch)))

@@ -1,7 +1,7 @@
 """Pooled encoder features per scan, for analyses outside ICHOR (sklearn, R, statistics).
 
 Scans are harmonised with the encoder's own settings (its metadata: spacing, grid,
-normalisation), so the features are computed on the input the encoder was trained on.
+normalization), so the features are computed on the input the encoder was trained on.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import torch
 from tqdm.auto import tqdm
 
 from ichor.data import CBFDataModule
+from ichor.data.schema import ID_COLUMNS
 from ichor.evaluation.pooling import REGIONS, Pooling, encode
 from ichor.io import atomic_path, write_csv
 from ichor.models import ViTEncoder3D
 from ichor.models.weights import WeightsError, load_encoder
 
-ID_COLUMNS = ("subject", "session", "study", "path")
 DATA_SETTINGS = ("spacing", "shape", "normalization")
 
 
 def datamodule_for_encoder(metadata: dict, manifests: list[str], source: str, **kwargs) -> CBFDataModule:
-    """A CBFDataModule that harmonises and normalises scans as the encoder's pre-training data was."""
+    """A CBFDataModule that harmonises and normalizes scans as the encoder's pre-training data was."""
     settings = metadata.get("harmonisation") or {}
     missing = [key for key in DATA_SETTINGS if key not in settings]
     if missing:

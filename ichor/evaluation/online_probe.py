@@ -46,7 +46,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from ichor.data.splits import labelled_rows
+from ichor.data.schema import labelled_rows
 from ichor.evaluation.linear import INNER_FOLDS, cross_validated_scores
 from ichor.evaluation.pooling import REGIONS, Pooling, check_pooling
 
@@ -56,7 +56,7 @@ PREFIX = "probe/"
 
 
 def rankme(features: np.ndarray, eps: float = 1e-7) -> float:
-    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of (N, D) features, centred."""
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalized singular values of (N, D) features, centred."""
     features = np.asarray(features, dtype=np.float64)
     singular = np.linalg.svd(features - features.mean(axis=0), compute_uv=False)
     p = singular / max(singular.sum(), eps) + eps

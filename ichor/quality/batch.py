@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ichor.data.manifest import TISSUE_COLUMNS, Problem, RowError, load_row
+from ichor.data.manifest import Problem, RowError, load_row
 from ichor.data.scans import ScanError, load_cbf
+from ichor.data.schema import ID_COLUMNS, PATH_COLUMNS, TISSUE_COLUMNS
 from ichor.io import write_csv
 from ichor.quality.qei import QEIError, QEIResult, compute_qei
 
-OUTPUT_COLUMNS = ("subject", "session", "study", "path", "qei", "rho_ss", "di", "neg_gm")
+OUTPUT_COLUMNS = (*ID_COLUMNS, "qei", "rho_ss", "di", "neg_gm")
 ROWS_PER_TASK = 4  # rows handed to a worker at a time: few enough to keep a progress bar moving
 RowKey = tuple[str, int]  # (manifest, row)
 
@@ -131,7 +132,7 @@ def result_table(rows: pd.DataFrame, results: dict[RowKey, QEIResult]) -> pd.Dat
     for record in rows.to_dict("records"):
         result = results.get((record["manifest"], record["row"]))
         if result is not None:
-            records.append({**{column: record[column] for column in OUTPUT_COLUMNS[:4]}, **vars(result)})
+            records.append({**{column: record[column] for column in ID_COLUMNS}, **vars(result)})
     return pd.DataFrame(records, columns=OUTPUT_COLUMNS)
 
 
@@ -140,7 +141,7 @@ def write_annotated(manifest: str, out: str, results: dict[RowKey, QEIResult]) -
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     table.columns = [str(column).strip() for column in table.columns]
     source, target = Path(manifest).resolve().parent, Path(out).resolve().parent
-    for column in ("path", *TISSUE_COLUMNS):
+    for column in PATH_COLUMNS:
         if column in table.columns and source != target:
             table[column] = [_rebase(value, source, target) for value in table[column]]
     scored = [results.get((manifest, row)) for row in range(1, len(table) + 1)]

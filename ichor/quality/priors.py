@@ -1,4 +1,4 @@
-"""MNI152 tissue priors on a CBF map's grid, for QEI of maps already normalised to MNI space.
+"""MNI152 tissue priors on a CBF map's grid, for QEI of maps already normalized to MNI space.
 
 Many users only have CBF maps in MNI space (ExploreASL's Population folder, ASLPrep's
 ``space-MNI152...`` outputs) without per-subject segmentations. nilearn ships the MNI152

@@ -11,7 +11,7 @@ import numpy as np
 
 
 def gaussian_basis(n_voxels: int, voxel_mm: float, spacing_mm: float) -> np.ndarray:
-    """(n_voxels, n_nodes) Gaussian bumps every ``spacing_mm``, rows normalised to sum 1."""
+    """(n_voxels, n_nodes) Gaussian bumps every ``spacing_mm``, rows normalized to sum 1."""
     extent = n_voxels * voxel_mm
     n_nodes = max(2, int(np.ceil(extent / spacing_mm)) + 2)
     nodes = (np.arange(n_nodes) - 1) * spacing_mm

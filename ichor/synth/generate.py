@@ -20,10 +20,11 @@ from os import PathLike
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 import ichor
+from ichor.data.schema import COLUMN_NAMES
+from ichor.data.workers import single_threaded
 from ichor.io import write_text
 from ichor.synth.output import keep_mantissa_bits, save_nifti_gz, write_json
 from ichor.synth.plan import ScanPlan, StudyPlan, SynthOptions, plan_dataset
@@ -31,31 +32,18 @@ from ichor.synth.protocols import MNI_SPACE
 from ichor.synth.rating import RATING_LEVELS, rating_level
 from ichor.synth.render import render_scan, warm_caches
 
-MANIFEST_COLUMNS = (
-    "subject",
-    "session",
-    "path",
-    "study",
-    "site",
-    "vendor",
-    "asl_type",
-    "readout",
-    "field_strength",
-    "pld",
-    "age",
-    "sex",
+# The generator's ground truth of each scan, written after the schema's columns: labels for downstream tasks.
+LABEL_COLUMNS = (
     "diagnosis",
     "att_severity",
     "labelfail_severity",
     "motion_severity",
     "dropout_severity",
     "space",
-    "gm",
-    "wm",
-    "csf",
     "disease_stage",
     "rating",
 )
+MANIFEST_COLUMNS = (*COLUMN_NAMES, *LABEL_COLUMNS)  # the schema's order: its columns, then labels
 TISSUES = ("GM", "WM", "CSF")
 CBF_MANTISSA_BITS = 12
 NIFTI_SCANNER, NIFTI_MNI = 1, 4  # qform/sform codes
@@ -215,17 +203,11 @@ def write_scan(args: tuple[ScanPlan, SynthOptions, str]) -> str:
     return str(files["path"])
 
 
-def _single_threaded() -> None:
-    """Worker initialiser: one torch thread per process (the processes are the parallelism,
-    and a forked child must not use the OpenMP pool its parent may have started)."""
-    torch.set_num_threads(1)
-
-
 def _pool(workers: int) -> multiprocessing.pool.Pool:
     """Fork where available: workers inherit the parent's warm caches instead of rebuilding them."""
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return context.Pool(workers, initializer=_single_threaded)
+    return context.Pool(workers, initializer=single_threaded, initargs=(os.getpid(),))
 
 
 def generate_dataset(

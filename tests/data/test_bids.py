@@ -22,6 +22,12 @@ MNI = "MNI152NLin2009cAsym"
 save = partial(save_map, affine=AFFINE)  # helpers.save, on this module's 2 mm grid
 
 
+def save_population(study: Path, *names: str) -> None:
+    """ExploreASL's ``study/Population``: a CBF map ``qCBF_<name>.nii`` per name, each another brain (seed 0, 1, ...)."""
+    for seed, name in enumerate(names):
+        save(study / "Population" / f"qCBF_{name}.nii", brain(seed))
+
+
 def snapshot(root: Path) -> dict:
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -188,13 +194,15 @@ def test_exploreasl_population(tmp_path):
 
 def test_exploreasl_visits_are_sessions_of_one_subject(tmp_path, capsys):
     """qCBF_<subject>_<visit>_ASL_<run>: one person's visits stay one subject (never split apart)."""
-    population = tmp_path / "study" / "Population"
-    save(population / "qCBF_sub-003_1_ASL_1.nii")
-    save(population / "qCBF_sub-003_2_ASL_1.nii", brain(1))
-    save(population / "qCBF_sub-003_2_ASL_2.nii", brain(2))
-    save(population / "qCBF_002_S_0413_ASL_1.nii", brain(3))  # an ADNI ID: its digit groups are not visits
-    save(population / "qCBF_HC_01_ASL_1.nii", brain(4))  # zero-padded: part of the ID, two people
-    save(population / "qCBF_HC_02_ASL_1.nii", brain(5))
+    save_population(
+        tmp_path / "study",
+        "sub-003_1_ASL_1",
+        "sub-003_2_ASL_1",
+        "sub-003_2_ASL_2",
+        "002_S_0413_ASL_1",  # an ADNI ID: its digit groups are not visits
+        "HC_01_ASL_1",  # zero-padded: part of the ID, two people
+        "HC_02_ASL_1",
+    )
     out = tmp_path / "m.csv"
     assert main(["manifest", "from-bids", str(tmp_path / "study"), "--out", str(out)]) == 0
     assert "note: read as visits of one subject (suffix _<digit>): sub-003;" in capsys.readouterr().err
@@ -214,11 +222,7 @@ def test_exploreasl_visits_are_sessions_of_one_subject(tmp_path, capsys):
 
 def test_exploreasl_unknown_prefix_is_refused_by_name(tmp_path, capsys):
     """qCBF_untreated_sub-001_ASL_1 is not a subject "untreated_sub-001": refused, the file named."""
-    population = tmp_path / "study" / "Population"
-    save(population / "qCBF_sub-001_ASL_1.nii")
-    save(population / "qCBF_untreated_sub-001_ASL_1.nii", brain(1))
-    save(population / "qCBF_old_HC_02_ASL_1.nii", brain(2))
-    save(population / "qCBF_HC_02_ASL_1.nii", brain(3))
+    save_population(tmp_path / "study", "sub-001_ASL_1", "untreated_sub-001_ASL_1", "old_HC_02_ASL_1", "HC_02_ASL_1")
     out = tmp_path / "m.csv"
     assert main(["manifest", "from-bids", str(tmp_path / "study"), "--out", str(out)]) == 1
     error = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""CBFDataModule on a synthetic multi-study dataset: batches, grid alignment, normalisation, splits, augmentation."""
+"""CBFDataModule on a synthetic multi-study dataset: batches, grid alignment, normalization, splits, augmentation."""
 
 import json
 
@@ -86,7 +86,7 @@ def test_studies_with_different_geometry_are_aligned_on_one_grid(manifests, cach
         assert dice > 0.9
 
 
-def test_normalisations(manifests, cache_dir):
+def test_normalizations(manifests, cache_dir):
     raw = all_scans(datamodule(manifests, cache_dir, normalization="none"))
     scaled = all_scans(datamodule(manifests, cache_dir, normalization="scale", cbf_scale=100.0))
     zscored = all_scans(datamodule(manifests, cache_dir, normalization="zscore"))

@@ -1,5 +1,6 @@
 """Subject-level, stratified, deterministic splits with held-out studies and sites."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -63,17 +64,31 @@ def test_stratified_by_label_keeps_label_balance():
             assert abs(table.loc[name, label] - subjects / 4) <= 1, (name, label, table)
 
 
+@pytest.mark.parametrize(
+    ("stratify_by", "val", "test"),
+    [
+        ("diagnosis", ["S0P003", "S0P007", "S1P002", "S1P003"], ["S0P004", "S0P006", "S1P004", "S1P006"]),
+        ("age", ["S0P001", "S0P004", "S1P002", "S1P006"], ["S0P002", "S0P007", "S1P000", "S1P007"]),  # by quartile
+    ],
+)
+def test_a_seeds_split_stays_the_same_across_versions(stratify_by, val, test):
+    """A published result names its seed: the same manifests and seed must give the same subjects, release after release."""
+    rows = scans(n_studies=2, subjects=8, sessions=1).assign(age=lambda table: 40.0 + 1.5 * np.arange(len(table)))
+    split = assign_splits(rows, 0.25, 0.25, 0, stratify_by=stratify_by)
+    assert sorted(rows.loc[split == "val", "subject"]) == val and sorted(rows.loc[split == "test", "subject"]) == test
+
+
 def test_unknown_held_out_study_or_label_column_is_an_error():
     rows = scans()
     with pytest.raises(ValueError, match="study-99"):
-        assign_splits(rows, test_studies=["study-99"])
+        assign_splits(rows, 0.1, 0.1, 0, test_studies=["study-99"])
     with pytest.raises(ValueError, match="severity"):
-        assign_splits(rows, stratify_by="severity")
+        assign_splits(rows, 0.1, 0.1, 0, stratify_by="severity")
 
 
 def test_split_table_has_one_line_per_scan_for_audit(tmp_path):
     rows = scans(n_studies=1, subjects=5)
-    path = write_splits(rows, assign_splits(rows, 0.2, 0.2), tmp_path / "logs" / "splits.csv")
+    path = write_splits(rows, assign_splits(rows, 0.2, 0.2, seed=0), tmp_path / "logs" / "splits.csv")
     table = pd.read_csv(path)
     assert list(table.columns) == ["subject", "session", "study", "site", "split", "manifest", "row", "path"]
     assert len(table) == len(rows) and set(table["split"]) <= {"train", "val", "test"}

@@ -3,9 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CONFIGS, tiny_task_args
+from helpers import tiny_cv
 
-from ichor.cli import main
 from ichor.downstream.cv import markdown, subject_folds, summarise
 
 
@@ -84,20 +83,7 @@ def test_cv_command_runs_every_fold(tmp_path, monkeypatch, downstream_manifests,
     monkeypatch.chdir(tmp_path)
     manifests, encoder = downstream_manifests, tiny_encoder  # 2 studies x 6 subjects
     out = tmp_path / "cv"
-    status = main(
-        [
-            "cv",
-            "--config",
-            str(CONFIGS / "probe_diagnosis.yaml"),
-            "--folds",
-            "3",
-            "--out",
-            str(out),
-            "--",
-            *tiny_task_args(encoder, manifests, tmp_path / "cache"),
-        ]
-    )
-    assert status == 0
+    assert tiny_cv("probe_diagnosis.yaml", out, encoder, manifests, tmp_path / "cache", "--folds", "3") == 0
     folds = pd.read_csv(out / "cv_folds.csv")
     assert folds["fold"].tolist() == ["fold-1", "fold-2", "fold-3"] and folds["n_test"].sum() == 12
     assert np.isfinite(folds["test/balanced_accuracy"]).all()

@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import CONFIGS, REPO, make_dataset, tiny_task_args
+from helpers import CONFIGS, REPO, make_dataset, tiny_cv
 from scipy.stats import spearmanr
 
-from ichor.cli import main
 from ichor.data.manifest import expand_manifests, read_manifest, read_manifests
 from ichor.downstream import cv
 from ichor.downstream.cv import QEI_METRIC, Fold, QEIBaseline, fold_test_rows
@@ -78,19 +77,8 @@ def test_cv_stops_before_training_when_the_qei_baseline_cannot_be_computed(tmp_p
     monkeypatch.chdir(tmp_path)
     manifests = make_dataset(tmp_path / "data", studies=2, subjects=12)  # ratings, but no tissue maps
     out = tmp_path / "cv"
-    status = main(
-        [
-            "cv",
-            "--config",
-            str(CONFIGS / "probe_quality.yaml"),
-            "--folds",
-            "2",
-            "--qei-baseline",
-            "--out",
-            str(out),
-            "--",
-            *tiny_task_args(tiny_encoder, manifests, tmp_path / "cache"),
-        ]
+    status = tiny_cv(
+        "probe_quality.yaml", out, tiny_encoder, manifests, tmp_path / "cache", "--folds", "2", "--qei-baseline"
     )
     assert status == 1
     err = capsys.readouterr().err
@@ -117,19 +105,8 @@ def test_cv_reports_the_qei_baseline_next_to_the_model(study, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     manifests = sorted({str(m) for m in study["manifest"]})
     out = tmp_path / "cv"
-    status = main(
-        [
-            "cv",
-            "--config",
-            str(CONFIGS / "probe_quality.yaml"),
-            "--folds",
-            "2",
-            "--qei-baseline",
-            "--out",
-            str(out),
-            "--",
-            *tiny_task_args(tiny_encoder, manifests, tmp_path / "cache"),
-        ]
+    status = tiny_cv(
+        "probe_quality.yaml", out, tiny_encoder, manifests, tmp_path / "cache", "--folds", "2", "--qei-baseline"
     )
     assert status == 0
     folds = pd.read_csv(out / "cv_folds.csv")
