@@ -85,7 +85,7 @@ $(DOCS_STAMP): $(STAMP)
 	touch $@
 
 docs: $(DOCS_STAMP)
-	$(BIN)/mkdocs build --strict --site-dir site
+	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"

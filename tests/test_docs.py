@@ -60,7 +60,9 @@ def test_results_hook_renders_the_tables_from_the_files_the_benchmark_wrote(tmp_
     assert "| AD | 10 per class | mae (linear_probe) | scratch (scratch) | +0.125 ± 0.035 | 2 | wins |" in page
     assert "| mae | 0.610 |" in page  # benchmark_pretraining.csv
     assert "![AD](demo/figures/AD.png)" in page  # the benchmark's figure, linked from the page's folder
-    assert "# ICHOR benchmark" not in page and "\n### AD (auroc" in page  # below the page's own headings
+    assert (
+        "# ICHOR benchmark" not in page and "\n### AD (auroc, mean ± std over folds and seeds)" in page
+    )  # below the page's own headings
 
     markdown = "## Demo\n\n<!-- results: demo -->\n"
     fake = SimpleNamespace(file=SimpleNamespace(src_path="results/index.md"))

@@ -20,6 +20,9 @@ import pandas as pd
 
 MARKER = re.compile(r"<!--\s*results:\s*(?P<name>[\w.-]+)\s*-->")
 COMMAND_FILE = "command.txt"
+# What the summary's mean ± std is over. The benchmark names it from its config (held-out studies or
+# subject folds, how many seeds), which its CSV files do not hold; this wording is true of every run.
+SPREAD_OVER = "folds and seeds"
 
 
 def _tables(folder: Path) -> list[str]:
@@ -27,7 +30,7 @@ def _tables(folder: Path) -> list[str]:
     from ichor.benchmark import report
 
     renderers = [
-        ("benchmark_summary.csv", report.markdown),
+        ("benchmark_summary.csv", lambda summary: report.markdown(summary, SPREAD_OVER)),
         ("benchmark_paired.csv", report.paired_markdown),
         ("benchmark_pretraining.csv", report.pretraining_markdown),
         ("benchmark_site_gap.csv", report.site_gap_markdown),
