@@ -13,11 +13,12 @@ PYTEST_ARGS ?=
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.ichor-installed
 LINT_STAMP := $(VENV)/.ichor-lint-installed
+DOCS_STAMP := $(VENV)/.ichor-docs-installed
 
 DEMO_STAMP := $(DEMO_DATA)/.complete
 DEMO_RUN   := runs/pretrain_demo
 
-.PHONY: venv demo demo-data pool-data probe-data test test-fast lint bench clean
+.PHONY: venv demo demo-data pool-data probe-data test test-fast lint docs bench clean
 
 venv: $(STAMP)
 
@@ -77,6 +78,14 @@ lint: $(LINT_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The docs site (the `docs` extra, installed once beside the project) into site/; a warning fails the build.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"

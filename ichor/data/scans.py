@@ -19,7 +19,7 @@ from scipy import ndimage
 
 # Plausible band for the median of the non-zero voxels of a CBF map in mL/100 g/min.
 # Healthy adult GM is about 58 and WM about 20, children's GM about 97, elderly GM about
-# 40 (domain.md), so whole-brain medians sit around 25-70. The lower bound is kept well
+# 40 (docs/domain.md), so whole-brain medians sit around 25-70. The lower bound is kept well
 # below that so that failed or low-labelling-efficiency maps (which the quality task must
 # see, not drop) still load, yet it stays above the medians produced by the usual unit
 # mistakes: mL/g/min (at most ~1), mL/g/s (~0.01) or a fraction. The upper bound catches

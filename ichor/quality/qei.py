@@ -35,7 +35,7 @@ SMOOTHING_FWHM_MM = 5.0
 DEFAULT_THRESH = 0.7
 
 # Pseudo-CBF = 2.5 pGM + 1.0 pWM: GM perfusion is about 2.5x WM perfusion in healthy adults
-# (Dolui et al.; domain.md gives GM/WM about 2.9), and CSF has no perfusion.
+# (Dolui et al.; docs/domain.md gives GM/WM about 2.9), and CSF has no perfusion.
 PSEUDO_CBF_GM_WEIGHT = 2.5
 PSEUDO_CBF_WM_WEIGHT = 1.0
 

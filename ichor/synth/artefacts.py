@@ -84,7 +84,7 @@ def transit_effects(
     scale of a few sulci. The label still in arteries follows the vessel tree: serpiginous
     lines along the Sylvian fissure, the pericallosal arteries and the sulci, several times
     brighter than tissue, beaded along their length (``modulation``) rather than isolated
-    blobs (the description raters use: domain.md, Alsop 2015), strongest near the circle of
+    blobs (the description raters use: docs/domain.md, Alsop 2015), strongest near the circle of
     Willis.
     """
     if severity <= 0:

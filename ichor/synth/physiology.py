@@ -1,6 +1,6 @@
 """Subject perfusion: CBF = f_GM * pGM + f_WM * pWM, with age, sex, individual and disease effects.
 
-Numbers from domain.md: healthy GM about 58, WM about 20 mL/100g/min; GM CBF falls about
+Numbers from docs/domain.md: healthy GM about 58, WM about 20 mL/100g/min; GM CBF falls about
 0.45 %/year; women about 13 % higher; up to 2x between people of the same age and sex.
 Disease patterns are regional multiplicative reductions (10-25 % at the core of the pattern
 for a patient at stage 0.4-1), so that site and individual variation compete with them.
@@ -24,7 +24,7 @@ GM_AGE_SLOPE = 0.0045  # fraction of GM CBF lost per year
 FEMALE_FACTOR = 1.13
 
 # Regional hypoperfusion patterns (region -> relative weight at the pattern's core):
-#  AD: posterior cingulate / precuneus / parietal (domain.md; AUC ~0.81 for PCC + precuneus);
+#  AD: posterior cingulate / precuneus / parietal (docs/domain.md; AUC ~0.81 for PCC + precuneus);
 #  FTD (behavioural variant): medial and orbital frontal, anterior cingulate, insula, anterior temporal;
 #  SVD: reduced white-matter CBF, strongest in the deep and cortical watershed zones.
 PATTERNS: dict[str, dict[str, float]] = {

@@ -3,7 +3,7 @@
 The first studies come straight from ``PROTOCOL_TABLE`` (so even 4 studies differ in
 resolution, orientation, vendor, readout and space); studies beyond the table cycle
 through it again with their continuous parameters re-drawn from the study's seed.
-Resolutions follow ExploreASL's defaults (domain.md): 2D EPI point spread about 1;
+Resolutions follow ExploreASL's defaults (docs/domain.md): 2D EPI point spread about 1;
 3D GRASE 1.1 x 1.1 x 1.38; GE 3D spiral nominal 3.8 x 3.8 x 4 mm but effectively
 4.3 x 4.4 x 10.1 mm, reconstructed upsampled in-plane.
 """

@@ -14,7 +14,7 @@ useless, motion rims and ringing are next, transit artefacts leave tissue CBF re
 outside the watershed, and susceptibility dropout is regional and expected in EPI.
 (unverified: chosen so that the demo data has every level, most scans rated average or
 excellent.) Rater noise stands for the disagreement between raters (inter-rater r about
-0.8; domain.md), so no model, and not QEI, can predict the rating exactly.
+0.8; docs/domain.md), so no model, and not QEI, can predict the rating exactly.
 """
 
 from __future__ import annotations
