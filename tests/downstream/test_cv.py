@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CONFIGS, tiny_task_args
+from helpers import config_args, tiny_task_args
 
 from ichor.cli import main
 from ichor.downstream.cv import markdown, subject_folds, summarise
@@ -87,8 +87,7 @@ def test_cv_command_runs_every_fold(tmp_path, monkeypatch, downstream_manifests,
     status = main(
         [
             "cv",
-            "--config",
-            str(CONFIGS / "probe_diagnosis.yaml"),
+            *config_args("probe_diagnosis.yaml"),
             "--folds",
             "3",
             "--out",

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import CONFIGS, REPO, make_dataset, tiny_task_args
+from helpers import CONFIGS, REPO, composition, config_args, make_dataset, tiny_task_args
 from scipy.stats import spearmanr
 
 from ichor.cli import main
@@ -81,8 +81,7 @@ def test_cv_stops_before_training_when_the_qei_baseline_cannot_be_computed(tmp_p
     status = main(
         [
             "cv",
-            "--config",
-            str(CONFIGS / "probe_quality.yaml"),
+            *config_args("probe_quality.yaml"),
             "--folds",
             "2",
             "--qei-baseline",
@@ -106,7 +105,8 @@ def test_quality_configs_regress_the_rating_from_the_map(name, mode):
     model = config["model"]["init_args"]
     assert (model["head"], model["mode"]) == ("regression", mode) and "target" not in model  # the label is the data's
     assert config["data"]["init_args"]["target"] == "rating"
-    manifests = expand_manifests(REPO / entry for entry in config["data"]["init_args"]["manifests"])
+    shared = yaml.safe_load(composition(name)[0].read_text())  # the demo's data: the fragment it composes with
+    manifests = expand_manifests(REPO / entry for entry in shared["data"]["init_args"]["manifests"])
     assert manifests
     for manifest in manifests:  # the shipped demo manifests carry the rating
         assert "rating" in pd.read_csv(manifest, nrows=0).columns
@@ -120,8 +120,7 @@ def test_cv_reports_the_qei_baseline_next_to_the_model(study, tmp_path, monkeypa
     status = main(
         [
             "cv",
-            "--config",
-            str(CONFIGS / "probe_quality.yaml"),
+            *config_args("probe_quality.yaml"),
             "--folds",
             "2",
             "--qei-baseline",
