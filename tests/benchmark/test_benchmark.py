@@ -72,9 +72,10 @@ def small_benchmark(tmp_path, manifests, pool) -> dict:
 def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
     tmp_path, monkeypatch, synthetic_manifests, pool_manifests
 ):
+    small = small_benchmark(tmp_path, synthetic_manifests, pool_manifests)  # read from the repository
     monkeypatch.chdir(tmp_path)  # the shipped configs write runs/ relative to the CWD
     out = tmp_path / "bench"
-    cfg = load_config(CONFIGS / "benchmark_demo.yaml", small_benchmark(tmp_path, synthetic_manifests, pool_manifests))
+    cfg = load_config(CONFIGS / "benchmark_demo.yaml", small)
     run_benchmark(cfg, out)
 
     summary = pd.read_csv(out / "benchmark_summary.csv")

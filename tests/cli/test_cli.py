@@ -136,3 +136,17 @@ def test_a_run_composes_files_then_mappings_as_ichor_fit_composes_its_command_li
     assert config.model.class_path == "ichor.downstream.DownstreamTask"  # the file's class, kept
     assert config.data.init_args.spacing == 4.0 and config.data.init_args.target == "diagnosis"  # fragment + file
     assert [Path(str(f)).name for f in config.config] == ["demo.yaml", "probe_diagnosis.yaml"]
+
+
+def test_preprocess_reads_the_data_of_a_composed_config_and_options_win():
+    """`ichor preprocess --config a --config b` caches the data the same files give `ichor fit`."""
+    import argparse
+
+    from ichor.cli import preprocess
+
+    parser = argparse.ArgumentParser()
+    preprocess.add_arguments(parser)
+    args = parser.parse_args([*config_args("probe_diagnosis.yaml"), "--shape", "32", "48", "32"])
+    settings = preprocess._settings(args)
+    assert settings["manifests"] == ["data_manifests/demo"] and settings["spacing"] == 4.0  # from the fragment
+    assert settings["shape"] == (32, 48, 32) and settings["cache_dir"] == ".ichor_cache"  # the option wins
