@@ -58,7 +58,7 @@ $(PROBE_STAMP): | $(STAMP)
 
 demo: $(DEMO_STAMP)
 	$(BIN)/ichor manifest check data_manifests/demo/*.csv
-	$(BIN)/ichor fit --config lightning_configs/pretrain_demo.yaml
+	$(BIN)/ichor fit --config lightning_configs/common/demo.yaml --config lightning_configs/pretrain_demo.yaml
 	$(BIN)/ichor export-encoder $(DEMO_RUN)/checkpoints/last.ckpt --out $(DEMO_RUN)/encoder --overwrite
 
 test: $(STAMP)

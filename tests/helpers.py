@@ -7,6 +7,7 @@ import mode puts tests/ on ``sys.path`` before importing conftest.py and the tes
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +23,22 @@ from ichor.pretrain import MAEPretrainer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "lightning_configs"
+
+
+def composition(name: str | Path) -> list[Path]:
+    """The files that make the shipped Lightning config ``name``, in order: the ``--config`` paths of the
+    ``ichor fit`` command in its header (shared fragments first, the config itself last), as a user types them."""
+    path = CONFIGS / name
+    for line in path.read_text().splitlines():
+        files = re.findall(r"--config (\S+)", line) if line.startswith("#") and "ichor fit" in line else []
+        if files and Path(files[-1]).name == path.name:
+            return [REPO / file for file in files]
+    raise AssertionError(f"{path.name}: its header shows no `ichor fit --config ... --config {path.name}` command")
+
+
+def config_args(name: str | Path) -> list[str]:
+    """``--config`` arguments of the shipped config ``name`` (with its fragments), for ``ichor fit``."""
+    return [arg for file in composition(name) for arg in ("--config", str(file))]
 
 
 # ---------------------------------------------------------------- single NIfTI maps
@@ -178,7 +195,7 @@ def tiny_cv(config: str, out: Path, encoder, manifests, cache: Path, *options: s
     """`ichor cv` of the shipped task ``config`` as ``tiny_task_args`` runs it; ``options`` are cv's own (--folds 2)."""
     from ichor.cli import main
 
-    command = ["cv", "--config", str(CONFIGS / config), *options, "--out", str(out)]
+    command = ["cv", *config_args(config), *options, "--out", str(out)]
     return main([*command, "--", *tiny_task_args(encoder, manifests, cache)])
 
 
@@ -186,13 +203,10 @@ def tiny_cv(config: str, out: Path, encoder, manifests, cache: Path, *options: s
 
 
 def check_benchmark_config(path: Path) -> None:
-    """A benchmark config parses, and every config it names is one the repo ships."""
+    """A benchmark config parses, and every config it names is one the repo ships, composed with the
+    fragments its header command gives (the same files, in the same order, as ``ichor fit`` runs it)."""
     config = load_config(path)
-    named = [
-        Path(spec if isinstance(spec, str) else spec["config"] if isinstance(spec, dict) else spec.config)
-        for spec in config.pretrain.values()
-    ]
-    named += [Path(task.config) for task in config.tasks]
+    named = [spec.config for spec in config.pretrain.values()] + [task.config for task in config.tasks]
     assert config.tasks and named
-    for name in named:
-        assert (REPO / name).is_file(), name
+    for files in named:
+        assert [REPO / file for file in files] == composition(Path(files[-1]).name), files

@@ -2,7 +2,11 @@
 
 One file describes a whole comparison (MAE vs SimCLR vs Genesis vs scratch vs a regional-mean
 baseline), so that the paper's table is re-made by one command. Config paths are relative to
-the current directory, like ``ichor fit --config``.
+the current directory, like ``ichor fit --config``; a method's or a task's Lightning config may be
+one file or a list composed in order (``[lightning_configs/common/demo.yaml, lightning_configs/pretrain_demo.yaml]``,
+as ``ichor fit --config a --config b``). Overrides are nested mappings of config keys, merged the
+way a later config file is (``{model: {init_args: {backbone: {overrides: {decoder_depth: 4}}}}}``).
+``tasks`` may be the path of a YAML list of tasks, so that benchmarks share their task definitions.
 
 ``linear_probe`` is the classic linear evaluation of frozen features: each encoder embeds every
 scan once, and the same standardised logistic (ridge) regression as the regional-mean baseline
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -23,26 +28,49 @@ MODES = ("linear_probe", "attentive_probe", "finetune", "lora")
 TRAINED_MODES = ("attentive_probe", "finetune", "lora", "scratch")  # Lightning runs; the linear probe is a linear model
 CLASSIFICATION_METRICS = ("balanced_accuracy", "auroc")
 REGRESSION_METRICS = ("mae", "rmse", "pearson", "spearman", "r2")
+STAGES = ("pretrain", "finetune", "scratch")
+
+
+def config_files(value: str | list[str], what: str) -> list[str]:
+    """One Lightning config path, or several composed in order, as a list."""
+    files = [value] if isinstance(value, str) else value
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise ValueError(f"{what}: a config path or a list of them, got {value!r}")
+    return files
+
+
+def overrides_mapping(value: Any, what: str) -> dict[str, Any]:
+    """Overrides as a nested mapping of config keys (``{trainer: {max_epochs: 5}}``)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise ValueError(
+            f"{what}: overrides are a mapping of config keys, e.g. {{trainer: {{max_epochs: 5}}}}, "
+            f"not --key=value strings; got {value!r}"
+        )
+    return value
 
 
 @dataclass
 class TaskSpec:
     """One downstream task: the manifest column it predicts and the config that trains it.
 
-    ``config`` is a ``DownstreamTask`` config run as ``finetune`` and as ``scratch`` (its
-    monitor, lr and head settings are the task's own); its data section also says which scans
-    the linear probe embeds (manifests, cache, pooling). ``target_values`` keeps only scans with
-    one of these values, e.g. ``[CN, AD]`` for AD against controls out of a 4-class column.
+    ``config`` is a ``DownstreamTask`` config (one file or several composed in order) run as
+    ``finetune`` and as ``scratch`` (its monitor, lr and head settings are the task's own); its
+    data section also says which scans the linear probe embeds (manifests, cache, pooling). Left
+    out, it is the benchmark's ``task_configs`` entry for the task's head. ``target_values`` keeps
+    only scans with one of these values, e.g. ``[CN, AD]`` for AD against controls out of a 4-class column.
     """
 
     name: str
     target: str
     head: str
     metric: str
-    config: str
+    config: list[str] = field(default_factory=list)
     target_values: list[str] | None = None
 
     def __post_init__(self) -> None:
+        self.config = config_files(self.config, f"task {self.name!r}: config") if self.config else []
         known = CLASSIFICATION_METRICS if self.head == "classification" else REGRESSION_METRICS
         if self.head in ("classification", "regression") and self.metric not in known:
             raise ValueError(
@@ -57,10 +85,14 @@ class TaskSpec:
 
 @dataclass
 class PretrainSpec:
-    """One pre-training method: its config and overrides for it alone (e.g. a larger model)."""
+    """One pre-training method: its config (one file or several composed in order) and overrides for it alone."""
 
-    config: str
-    overrides: list[str] = field(default_factory=list)
+    config: list[str]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.config = config_files(self.config, "pretrain: config")
+        self.overrides = overrides_mapping(self.overrides, f"pretrain {self.config[-1]}: overrides")
 
 
 @dataclass
@@ -68,11 +100,12 @@ class BenchmarkConfig:
     """Everything ``ichor benchmark`` runs.
 
     Args:
-        pretrain: method name -> pre-training config (``mae: lightning_configs/pretrain_demo.yaml``),
-            or -> ``{config: ..., overrides: [...]}`` for overrides of that method alone.
+        pretrain: method name -> pre-training config(s) (``mae: lightning_configs/pretrain_demo.yaml``, or a
+            list composed in order), or -> ``{config: ..., overrides: {...}}`` for overrides of that method alone.
         encoders: method name -> an encoder used as it is, beside the pre-trained ones: an export
             folder (``ichor export-encoder``, ``ichor import-encoder``) or a pinned URL.
-        tasks: the downstream tasks.
+        tasks: the downstream tasks, or the path of a YAML file listing them.
+        task_configs: head (``classification``, ``regression``) -> the config(s) of a task that names none.
         modes: adaptation modes run for every pre-trained encoder (``lora`` and ``attentive_probe``
             run as long as ``finetune``: ``epochs.finetune``).
         scratch: also train the finetune architecture from random weights, once per task.
@@ -88,12 +121,13 @@ class BenchmarkConfig:
         reference: the method whose paired differences against every other the report shows.
         folds: number of subject-grouped folds; ignored with ``by_study`` (each study held out).
         epochs: max_epochs per Lightning stage (``pretrain``, ``finetune``, ``scratch``).
-        overrides: Lightning CLI overrides for every run (data, trainer), e.g. manifests.
+        overrides: config overrides for every run (data, trainer), e.g. manifests, as a nested mapping.
         pretrain_overrides / task_overrides: overrides for pre-training runs / downstream runs only.
     """
 
     pretrain: dict[str, PretrainSpec]
     tasks: list[TaskSpec]
+    task_configs: dict[str, list[str]] = field(default_factory=dict)
     encoders: dict[str, str] = field(default_factory=dict)
     modes: list[str] = field(default_factory=lambda: list(MODES))
     scratch: bool = True
@@ -108,19 +142,21 @@ class BenchmarkConfig:
     val_fraction: float = 0.2
     seed: int = 0
     epochs: dict[str, int] = field(default_factory=dict)
-    overrides: list[str] = field(default_factory=list)
-    pretrain_overrides: list[str] = field(default_factory=list)
-    task_overrides: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    pretrain_overrides: dict[str, Any] = field(default_factory=dict)
+    task_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for key in ("overrides", "pretrain_overrides", "task_overrides"):
+            setattr(self, key, overrides_mapping(getattr(self, key), f"benchmark config: {key}"))
         if not self.pretrain and not self.encoders:
             raise ValueError("benchmark config: neither `pretrain` nor `encoders` names a method")
         self.pretrain = {
             method: spec
             if isinstance(spec, PretrainSpec)
-            else PretrainSpec(spec)
-            if isinstance(spec, str)
             else PretrainSpec(**spec)
+            if isinstance(spec, dict)
+            else PretrainSpec(spec)
             for method, spec in self.pretrain.items()
         }
         if {"scratch", "regional_mean"} & (set(self.pretrain) | set(self.encoders)):
@@ -131,6 +167,16 @@ class BenchmarkConfig:
             raise ValueError(f"benchmark config: {', '.join(both)} named under both `pretrain` and `encoders`")
         if not self.tasks:
             raise ValueError("benchmark config: `tasks` is empty")
+        self.task_configs = {
+            head: config_files(files, f"benchmark config: task_configs.{head}")
+            for head, files in self.task_configs.items()
+        }
+        for task in self.tasks:
+            task.config = task.config or self.task_configs.get(task.head, [])
+            if not task.config:
+                raise ValueError(
+                    f"benchmark config: task {task.name!r} names no config, nor does task_configs.{task.head}"
+                )
         bad = [m for m in self.modes if m not in MODES]
         if bad:
             raise ValueError(f"benchmark config: mode(s) {', '.join(bad)} not one of {', '.join(MODES)}")
@@ -146,7 +192,7 @@ class BenchmarkConfig:
         self.seeds = [self.seed] if not self.seeds else self.seeds
         if unknown := set(self.probe) - {"pooling", "blocks", "regions"}:
             raise ValueError(f"benchmark config: probe has unknown key(s) {', '.join(sorted(unknown))}")
-        unknown = set(self.epochs) - {"pretrain", "finetune", "scratch"}
+        unknown = set(self.epochs) - set(STAGES)
         if unknown:
             raise ValueError(f"benchmark config: epochs has unknown stage(s) {', '.join(sorted(unknown))}")
         names = [t.name for t in self.tasks]
@@ -165,8 +211,11 @@ def load_config(path: str | os.PathLike, extra: dict | None = None) -> Benchmark
     unknown = set(raw) - allowed
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    tasks = raw.get("tasks", [])
+    if isinstance(tasks, str):  # the path of a shared list of tasks
+        tasks = yaml.safe_load(Path(tasks).read_text()) or []
     try:
-        tasks = [TaskSpec(**task) for task in raw.get("tasks", [])]
+        tasks = [TaskSpec(**task) for task in tasks]
         return BenchmarkConfig(**{**raw, "tasks": tasks})
     except TypeError as error:
         raise ValueError(f"{path}: {error}") from error

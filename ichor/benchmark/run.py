@@ -11,9 +11,9 @@ fraction of each fold's training subjects (validation and test subjects are unch
 features (frozen encoder embeddings, regional mean CBF); ``finetune``, ``lora`` and ``scratch`` are
 ``ichor.downstream.cv.run_fold`` Lightning runs on a split file.
 
-Everything finished is kept under OUT: an encoder exported with the same pre-training arguments
+Everything finished is kept under OUT: an encoder exported with the same pre-training run
 is reused (an interrupted pre-training resumes from its last checkpoint), and so is a fine-tuning
-run whose ``result.json`` records the same arguments and split, so an interrupted benchmark
+run whose ``result.json`` records the same run (configs and overrides) and split, so an interrupted benchmark
 restarts where it stopped.
 """
 
@@ -37,7 +37,7 @@ from ichor.evaluation.online_probe import PREFIX as PROBE_PREFIX
 from ichor.io import write_text
 
 if TYPE_CHECKING:
-    from ichor.training.runs import IchorCLI
+    from ichor.training.runs import IchorCLI, Run
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ SCRATCH = "scratch"
 BASELINE = "regional_mean"
 RESULT_FILE = "result.json"
 ONLINE_PROBE_FILE = "online_probe.json"  # the pre-training's last online-probe scalars, beside its encoder
-PRETRAIN_RECORD = "pretrain_args.json"  # the arguments the encoder beside it was pre-trained with
+PRETRAIN_RECORD = "pretrain_args.json"  # the run the encoder beside it was pre-trained with
 
 
 def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed: int = 0) -> Fold:
@@ -82,18 +82,11 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
 
     folder = out / "pretrain" / method
     encoder = folder / "encoder"
-    args = [
-        "--config",
-        spec.config,
-        *cfg.overrides,
-        *cfg.pretrain_overrides,
-        *_epochs(cfg, "pretrain"),
-        *spec.overrides,
-    ]
+    run = pretrain_run(spec, cfg)
     record = folder / PRETRAIN_RECORD
-    recorded = json.loads(record.read_text()).get("args") if record.is_file() else None
+    recorded = json.loads(record.read_text()).get("run") if record.is_file() else None
     if (encoder / METADATA_FILE).is_file():
-        if recorded == args:
+        if recorded == run.record():
             log.info("benchmark: reusing the %s encoder in %s", method, encoder)
             return encoder
         if recorded is None:
@@ -102,17 +95,17 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -
             return encoder
         log.warning("benchmark: the %s pre-training arguments changed since %s: pre-training again", method, encoder)
     last = folder / "checkpoints" / "last.ckpt"
-    resume = last if recorded == args and last.is_file() else None
-    log.info("benchmark: pre-training %s (%s)%s", method, spec.config, f", resuming from {last}" if resume else "")
-    write_text(record, json.dumps({"args": args}, indent=1))
-    cli = build_run(args, folder)
+    resume = last if recorded == run.record() and last.is_file() else None
+    log.info("benchmark: pre-training %s (%s)%s", method, spec.config[-1], f", resuming from {last}" if resume else "")
+    write_text(record, json.dumps({"run": run.record()}, indent=1))
+    cli = build_run(run, folder)
     trainer = cli.trainer
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     callback = trainer.checkpoint_callback
     # A resumed run that had already finished saves nothing new: its last checkpoint is the result.
     checkpoint = (callback and (callback.last_model_path or callback.best_model_path)) or resume
     if not checkpoint:
-        raise ValueError(f"pre-training config {spec.config} ({method}) saved no checkpoint")
+        raise ValueError(f"pre-training config {spec.config[-1]} ({method}) saved no checkpoint")
     probe = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(PROBE_PREFIX)}
     write_text(folder / ONLINE_PROBE_FILE, json.dumps(probe, indent=1))
     return export_encoder(checkpoint, encoder, overwrite=True)
@@ -131,10 +124,9 @@ def online_probe_values(out: Path, methods: list[str]) -> pd.DataFrame:
 def pool_subjects(spec: PretrainSpec, cfg: BenchmarkConfig) -> set[str]:
     """Subjects of the scans a pre-training config reads (its manifests after the benchmark's overrides)."""
     from ichor.data.manifest import read_manifests
-    from ichor.training.runs import IchorCLI
+    from ichor.training.runs import parse_run
 
-    args = ["--config", spec.config, *cfg.overrides, *cfg.pretrain_overrides, *spec.overrides]
-    manifests = IchorCLI(args=args, run=False).datamodule.hparams.manifests
+    manifests = parse_run(pretrain_run(spec, cfg)).data.init_args.manifests
     return set(read_manifests(manifests)["subject"].astype(str))
 
 
@@ -149,33 +141,36 @@ def check_pool(pool: set[str], task: TaskSpec, rows: pd.DataFrame) -> None:
         )
 
 
-def _epochs(cfg: BenchmarkConfig, stage: str) -> list[str]:
-    return [f"--trainer.max_epochs={cfg.epochs[stage]}"] if stage in cfg.epochs else []
+def _epochs(cfg: BenchmarkConfig, stage: str) -> dict:
+    return {"trainer": {"max_epochs": cfg.epochs[stage]}} if stage in cfg.epochs else {}
 
 
-def task_args(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) -> list[str]:
-    """Lightning CLI arguments of one downstream run (without its split file).
+def pretrain_run(spec: PretrainSpec, cfg: BenchmarkConfig) -> Run:
+    """One method's pre-training: its config(s), the benchmark's overrides, its epochs, its own overrides."""
+    from ichor.training.runs import Run
+
+    return Run.of(spec.config, cfg.overrides, cfg.pretrain_overrides, _epochs(cfg, "pretrain"), spec.overrides)
+
+
+def task_run(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) -> Run:
+    """One downstream run (without its split file).
 
     ``attentive_probe`` is the task's linear-probe mode (frozen encoder) read out by attentive pooling.
     """
-    task_mode, pooling = (
-        ("linear_probe", ["--model.init_args.pooling=attentive"]) if mode == "attentive_probe" else (mode, [])
-    )
-    args = [
-        "--config",
-        task.config,
-        *cfg.overrides,
-        *cfg.task_overrides,
-        *_epochs(cfg, "finetune" if mode in ("attentive_probe", "lora") else mode),
-        f"--model.init_args.encoder={encoder}",
-        f"--model.init_args.mode={task_mode}",
-        *pooling,
-        f"--model.init_args.head={task.head}",
-        f"--data.init_args.target={task.target}",
-    ]
+    from ichor.training.runs import Run
+
+    task_mode, pooling = ("linear_probe", {"pooling": "attentive"}) if mode == "attentive_probe" else (mode, {})
+    model = {"encoder": str(encoder), "mode": task_mode, **pooling, "head": task.head}
+    data: dict = {"target": task.target}
     if task.target_values is not None:
-        args.append(f"--data.init_args.target_values={json.dumps([str(v) for v in task.target_values])}")
-    return args
+        data["target_values"] = [str(v) for v in task.target_values]
+    return Run.of(
+        task.config,
+        cfg.overrides,
+        cfg.task_overrides,
+        _epochs(cfg, "finetune" if mode in ("attentive_probe", "lora") else mode),
+        {"model": {"init_args": model}, "data": {"init_args": data}},
+    )
 
 
 def task_setup(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.DataFrame, IchorCLI]:
@@ -183,7 +178,7 @@ def task_setup(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.
     from ichor.data.manifest import read_manifests
     from ichor.training.runs import IchorCLI
 
-    base = IchorCLI(args=task_args(task, "finetune", encoder, cfg), run=False)
+    base = IchorCLI(args=task_run(task, "finetune", encoder, cfg), run=False)
     rows = read_manifests(base.datamodule.hparams.manifests)
     rows = rows.loc[labelled_rows(rows, task.target, task.target_values)].reset_index(drop=True)
     return rows, base
@@ -298,7 +293,7 @@ def trained_results(
                     done,
                     total,
                 )
-                result = resumable_fold(task_args(task, mode, encoder, cfg), fold, folder)
+                result = resumable_fold(task_run(task, mode, encoder, cfg), fold, folder)
                 row = {"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed}
                 results.append({**row, **result})
     return results
@@ -330,15 +325,15 @@ def linear_result(features: pd.DataFrame, rows: pd.DataFrame, fold: Fold, task: 
     return {"fold": fold.name, **fold.counts(), **scores}
 
 
-def resumable_fold(args: list[str], fold: Fold, folder: Path) -> dict:
-    """``run_fold``, or the result it recorded before for the same arguments and split."""
+def resumable_fold(run: Run, fold: Fold, folder: Path) -> dict:
+    """``run_fold``, or the result it recorded before for the same run and split."""
     record = folder / fold.name / RESULT_FILE
-    key = {"args": args, "splits": fold.splits.to_dict("records")}
+    key = {"run": run.record(), "splits": fold.splits.to_dict("records")}
     if record.is_file():
         saved = json.loads(record.read_text())
         if {k: saved.get(k) for k in key} == key:
             log.info("benchmark: reusing %s", record)
             return saved["result"]
-    result = run_fold(args, fold, folder)
+    result = run_fold(run, fold, folder)
     write_text(record, json.dumps({**key, "result": result}, indent=1))
     return result

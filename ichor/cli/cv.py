@@ -3,16 +3,16 @@
 Each fold is the test set once; part of the other subjects (--val-fraction) validates,
 the rest trains. With --by-study each study (site) is held out in turn. Per fold the
 config is fitted, then its best checkpoint tested; OUT gets per-fold folders (split file,
-logs, checkpoints), cv_folds.csv, cv_summary.csv and cv_summary.md (mean ± std). Config
-overrides go after `--`:
+logs, checkpoints), cv_folds.csv, cv_summary.csv and cv_summary.md (mean ± std). The
+--config files compose in order, as for `ichor fit`; command-line overrides go after `--`:
 
-  ichor cv --config lightning_configs/probe_diagnosis.yaml --folds 5 --out runs/cv_probe -- --trainer.max_epochs=10
+  ichor cv --config lightning_configs/common/demo.yaml --config lightning_configs/probe_diagnosis.yaml --folds 5 --out runs/cv_probe -- --trainer.max_epochs=10
 
 For a numeric quality target, --qei-baseline also scores each fold's test scans with the
 plain QEI (from the manifests' gm/wm/csf maps) and reports its Pearson r with the target
 as qei_pearson, next to the model's pearson:
 
-  ichor cv --config lightning_configs/probe_quality.yaml --folds 5 --qei-baseline --out runs/cv_probe_quality
+  ichor cv --config lightning_configs/common/demo.yaml --config lightning_configs/probe_quality.yaml --folds 5 --qei-baseline --out runs/cv_probe_quality
 """
 
 from __future__ import annotations
@@ -45,10 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cli_args = [item for config in args.config for item in ("--config", config)] + list(args.overrides)
+    from ichor.training.runs import Run  # Lightning, imported when a run is made
+
+    run = Run(configs=tuple(args.config), command_line=tuple(args.overrides))
     try:
         _, summary = cross_validate(
-            cli_args, args.out, args.folds, args.by_study, args.val_fraction, args.seed, args.qei_baseline
+            run, args.out, args.folds, args.by_study, args.val_fraction, args.seed, args.qei_baseline
         )
     except ValueError as error:
         print(f"ichor cv: {error}", file=sys.stderr)

@@ -2,11 +2,12 @@
 
 `ichor fit` does this itself (in prepare_data), but running it first on a CPU node, with
 many workers, keeps GPU time for training and shows every bad scan at once. Settings come
-from the `data:` section of a Lightning config (--config), from options, or both (options win);
-the cache is the one `ichor fit` with the same settings will reuse.
+from the `data:` section of a Lightning config (--config, repeatable and composed in order as
+for `ichor fit`), from options, or both (options win); the cache is the one `ichor fit` with
+the same settings will reuse.
 
 examples:
-  ichor preprocess --config lightning_configs/pretrain_demo.yaml --workers 8
+  ichor preprocess --config lightning_configs/common/demo.yaml --config lightning_configs/pretrain_demo.yaml --workers 8
   ichor preprocess --manifests study-01.csv study-02.csv --spacing 2 --shape 96 112 96
   ichor preprocess --config cfg.yaml --export-nifti harmonised/   # inspect the result in a viewer
 """
@@ -16,8 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import yaml
 
 from ichor.data.cache import export_nifti
 from ichor.data.datamodule import CBFDataModule
@@ -29,7 +28,9 @@ CACHE_ARGUMENTS = ("manifests", "cache_dir", "spacing", "shape", "volume", "on_b
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", type=Path, help="Lightning config whose `data:` section holds the CBFDataModule arguments"
+        "--config",
+        action="append",
+        help="Lightning config whose `data:` section holds the CBFDataModule arguments (repeatable, as for `ichor fit`)",
     )
     parser.add_argument("--manifests", nargs="+", help="per-study manifest CSVs")
     parser.add_argument("--cache-dir", dest="cache_dir", help="cache folder (default .ichor_cache)")
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
-    except (OSError, ValueError, yaml.YAMLError) as error:
+    except (OSError, ValueError) as error:
         print(f"ichor preprocess: {error}", file=sys.stderr)
         return 2
     datamodule = CBFDataModule(**settings, num_workers=args.workers, progress=args.progress)
@@ -83,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
 def _settings(args: argparse.Namespace) -> dict:
     """CBFDataModule arguments from the config's data section, overridden by explicit options."""
     settings = {}
-    if args.config is not None:
-        config = yaml.safe_load(args.config.read_text()) or {}
-        data = config.get("data") or {}
-        data = data.get("init_args", data)
-        settings = {key: value for key, value in data.items() if key in CACHE_ARGUMENTS}
+    if args.config:
+        from ichor.training.runs import Run, parse_run  # Lightning, imported only to read a config
+
+        data = parse_run(Run.of(args.config)).data
+        settings = {key: value for key, value in (data.get("init_args") or {}).items() if key in CACHE_ARGUMENTS}
     for key in CACHE_ARGUMENTS:
         value = getattr(args, key, None)
         if value is not None:

@@ -20,6 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,9 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from ichor.data.schema import TISSUE_COLUMNS, label_strata, labelled_rows
 from ichor.io import write_csv, write_text
+
+if TYPE_CHECKING:
+    from ichor.training.runs import Run
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +187,13 @@ def fold_test_rows(rows: pd.DataFrame, fold: Fold) -> pd.DataFrame:
     return rows.loc[rows["subject"].isin(set(tested))]
 
 
-def run_fold(cli_args: list[str], fold: Fold, out: Path) -> dict:
-    """Fit on the fold's train/val subjects, test the best checkpoint on its test subjects."""
+def run_fold(run: Run, fold: Fold, out: Path) -> dict:
+    """Fit ``run`` on the fold's train/val subjects, test the best checkpoint on its test subjects."""
     from ichor.training.runs import build_run
 
     fold_dir = out / fold.name
     split_file = write_csv(fold.splits, fold_dir / SPLIT_FILE)
-    cli = build_run([*cli_args, f"--data.init_args.split_file={split_file}"], fold_dir)
+    cli = build_run(run.override({"data": {"init_args": {"split_file": str(split_file)}}}), fold_dir)
     trainer = cli.trainer
     trainer.fit(cli.model, datamodule=cli.datamodule)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
@@ -198,7 +202,7 @@ def run_fold(cli_args: list[str], fold: Fold, out: Path) -> dict:
 
 
 def cross_validate(
-    cli_args: list[str],
+    run: Run,
     out: str | os.PathLike,
     folds: int = 5,
     by_study: bool = False,
@@ -206,12 +210,12 @@ def cross_validate(
     seed: int = 0,
     qei_baseline: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every fold of the config given by ``cli_args``; write per-fold and summary tables to ``out``."""
+    """Run every fold of ``run``; write per-fold and summary tables to ``out``."""
     from ichor.data.manifest import read_manifests
     from ichor.training.runs import IchorCLI
 
     out = Path(out)
-    base = IchorCLI(args=cli_args, run=False)
+    base = IchorCLI(args=run, run=False)
     target = base.datamodule.hparams.target
     if target is None:
         raise ValueError("cross-validation needs the task's label column: set data.init_args.target")
@@ -225,7 +229,7 @@ def cross_validate(
         baseline.score(rows)  # every scan's QEI up front: a bad row stops the run before any training
     results = []
     for fold in plan:
-        result = run_fold(cli_args, fold, out)
+        result = run_fold(run, fold, out)
         if baseline is not None:
             result[QEI_METRIC] = baseline.pearson(fold_test_rows(rows, fold), target)
         results.append(result)

@@ -1,7 +1,10 @@
 """``IchorCLI``: the Lightning configuration of every ICHOR run, shared by ``ichor fit`` and the library.
 
-``ichor fit/validate/test/predict``, cross-validation and the benchmark all build their trainer,
-model and datamodule through this class, so a config means the same thing everywhere. Beyond
+``ichor fit/validate/test/predict``, cross-validation, the benchmark and ``ichor preprocess`` all
+parse their configs through this class, so a config means the same thing everywhere. Library code
+composes a run as a :class:`Run`: config files applied in order (as ``--config a --config b``),
+then overrides as nested mappings (``{"trainer": {"max_epochs": 5}}``), merged by jsonargparse
+exactly as ``ichor fit`` merges its command line. Beyond
 ``LightningCLI`` it owns the defaults a config would otherwise repeat:
 
 - a TensorBoard logger under ``runs/<name>`` (or ``<trainer.default_root_dir>/<name>``), ``<name>``
@@ -23,7 +26,10 @@ a model class without ``checkpoint_monitor`` gets no monitor (``best.ckpt`` is t
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,48 @@ DEFAULT_RUN_NAME = "ichor"
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 # Commands that would score an untrained model without --ckpt_path, and what it would do.
 NEEDS_CHECKPOINT = {"predict": "predict", "test": "be tested"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's configuration: Lightning config files applied in order, then mappings of overrides.
+
+    ``overrides`` are nested mappings of config keys (``{"model": {"init_args": {"mask_ratio": 0.6}}}``),
+    applied one after the other, later keys winning; jsonargparse merges them as it merges a later
+    ``--config`` file (a ``class_path`` may be left out to keep the config's class). ``command_line`` is a
+    user's own ``--key value`` arguments (``ichor cv ... -- --trainer.max_epochs 5``), applied right after
+    the files, as ``ichor fit`` applies them; code composes with mappings.
+    """
+
+    configs: tuple[str, ...]
+    overrides: tuple[Mapping[str, Any], ...] = ()
+    command_line: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, configs: str | os.PathLike | Sequence[str | os.PathLike], *overrides: Mapping[str, Any]) -> Run:
+        """``configs`` (one path or several) with ``overrides``, empty mappings dropped."""
+        paths = [configs] if isinstance(configs, (str, os.PathLike)) else list(configs)
+        return cls(tuple(str(path) for path in paths), tuple(o for o in overrides if o))
+
+    def override(self, *overrides: Mapping[str, Any]) -> Run:
+        """This run with more overrides, applied after its own."""
+        return replace(self, overrides=(*self.overrides, *(o for o in overrides if o)))
+
+    def parse(self, parser: LightningArgumentParser) -> Namespace:
+        """The config ``parser`` (the CLI's) makes of the files, the command line and the overrides."""
+        files = [item for path in self.configs for item in ("--config", path)]
+        config = parser.parse_args([*files, *self.command_line])
+        for overrides in self.overrides:
+            config = parser.parse_object(dict(overrides), namespace=config)
+        return config
+
+    def record(self) -> dict[str, Any]:
+        """The run as plain data (JSON), to tell whether a saved result was made by the same run."""
+        return {
+            "configs": list(self.configs),
+            "overrides": list(self.overrides),
+            "command_line": list(self.command_line),
+        }
 
 
 class IchorCLI(LightningCLI):
@@ -61,9 +109,12 @@ class IchorCLI(LightningCLI):
         )
         super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Lightning's, without its warning that ``args`` and ``sys.argv`` are both given: the
-        benchmark and cross-validation build many runs from their own command line, on purpose."""
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType | Run) -> None:
+        """A :class:`Run`, or Lightning's arguments without its warning that ``args`` and ``sys.argv``
+        are both given (``ichor.cli.main(argv)`` called from Python, on purpose)."""
+        if isinstance(args, Run):
+            self.config = args.parse(parser)
+            return
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             super().parse_arguments(parser, args)
@@ -138,13 +189,40 @@ class IchorCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
-def build_run(args: list[str], folder: Path) -> IchorCLI:
-    """Trainer, model and data of a run given by CLI ``args``, logging to ``folder/logs`` and checkpointing
-    into ``folder/checkpoints``: how cross-validation folds and benchmark runs keep their outputs apart.
+class _ParsedOnly(IchorCLI):
+    """An ``IchorCLI`` that parses and builds nothing: the settings of a run that is not trained here.
+
+    A model is optional, so that a data fragment alone (``lightning_configs/common/demo.yaml``) parses.
+    """
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Lightning's trainer, model and data arguments, with the model optional."""
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{key}": value for key, value in self.trainer_defaults.items()})
+        parser.add_lightning_class_args(LightningModule, "model", subclass_mode=True, required=False)
+        parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True, required=False)
+
+    def before_instantiate_classes(self) -> None:
+        return None
+
+    def instantiate_classes(self) -> None:
+        return None
+
+
+def parse_run(run: Run) -> Namespace:
+    """The parsed config of ``run``, as ``ichor fit --print_config`` shows it (defaults filled, nothing
+    built): e.g. its data settings."""
+    return _ParsedOnly(args=run, run=False).config
+
+
+def build_run(run: Run, folder: Path) -> IchorCLI:
+    """Trainer, model and data of ``run``, logging to ``folder/logs`` and checkpointing into
+    ``folder/checkpoints``: how cross-validation folds and benchmark runs keep their outputs apart.
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    cli = IchorCLI(args=[*args, f"--checkpoint.dirpath={Path(folder) / 'checkpoints'}"], run=False)
+    checkpoints = {"checkpoint": {"dirpath": str(Path(folder) / "checkpoints")}}
+    cli = IchorCLI(args=run.override(checkpoints), run=False)
     if isinstance(cli.trainer.logger, TensorBoardLogger):
         cli.trainer.logger = TensorBoardLogger(save_dir=str(folder), name="logs", version="")
     return cli

@@ -32,35 +32,39 @@ def small_benchmark(tmp_path, manifests, pool) -> dict:
     (and one of each to validate): half the labels (budget 0.5) keep one of each.
     """
     shipped = load_config(CONFIGS / "benchmark_demo.yaml")
-    assert any("data_manifests/pool" in o for o in shipped.pretrain_overrides)  # the shipped regime has a pool
+    assert shipped.pretrain_overrides["data"]["init_args"]["manifests"] == ["data_manifests/pool"]  # a pool
     repo = CONFIGS.parent  # the shipped file's paths are relative to the repository; the test runs elsewhere
     tasks = [
-        dict(task.__dict__, config=str(repo / task.config)) for task in shipped.tasks if task.name in ("AD", "quality")
+        dict(task.__dict__, config=[str(repo / f) for f in task.config])
+        for task in shipped.tasks
+        if task.name in ("AD", "quality")
     ]
+    small = {  # every run on the small grid, in one process
+        "cache_dir": str(tmp_path / "cache"),
+        "spacing": 6.0,
+        "shape": [32, 48, 32],
+        "num_workers": 0,
+        "batch_size": 2,
+    }
     return {
         "pretrain": {
-            method: {"config": str(repo / spec.config), "overrides": spec.overrides}
+            method: {"config": [str(repo / f) for f in spec.config], "overrides": spec.overrides}
             for method, spec in shipped.pretrain.items()
         },
         "tasks": [dict(task, metric="mae") if task["head"] == "regression" else task for task in tasks],
         "budgets": [0.5, 1.0],
         "trained_budgets": [0.5],
         "epochs": {"pretrain": 1, "finetune": 1, "scratch": 1},
-        "pretrain_overrides": [
-            "--model.init_args.backbone.preset=mae_vit_micro",
-            f"--data.init_args.manifests=[{','.join(map(str, pool))}]",
-        ],
-        "overrides": [
-            *shipped.overrides,
-            f"--data.init_args.manifests=[{','.join(map(str, manifests))}]",
-            f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-            "--data.init_args.spacing=6.0",
-            "--data.init_args.shape=[32,48,32]",
-            "--data.init_args.num_workers=0",
-            "--data.init_args.batch_size=2",
-            "--trainer.limit_train_batches=2",
-            "--trainer.limit_val_batches=2",
-        ],
+        "pretrain_overrides": {
+            "model": {"init_args": {"backbone": {"preset": "mae_vit_micro"}}},
+            "data": {"init_args": {"manifests": list(map(str, pool))}},
+        },
+        "overrides": {
+            "trainer": {**shipped.overrides["trainer"], "limit_train_batches": 2, "limit_val_batches": 2},
+            "data": {
+                "init_args": {**shipped.overrides["data"]["init_args"], "manifests": list(map(str, manifests)), **small}
+            },
+        },
     }
 
 
@@ -68,9 +72,10 @@ def small_benchmark(tmp_path, manifests, pool) -> dict:
 def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
     tmp_path, monkeypatch, synthetic_manifests, pool_manifests
 ):
+    small = small_benchmark(tmp_path, synthetic_manifests, pool_manifests)  # read from the repository
     monkeypatch.chdir(tmp_path)  # the shipped configs write runs/ relative to the CWD
     out = tmp_path / "bench"
-    cfg = load_config(CONFIGS / "benchmark_demo.yaml", small_benchmark(tmp_path, synthetic_manifests, pool_manifests))
+    cfg = load_config(CONFIGS / "benchmark_demo.yaml", small)
     run_benchmark(cfg, out)
 
     summary = pd.read_csv(out / "benchmark_summary.csv")
@@ -250,23 +255,26 @@ def test_budget_labels_read_as_subjects_per_class_or_a_share_of_the_labels():
     assert [budget_label(b) for b in (10, 0.25, 1.0)] == ["10 per class", "25 % of labels", "all labels"]
 
 
-def test_a_finished_run_is_reused_only_for_the_same_arguments_and_split(tmp_path, monkeypatch):
+def test_a_finished_run_is_reused_only_for_the_same_run_and_split(tmp_path, monkeypatch):
     from ichor.benchmark.run import resumable_fold
     from ichor.downstream.cv import Fold
+    from ichor.training.runs import Run
 
     calls = []
 
-    def fake_run_fold(args, fold, folder):
-        calls.append(args)
+    def fake_run_fold(run, fold, folder):
+        calls.append(run)
         return {"fold": fold.name, "test/auroc": 0.5 + len(calls)}
 
     monkeypatch.setattr("ichor.benchmark.run.run_fold", fake_run_fold)
     fold = Fold("study-01", pd.DataFrame({"subject": ["a", "b", "c"], "split": ["train", "val", "test"]}))
-    first = resumable_fold(["--trainer.max_epochs=2"], fold, tmp_path)
-    assert resumable_fold(["--trainer.max_epochs=2"], fold, tmp_path) == first and len(calls) == 1
-    assert resumable_fold(["--trainer.max_epochs=3"], fold, tmp_path)["test/auroc"] == 2.5  # other settings: run again
+    run = Run.of("task.yaml", {"trainer": {"max_epochs": 2}})
+    first = resumable_fold(run, fold, tmp_path)
+    assert resumable_fold(run, fold, tmp_path) == first and len(calls) == 1
+    longer = run.override({"trainer": {"max_epochs": 3}})
+    assert resumable_fold(longer, fold, tmp_path)["test/auroc"] == 2.5  # other settings: run again
     other = Fold("study-01", fold.splits.assign(split=["train", "train", "test"]))
-    resumable_fold(["--trainer.max_epochs=3"], other, tmp_path)
+    resumable_fold(longer, other, tmp_path)
     assert len(calls) == 3  # another split: run again
 
 
@@ -318,6 +326,24 @@ def test_config_errors_name_the_file_and_the_problem(tmp_path):
         load_config(path)
 
 
+def test_overrides_are_mappings_and_tasks_may_come_from_a_shared_file(tmp_path):
+    """Overrides are config keys (an old `--key=value` list is refused, saying so); a task without a
+    config takes its head's entry of `task_configs`, and `tasks` may name a file shared by benchmarks."""
+    path = tmp_path / "bench.yaml"
+    task = {"name": "q", "target": "rating", "head": "regression", "metric": "mae"}
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump([task]))
+    bench = {"pretrain": {"mae": ["common.yaml", "x.yaml"]}, "tasks": str(tmp_path / "tasks.yaml")}
+    path.write_text(yaml.safe_dump({**bench, "overrides": ["--trainer.max_epochs=5"]}))
+    with pytest.raises(ValueError, match="overrides are a mapping of config keys.*not --key=value strings"):
+        load_config(path)
+    path.write_text(yaml.safe_dump(bench))
+    with pytest.raises(ValueError, match="task 'q' names no config, nor does task_configs.regression"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({**bench, "task_configs": {"regression": ["common.yaml", "q.yaml"]}}))
+    cfg = load_config(path)
+    assert cfg.tasks[0].config == ["common.yaml", "q.yaml"] and cfg.pretrain["mae"].config == ["common.yaml", "x.yaml"]
+
+
 def test_command_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
     """Until `benchmark` is registered in ichor.cli, drive the subcommand module directly."""
     import argparse
@@ -367,12 +393,13 @@ def test_pretraining_is_reused_for_the_same_arguments_resumed_when_interrupted_a
     from ichor.benchmark.config import PretrainSpec
     from ichor.benchmark.run import pretrain
     from ichor.models.weights import METADATA_FILE
+    from ichor.training.runs import Run
 
     fits = []
 
-    def fake_build_run(args, folder):
+    def fake_build_run(run, folder):
         def fit(model, datamodule, ckpt_path):
-            fits.append((args, ckpt_path))
+            fits.append((run, ckpt_path))
             (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
             (folder / "checkpoints" / "last.ckpt").write_text("weights")
             trainer.checkpoint_callback.last_model_path = str(folder / "checkpoints" / "last.ckpt")
@@ -387,16 +414,17 @@ def test_pretraining_is_reused_for_the_same_arguments_resumed_when_interrupted_a
 
     monkeypatch.setattr("ichor.training.runs.build_run", fake_build_run)
     monkeypatch.setattr("ichor.models.weights.export_encoder", fake_export)
-    cfg = SimpleNamespace(overrides=[], pretrain_overrides=[], epochs={"pretrain": 6})
+    cfg = SimpleNamespace(overrides={}, pretrain_overrides={}, epochs={"pretrain": 6})
     spec = PretrainSpec("pretrain_demo.yaml")
     encoder = pretrain("mae", spec, cfg, tmp_path)
-    assert fits == [(["--config", "pretrain_demo.yaml", "--trainer.max_epochs=6"], None)]
+    six = {"trainer": {"max_epochs": 6}}
+    assert fits == [(Run(("pretrain_demo.yaml",), (six,)), None)]
     assert pretrain("mae", spec, cfg, tmp_path) == encoder and len(fits) == 1  # the same arguments: reused
 
     (encoder / METADATA_FILE).unlink()  # interrupted after its last checkpoint, before the export
     pretrain("mae", spec, cfg, tmp_path)
     assert fits[-1][1] == tmp_path / "pretrain" / "mae" / "checkpoints" / "last.ckpt" and len(fits) == 2
 
-    longer = PretrainSpec("pretrain_demo.yaml", ["--trainer.max_epochs=15"])
+    longer = PretrainSpec("pretrain_demo.yaml", {"trainer": {"max_epochs": 15}})
     pretrain("mae", longer, cfg, tmp_path)  # changed arguments: pre-trained again, from the start
-    assert fits[-1] == (["--config", "pretrain_demo.yaml", "--trainer.max_epochs=6", "--trainer.max_epochs=15"], None)
+    assert fits[-1] == (Run(("pretrain_demo.yaml",), (six, {"trainer": {"max_epochs": 15}})), None)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from helpers import CONFIGS
+from helpers import CONFIGS, composition, config_args
 
 import ichor
 from ichor.cli import main
@@ -21,7 +22,7 @@ def test_version(capsys):
 
 def test_a_config_error_is_one_line_naming_the_file(tmp_path, capsys):
     missing = tmp_path / "nowhere.csv"
-    args = ["fit", "--config", str(CONFIGS / "pretrain_demo.yaml"), f"--data.init_args.manifests=[{missing}]",
+    args = ["fit", *config_args("pretrain_demo.yaml"), f"--data.init_args.manifests=[{missing}]",
             "--trainer.accelerator=cpu"]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -34,7 +35,7 @@ def test_a_config_error_is_one_line_naming_the_file(tmp_path, capsys):
 
 def test_predict_needs_a_trained_checkpoint(tmp_path, monkeypatch, capsys, downstream_manifests, tiny_encoder):
     monkeypatch.chdir(tmp_path)
-    args = ["predict", "--config", str(CONFIGS / "probe_diagnosis.yaml"), f"--model.init_args.encoder={tiny_encoder}",
+    args = ["predict", *config_args("probe_diagnosis.yaml"), f"--model.init_args.encoder={tiny_encoder}",
             f"--data.init_args.manifests=[{','.join(downstream_manifests)}]", "--trainer.accelerator=cpu"]  # fmt: skip
     assert main(args) == 1
     assert "predict needs --ckpt_path, a trained checkpoint" in capsys.readouterr().err
@@ -59,7 +60,7 @@ def test_ichor_adds_logger_lr_monitor_and_a_checkpoint_on_the_models_metric(
     from lightning.pytorch.loggers import TensorBoardLogger
 
     monkeypatch.chdir(tmp_path)
-    trainer = cli("--config", str(CONFIGS / config), "--trainer.accelerator=cpu").trainer
+    trainer = cli(*config_args(config), "--trainer.accelerator=cpu").trainer
     name = config.removesuffix(".yaml")
     checkpoint = trainer.checkpoint_callback
     assert (checkpoint.monitor, checkpoint.mode) == (monitor, mode)
@@ -72,8 +73,9 @@ def test_no_logger_drops_the_lr_monitor_and_no_checkpointing_the_checkpoint(tmp_
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     monkeypatch.chdir(tmp_path)
-    config = str(CONFIGS / "pretrain_demo.yaml")
-    trainer = cli("--config", config, "--trainer.logger=false", "--trainer.enable_checkpointing=false").trainer
+    trainer = cli(
+        *config_args("pretrain_demo.yaml"), "--trainer.logger=false", "--trainer.enable_checkpointing=false"
+    ).trainer
     assert not any(isinstance(c, (LearningRateMonitor, ModelCheckpoint)) for c in trainer.callbacks)
 
 
@@ -83,13 +85,13 @@ def test_a_config_listing_its_own_checkpoint_callback_is_refused(tmp_path, monke
     config["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint"}]  # as before 0.1
     old = tmp_path / "old.yaml"
     old.write_text(yaml.safe_dump(config))
-    assert main(["fit", "--config", str(old)]) == 1
+    assert main(["fit", *config_args("pretrain_demo.yaml")[:-1], str(old)]) == 1
     assert "trainer.callbacks lists a ModelCheckpoint, which ichor fit adds itself" in capsys.readouterr().err
 
 
 def test_test_needs_a_checkpoint_too(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["test", "--config", str(CONFIGS / "pretrain_demo.yaml")]) == 1
+    assert main(["test", *config_args("pretrain_demo.yaml")]) == 1
     assert "test needs --ckpt_path" in capsys.readouterr().err
 
 
@@ -111,10 +113,40 @@ print(len(names))
 
 
 def test_a_run_built_from_python_says_nothing_of_the_callers_command_line(tmp_path, monkeypatch, recwarn):
-    """`ichor benchmark` and `ichor cv` build their runs in Python (IchorCLI with args): Lightning warned once per run."""
-    from ichor.training.runs import build_run
+    """`ichor benchmark` and `ichor cv` build their runs in Python (a Run): no warning about the caller's argv."""
+    from ichor.training.runs import Run, build_run
 
     monkeypatch.setattr(sys, "argv", ["ichor", "benchmark", "--config", "benchmark.yaml"])
-    cli = build_run(["--config", str(CONFIGS / "pretrain_demo.yaml"), "--trainer.accelerator=cpu"], tmp_path)
+    cli = build_run(Run.of(composition("pretrain_demo.yaml"), {"trainer": {"accelerator": "cpu"}}), tmp_path)
     assert cli.trainer.checkpoint_callback.dirpath == str(tmp_path / "checkpoints")
     assert not [w for w in recwarn if "args parameter" in str(w.message)]
+
+
+def test_a_run_composes_files_then_mappings_as_ichor_fit_composes_its_command_line():
+    """Config files in order, then overrides as mappings (later wins, the class kept): the same parsed
+    config as the command line `ichor fit --config ... --key value`, and named after its last file."""
+    from ichor.training.runs import Run, parse_run
+
+    files = composition("probe_diagnosis.yaml")
+    run = Run.of(files, {"trainer": {"max_epochs": 3}}, {"model": {"init_args": {"optim": {"lr": 0.5}}}})
+    config = parse_run(run.override({"trainer": {"max_epochs": 4}}))
+    typed = Run(tuple(map(str, files)), command_line=("--trainer.max_epochs=4", "--model.init_args.optim.lr=0.5"))
+    assert config == parse_run(typed)
+    assert config.trainer.max_epochs == 4 and config.model.init_args.optim.lr == 0.5
+    assert config.model.class_path == "ichor.downstream.DownstreamTask"  # the file's class, kept
+    assert config.data.init_args.spacing == 4.0 and config.data.init_args.target == "diagnosis"  # fragment + file
+    assert [Path(str(f)).name for f in config.config] == ["demo.yaml", "probe_diagnosis.yaml"]
+
+
+def test_preprocess_reads_the_data_of_a_composed_config_and_options_win():
+    """`ichor preprocess --config a --config b` caches the data the same files give `ichor fit`."""
+    import argparse
+
+    from ichor.cli import preprocess
+
+    parser = argparse.ArgumentParser()
+    preprocess.add_arguments(parser)
+    args = parser.parse_args([*config_args("probe_diagnosis.yaml"), "--shape", "32", "48", "32"])
+    settings = preprocess._settings(args)
+    assert settings["manifests"] == ["data_manifests/demo"] and settings["spacing"] == 4.0  # from the fragment
+    assert settings["shape"] == (32, 48, 32) and settings["cache_dir"] == ".ichor_cache"  # the option wins

@@ -1,10 +1,14 @@
 """Every YAML under lightning_configs/, found by glob: a new config is tested without editing a list.
 
-- A Lightning config (a ``model`` key, with ``data``/``trainer``; ``ichor fit --config X``) runs the way a
-  user runs it, through ``ichor.cli.main``, as a ``fast_dev_run`` (one training and one validation
-  batch) on CPU, pointed at the session's small synthetic data (``synthetic_manifests``).
+- A Lightning config (its header shows the ``ichor fit --config ... --config X`` command that runs it,
+  shared fragments first) runs the way a user runs it, through ``ichor.cli.main`` with exactly those
+  files, as a ``fast_dev_run`` (one training and one validation batch) on CPU, pointed at the
+  session's small synthetic data (``synthetic_manifests``).
 - A benchmark config (``pretrain``/``tasks`` keys; ``ichor benchmark --config X``) must parse and
-  name only configs the repository ships (the check of tests/benchmark/test_benchmark.py).
+  name only configs the repository ships, composed as their headers say (the check of
+  tests/benchmark/test_benchmark.py).
+- A fragment (a YAML in a folder of lightning_configs/: shared data and trainer, the benchmarks'
+  tasks) is exercised through the configs that use it, and must be used by one.
 
 What makes a run small is chosen from the config's content, never from its file name: every
 Lightning config gets ``TRAINER`` and the data overrides (stable keys only: ``trainer.*`` and
@@ -24,7 +28,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import CONFIGS, HARMONISATION, check_benchmark_config, make_encoder, small_data_args
+from helpers import (
+    CONFIGS,
+    HARMONISATION,
+    check_benchmark_config,
+    composition,
+    config_args,
+    make_encoder,
+    small_data_args,
+)
 
 from ichor.cli import main
 from ichor.downstream import DownstreamTask
@@ -54,14 +66,33 @@ TRAINER = [
 SMALL_HARMONISATION = {**HARMONISATION, "spacing": [6.0] * 3, "shape": [32, 48, 32]}
 
 YAMLS = sorted(CONFIGS.glob("*.yaml"))
+FRAGMENTS = sorted(CONFIGS.glob("*/**/*.yaml"))
 
 
 def read(path: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def merged(base: dict, later: dict) -> dict:
+    """``later`` over ``base``, key by key (enough to find the classes a composition names)."""
+    out = dict(base)
+    for key, value in later.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def composed(path: Path) -> dict:
+    """The files of a Lightning config's command, merged in order."""
+    config: dict = {}
+    for file in composition(path.name):
+        config = merged(config, read(file))
+    return config
+
+
 def is_lightning(path: Path) -> bool:
-    return "model" in read(path)  # LightningCLI needs a model; data and trainer may be defaults
+    if is_benchmark(path):
+        return False
+    return "model" in composed(path)  # LightningCLI needs a model; data and trainer may be defaults
 
 
 def is_benchmark(path: Path) -> bool:
@@ -118,10 +149,17 @@ def test_every_config_is_a_lightning_or_a_benchmark_config():
     assert not unknown, f"neither a Lightning config (model) nor a benchmark config (pretrain/tasks): {unknown}"
 
 
+def test_every_fragment_is_used_by_a_shipped_config():
+    """A fragment is tested through the configs that compose it; one that none uses is dead."""
+    used = {file for path in YAMLS if not is_benchmark(path) for file in composition(path.name)}
+    used |= {CONFIGS.parent / str(read(path)["tasks"]) for path in YAMLS if is_benchmark(path)}
+    assert FRAGMENTS and not [f.relative_to(CONFIGS) for f in FRAGMENTS if f not in used]
+
+
 @pytest.mark.parametrize("path", [p for p in YAMLS if is_lightning(p)], ids=lambda p: p.name)
 def test_lightning_config_runs_fast_dev_run(path, tmp_path, monkeypatch, request, synthetic_manifests, cache_dir):
     """`ichor fit --config X` trains one batch and validates one batch, with the classes X names."""
-    config = read(path)
+    config = composed(path)
     model, data = model_class(config), data_class(config)
     monkeypatch.chdir(tmp_path)  # runs/ (logs, checkpoints, predictions) lands in tmp_path
     monkeypatch.setattr(sys, "argv", ["ichor"])  # as from a shell: pytest's own arguments are not the CLI's
@@ -135,8 +173,7 @@ def test_lightning_config_runs_fast_dev_run(path, tmp_path, monkeypatch, request
     monkeypatch.setattr(IchorCLI, "__init__", recording)
     args = [
         "fit",
-        "--config",
-        str(path),
+        *config_args(path.name),
         *TRAINER,
         *small_data_args(synthetic_manifests),
         f"--data.init_args.cache_dir={cache_dir}",

@@ -5,7 +5,8 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
-from helpers import CONFIGS, DATA_ARGS, HARMONISATION
+from helpers import DATA_ARGS, HARMONISATION
+from helpers import config_args as shipped_config_args
 from lightning.pytorch import Trainer
 
 from ichor.cli import main
@@ -109,8 +110,7 @@ def test_data_harmonised_differently_from_the_encoder_is_refused(setting, tmp_pa
 def config_args(setting, tmp_path, name: str) -> list[str]:
     """Run a shipped config on the test data and encoder, writing under tmp_path."""
     return [
-        "--config",
-        str(CONFIGS / name),
+        *shipped_config_args(name),
         f"--model.init_args.encoder={setting['encoder']}",
         f"--data.init_args.manifests=[{','.join(setting['manifests'])}]",
         f"--data.init_args.cache_dir={setting['cache']}",
@@ -188,8 +188,7 @@ def test_early_stopping_stops_when_the_monitored_metric_stalls(setting, tmp_path
 
     monkeypatch.chdir(tmp_path)
     args = [
-        "--config",
-        str(CONFIGS / "finetune_diagnosis.yaml"),
+        *shipped_config_args("finetune_diagnosis.yaml"),
         *tiny_task_args(setting["encoder"], setting["manifests"], setting["cache"]),
         "--trainer.max_epochs=10",
         "--model.init_args.optim.lr=0.0",

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import CONFIGS, REPO, make_dataset, tiny_cv
+from helpers import CONFIGS, REPO, composition, make_dataset, tiny_cv
 from scipy.stats import spearmanr
 
 from ichor.data.manifest import expand_manifests, read_manifest, read_manifests
@@ -94,7 +94,8 @@ def test_quality_configs_regress_the_rating_from_the_map(name, mode):
     model = config["model"]["init_args"]
     assert (model["head"], model["mode"]) == ("regression", mode) and "target" not in model  # the label is the data's
     assert config["data"]["init_args"]["target"] == "rating"
-    manifests = expand_manifests(REPO / entry for entry in config["data"]["init_args"]["manifests"])
+    shared = yaml.safe_load(composition(name)[0].read_text())  # the demo's data: the fragment it composes with
+    manifests = expand_manifests(REPO / entry for entry in shared["data"]["init_args"]["manifests"])
     assert manifests
     for manifest in manifests:  # the shipped demo manifests carry the rating
         assert "rating" in pd.read_csv(manifest, nrows=0).columns

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from helpers import CONFIGS
+from helpers import composition
 
 from ichor.cli import main
 from ichor.models.hub import sha256_file
@@ -146,7 +146,7 @@ def test_an_imported_encoder_runs_through_embed_and_the_benchmark(tmp_path, down
                         "target": "diagnosis",
                         "head": "classification",
                         "metric": "auroc",
-                        "config": str(CONFIGS / "finetune_diagnosis.yaml"),
+                        "config": [str(f) for f in composition("finetune_diagnosis.yaml")],
                     }
                 ],
                 "modes": ["linear_probe"],
@@ -154,13 +154,17 @@ def test_an_imported_encoder_runs_through_embed_and_the_benchmark(tmp_path, down
                 "baseline": False,
                 "budgets": [1.0],
                 "folds": 2,
-                "overrides": [
-                    f"--data.init_args.manifests=[{','.join(downstream_manifests)}]",
-                    f"--data.init_args.cache_dir={cache}",
-                    "--data.init_args.spacing=4.0",
-                    "--data.init_args.shape=[16,16,16]",
-                    "--data.init_args.num_workers=0",
-                ],
+                "overrides": {
+                    "data": {
+                        "init_args": {
+                            "manifests": list(downstream_manifests),
+                            "cache_dir": str(cache),
+                            "spacing": 4.0,
+                            "shape": [16, 16, 16],
+                            "num_workers": 0,
+                        }
+                    }
+                },
             }
         )
     )

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import CONFIGS, StepLosses, small_data_args
+from helpers import StepLosses, config_args, small_data_args
 
 import ichor.models
 import ichor.models.weights
@@ -233,8 +233,7 @@ def cli_args(name: str, manifests, cache: Path) -> list[str]:
     """The shipped config pointed at the small synthetic data (as in tests/pretrain/test_pretrain.py), on CPU."""
     return [
         "fit",
-        "--config",
-        str(CONFIGS / f"pretrain_{name}_demo.yaml"),
+        *config_args(f"pretrain_{name}_demo.yaml"),
         "--trainer.accelerator=cpu",
         "--trainer.devices=1",
         "--model.init_args.backbone.preset=mae_vit_micro",
