@@ -7,7 +7,6 @@ import mode puts tests/ on ``sys.path`` before importing conftest.py and the tes
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import nibabel as nib
@@ -28,12 +27,11 @@ CONFIGS = REPO / "lightning_configs"
 def composition(name: str | Path) -> list[Path]:
     """The files that make the shipped Lightning config ``name``, in order: the ``--config`` paths of the
     ``ichor fit`` command in its header (shared fragments first, the config itself last), as a user types them."""
-    path = CONFIGS / name
-    for line in path.read_text().splitlines():
-        files = re.findall(r"--config (\S+)", line) if line.startswith("#") and "ichor fit" in line else []
-        if files and Path(files[-1]).name == path.name:
-            return [REPO / file for file in files]
-    raise AssertionError(f"{path.name}: its header shows no `ichor fit --config ... --config {path.name}` command")
+    from ichor.training.runs import header_composition
+
+    files = header_composition(CONFIGS / name)
+    assert files, f"{name}: its header shows no `ichor fit --config ... --config {name}` command"
+    return [REPO / file for file in files]
 
 
 def config_args(name: str | Path) -> list[str]:

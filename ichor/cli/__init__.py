@@ -85,10 +85,17 @@ def version() -> str:
 
 def run_trainer(argv: list[str], from_shell: bool) -> int:
     """A Lightning CLI command; an error in the config or the data is one line naming it (exit 1)."""
-    from ichor.training.runs import IchorCLI  # imported here: tool commands start without Lightning
+    from ichor.training.runs import IchorCLI, missing_fragments  # imported here: tool commands start without Lightning
 
     traceback = TRACEBACK_FLAG in argv or bool(os.environ.get(TRACEBACK_ENV))
     argv = [arg for arg in argv if arg != TRACEBACK_FLAG]
+    configs = [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
+    configs += [arg.removeprefix("--config=") for arg in argv if arg.startswith("--config=")]
+    for fragment in missing_fragments(configs):
+        print(
+            f"ichor {argv[0]}: the config's header composes it after {fragment}: add --config {fragment} first",
+            file=sys.stderr,
+        )
     if from_shell:  # LightningCLI reads sys.argv itself (and warns when also given args)
         sys.argv[1:] = argv
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -241,3 +242,32 @@ def checkpoint_monitor(model: Namespace) -> tuple[str | None, str]:
     if not hasattr(cls, "checkpoint_monitor"):
         return None, "min"
     return cls.checkpoint_monitor(model.get("init_args") or Namespace())
+
+
+def header_composition(config: str | os.PathLike) -> list[str]:
+    """The ``--config`` files of the ``ichor fit`` command a shipped config's header shows, itself last.
+
+    A config that lists only what differs from a shared fragment names the fragment there
+    (``ichor fit --config lightning_configs/common/demo.yaml --config <itself>``); [] when none.
+    """
+    path = Path(config)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    for line in lines:
+        files = re.findall(r"--config (\S+)", line) if line.startswith("#") and "ichor fit" in line else []
+        if files and Path(files[-1]).name == path.name:
+            return files
+    return []
+
+
+def missing_fragments(configs: Sequence[str]) -> list[str]:
+    """Fragments that the headers of ``configs`` compose them with but that were not given (by file name)."""
+    given = {Path(config).name for config in configs}
+    return [
+        fragment
+        for config in configs
+        for fragment in header_composition(config)[:-1]
+        if Path(fragment).name not in given
+    ]

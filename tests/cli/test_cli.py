@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import CONFIGS, composition, config_args
+from helpers import CONFIGS, REPO, composition, config_args
 
 import ichor
 from ichor.cli import main
@@ -150,3 +150,15 @@ def test_preprocess_reads_the_data_of_a_composed_config_and_options_win():
     settings = preprocess._settings(args)
     assert settings["manifests"] == ["data_manifests/demo"] and settings["spacing"] == 4.0  # from the fragment
     assert settings["shape"] == (32, 48, 32) and settings["cache_dir"] == ".ichor_cache"  # the option wins
+
+
+def test_a_config_given_without_its_fragment_says_which_to_add(monkeypatch, capsys):
+    """The demo configs list only what differs from lightning_configs/common/demo.yaml: alone, they name it."""
+    monkeypatch.chdir(REPO)
+    alone = ["fit", "--config", "lightning_configs/probe_diagnosis.yaml", "--print_config"]
+    with pytest.raises(SystemExit):  # jsonargparse: no data class without the fragment
+        main(alone)
+    assert "add --config lightning_configs/common/demo.yaml first" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as printed:  # --print_config exits 0 once the config is whole
+        main(["fit", "--config", "lightning_configs/common/demo.yaml", *alone[1:]])
+    assert printed.value.code in (0, None) and "add --config" not in capsys.readouterr().err
