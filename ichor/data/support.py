@@ -124,7 +124,7 @@ def lost_slices(areas: np.ndarray) -> np.ndarray:
 def judge_pockets(pockets: np.ndarray, outline: np.ndarray, finite: np.ndarray, voxel_ml: float) -> str:
     """Non-finite voxels enclosed by the support: the note that reads them as 0, or a SupportError for lost data."""
     count = int(np.count_nonzero(pockets))
-    what = f"{count} non-finite voxels (NaN/Inf, {count * voxel_ml:.1f} mL) enclosed by brain tissue"
+    what = f"{count} non-finite voxels (NaN/Inf) inside the brain ({count * voxel_ml:.1f} mL enclosed by brain tissue)"
     outside = ~outline
     if np.count_nonzero(~finite & outside) * 2 < np.count_nonzero(outside):
         raise SupportError(f"{what}: lost data, not background (this map writes 0, not NaN, outside the brain)")

@@ -73,7 +73,8 @@ def test_non_finite_voxels_inside_the_brain_are_counted(tmp_path):
     data[6:10, 6:10, 6:10] = np.nan  # a hole in the middle of the brain: lost data
     data[8, 8, 10] = np.inf
     with pytest.raises(
-        ScanError, match=r"^65 non-finite voxels \(NaN/Inf, 2.3 mL\) enclosed by brain tissue: lost data"
+        ScanError,
+        match=r"^65 non-finite voxels \(NaN/Inf\) inside the brain \(2.3 mL enclosed by brain tissue\): lost data",
     ):
         load_cbf(save(tmp_path / "cbf.nii.gz", data))
 
