@@ -58,15 +58,35 @@ def brain_background_as_zero(data: np.ndarray, voxel_ml: float) -> tuple[np.ndar
     support = finite & (data != 0)
     check_masked(support, voxel_ml)
     check_no_lost_slices(support, finite)
-    outline = ndimage.binary_fill_holes(support)
-    pockets = outline & ~finite
+    box = around(support)
+    brain = filled(support[box])
+    pockets = brain & ~finite[box]
+    non_finite = int(np.count_nonzero(~finite))
+    outside = non_finite - int(np.count_nonzero(pockets))
     notes = []
-    outside = int(np.count_nonzero(~finite & ~outline))
     if outside:
         notes.append(f"{outside} non-finite voxels outside the brain read as 0 (background, as ExploreASL writes it)")
     if pockets.any():
-        notes.append(judge_pockets(pockets, outline, finite, voxel_ml))
+        outside_voxels = data.size - int(np.count_nonzero(brain))
+        notes.append(judge_pockets(pockets, int(np.count_nonzero(brain)), 2 * outside >= outside_voxels, voxel_ml))
     return np.where(finite, data, 0).astype(data.dtype, copy=False), notes
+
+
+def around(mask: np.ndarray) -> tuple[slice, ...]:
+    """The mask's bounding box grown by one voxel within the grid: all its outline can fill (cheaper than the grid)."""
+    found = ndimage.find_objects(mask.astype(np.int8))
+    if not found:  # no support: the whole (empty) grid
+        return (slice(None),) * mask.ndim
+    return tuple(slice(max(0, s.start - 1), min(size, s.stop + 1)) for s, size in zip(found[0], mask.shape))
+
+
+def filled(mask: np.ndarray) -> np.ndarray:
+    """The mask with its holes filled: background (6-connected) with no path to the edge of the array."""
+    labels, count = ndimage.label(~mask)
+    faces = np.concatenate([labels.take(index, axis=axis).ravel() for axis in range(3) for index in (0, -1)])
+    open_to_edge = np.zeros(count + 1, bool)
+    open_to_edge[faces] = True
+    return mask | ~open_to_edge[labels]
 
 
 def check_masked(support: np.ndarray, voxel_ml: float) -> None:
@@ -78,7 +98,7 @@ def check_masked(support: np.ndarray, voxel_ml: float) -> None:
             f"not masked: {edges:.0%} of the voxels on the edges of the grid are non-zero (signal outside the head); "
             + _MASK_REMEDY
         )
-    litres = np.count_nonzero(signal_outline(support)) * voxel_ml / 1000
+    litres = np.count_nonzero(signal_outline(support[around(support)])) * voxel_ml / 1000
     if litres > MAX_BRAIN_LITRES:
         raise SupportError(
             f"not masked: its signal covers {litres:.1f} litres, more than a brain ({MAX_BRAIN_LITRES:g} L at most "
@@ -91,7 +111,7 @@ _MASK_REMEDY = "set voxels outside the brain to 0 or NaN (e.g. with the brain ma
 
 def signal_outline(support: np.ndarray) -> np.ndarray:
     """The support closed over one-voxel gaps, holes filled: what the signal encloses, speckled noise included."""
-    return ndimage.binary_fill_holes(ndimage.binary_closing(support) | support)
+    return filled(ndimage.binary_closing(support) | support)
 
 
 def check_no_lost_slices(support: np.ndarray, finite: np.ndarray) -> None:
@@ -121,18 +141,21 @@ def lost_slices(areas: np.ndarray) -> np.ndarray:
     return np.flatnonzero((sides >= LOST_SLICE_FRACTION * areas.max()) & (areas < LOST_SLICE_FRACTION * sides))
 
 
-def judge_pockets(pockets: np.ndarray, outline: np.ndarray, finite: np.ndarray, voxel_ml: float) -> str:
-    """Non-finite voxels enclosed by the support: the note that reads them as 0, or a SupportError for lost data."""
+def judge_pockets(pockets: np.ndarray, brain_voxels: int, nan_outside: bool, voxel_ml: float) -> str:
+    """Non-finite voxels enclosed by the support: the note that reads them as 0, or a SupportError for lost data.
+
+    ``brain_voxels`` counts the support and its holes; ``nan_outside`` says whether the map writes
+    NaN (rather than 0) outside the brain.
+    """
     count = int(np.count_nonzero(pockets))
     what = f"{count} non-finite voxels (NaN/Inf) inside the brain ({count * voxel_ml:.1f} mL enclosed by brain tissue)"
-    outside = ~outline
-    if np.count_nonzero(~finite & outside) * 2 < np.count_nonzero(outside):
+    if not nan_outside:
         raise SupportError(f"{what}: lost data, not background (this map writes 0, not NaN, outside the brain)")
     labels, _ = ndimage.label(pockets)
     largest = int(np.bincount(labels.ravel())[1:].max())
-    if largest > MAX_POCKET_FRACTION * np.count_nonzero(outline):
+    if largest > MAX_POCKET_FRACTION * brain_voxels:
         raise SupportError(
-            f"{what}: lost data, not background (one hole holds {largest / np.count_nonzero(outline):.0%} of the brain, "
+            f"{what}: lost data, not background (one hole holds {largest / brain_voxels:.0%} of the brain, "
             f"more than ventricles do, {MAX_POCKET_FRACTION:.0%})"
         )
     return f"{what} read as 0: CSF left out by the map's mask (e.g. the ventricles of a grey + white matter mask)"
