@@ -87,6 +87,16 @@ def test_notches_of_the_outline_are_background(tmp_path, width, fill):
     np.testing.assert_allclose(img.get_fdata()[kept], data[kept], rtol=1e-6)
 
 
+def test_nan_notches_in_a_zero_masked_map_are_background(tmp_path):
+    """NaN that reaches the outside through the background (a notch) is background even where the map writes 0."""
+    data = brain(size=32)
+    data[10:22, 15, 20:] = np.nan
+    notes: list[str] = []
+    img = load_cbf(save(tmp_path / "cbf.nii.gz", data), notes=notes)
+    assert notes == ["144 non-finite voxels outside the brain read as 0 (background, as ExploreASL writes it)"]
+    assert (img.get_fdata()[10:22, 15, 20:] == 0).all()
+
+
 # ---------------------------------------------------------------- NaN enclosed by tissue
 
 
@@ -153,6 +163,13 @@ def test_a_lost_slab_in_a_nan_masked_map_is_refused(tmp_path, scans, index, widt
     data[middle : middle + width] = np.nan
     with pytest.raises(ScanError, match=rf"^{width} lost slice\(s\) along {'xyz'[axis]} \(index {middle}"):
         load_cbf(save(tmp_path / "cbf.nii.gz", np.moveaxis(data, 0, axis), scan["affine"]))
+
+
+def test_a_stray_island_outside_the_brain_is_no_lost_slice(tmp_path):
+    """Empty slices between the brain and a few stray voxels are not a gap in the brain."""
+    data = brain(size=32)
+    data[30, 15:17, 15] = 40.0  # beyond the empty slice x = 29
+    assert load_cbf(save(tmp_path / "cbf.nii.gz", data)).shape == data.shape
 
 
 # ---------------------------------------------------------------- unmasked maps
