@@ -4,8 +4,11 @@ Many ASL protocols acquire a slab: the real ds000240 map covers 96 mm of the hea
 and cerebellum are missing, not perfused at zero. Two measures, both on the map's own grid:
 - ``height_fraction``: the brain's extent along the superior-inferior axis against a whole
   brain's (the MNI152 brain, inferior cerebellum to vertex);
-- ``cut``: the sides where the brain reaches the edge of the acquired grid (the field of view
-  ends inside the brain there).
+- ``cut``: the sides where the field of view ends inside the brain: the brain's section on that
+  face of the grid is at least ``CUT_SECTION`` of its largest section parallel to it. A brain that
+  only grazes a face is whole: the medulla leaves the MNI152 box of ExploreASL's 1.5 mm grid
+  (121 x 145 x 121) at its bottom face in a section under 1 % of the largest axial one, where a
+  slab's end cuts the brain in sections of 10-80 %.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import numpy as np
 
 # Superior-inferior extent of the MNI152 brain mask that nilearn ships (1 mm), in mm.
 TEMPLATE_HEIGHT_MM = 150.0
+# A face where the brain's section is at least this fraction of its largest parallel section cuts it.
+CUT_SECTION = 0.05
 # Below this height fraction, or with a cut side, a map is reported as partial coverage.
 LOW_COVERAGE = 0.8
 # The two sides of each world (RAS) axis: (negative, positive).
@@ -63,9 +68,10 @@ def brain_coverage(img: nib.spatialimages.SpatialImage) -> Coverage:
     for axis in range(3):
         world_axis = int(np.argmax(np.abs(affine[:3, axis])))
         low_side, high_side = SIDES[world_axis] if affine[world_axis, axis] > 0 else SIDES[world_axis][::-1]
-        if brain.take(0, axis=axis).any():
+        sections = brain.sum(axis=tuple(other for other in range(3) if other != axis))
+        if sections[0] >= CUT_SECTION * sections.max():
             cut.append(low_side)
-        if brain.take(brain.shape[axis] - 1, axis=axis).any():
+        if sections[-1] >= CUT_SECTION * sections.max():
             cut.append(high_side)
     order = [side for pair in SIDES for side in pair]
     return Coverage(height, min(1.0, height / TEMPLATE_HEIGHT_MM), tuple(sorted(cut, key=order.index)))

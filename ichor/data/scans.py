@@ -15,7 +15,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+
+from ichor.data.support import SupportError, brain_background_as_zero
 
 # Plausible band for the median of the non-zero voxels of a CBF map in mL/100 g/min.
 # Healthy adult GM is about 58 and WM about 20, children's GM about 97, elderly GM about
@@ -34,12 +35,6 @@ PROBABILITY_TOLERANCE = 0.01
 AFFINE_ATOL_MM = 1e-3
 # Harmonisation resamples and smooths: a map needs at least this many voxels along every axis.
 MIN_VOXELS_PER_AXIS = 4
-# Above this mean fraction of non-zero voxels on the six faces of the grid, a map counts as unmasked.
-UNMASKED_EDGE_FRACTION = 0.5
-# A brain that non-finite voxels split into several parts this large (fraction of it) has lost a slab.
-NAN_SPLIT_PART = 0.05
-# Non-finite voxels tolerated inside a map's brain (as a fraction of it), at its edge, before refusal.
-NAN_EDGE_TOLERANCE = 0.001
 
 # What nibabel and the decompressors raise on damaged or foreign files.
 _READ_ERRORS = (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError)
@@ -55,18 +50,20 @@ def load_cbf(path: str | PathLike, volume: int | str | None = None, notes: list[
     ``volume`` picks one volume of a 4D series (an index) or averages them (``"mean"``);
     a series with more than one volume and no ``volume`` is an error, because averaging
     silently would hide that the manifest points at a time series instead of a map.
-    Non-finite background (ExploreASL's NaN outside the brain) becomes 0, said in ``notes``.
+    Where the brain is comes from the map's own signal (:mod:`ichor.data.support`): non-finite
+    background (ExploreASL's NaN outside the brain, a tissue mask's NaN) becomes 0, said in
+    ``notes``; unmasked maps, lost slices and lost data inside the brain are refused.
     """
     img, data = _read(path)
     data = _select_volume(data, volume)
     _check_affine(img.affine)
     _check_thickness(data.shape)
-    data, background = background_nan_as_zero(data)
-    if background and notes is not None:
-        notes.append(
-            f"{background} non-finite voxels outside the brain read as 0 (background, as ExploreASL writes it)"
-        )
-    _check_masked(data)
+    try:
+        data, found = brain_background_as_zero(data, voxel_ml=float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000)
+    except SupportError as error:
+        raise ScanError(str(error)) from error
+    if notes is not None:
+        notes += found
     nonzero = data[data != 0]
     if nonzero.size == 0:
         raise ScanError("all voxels are zero (empty map)")
@@ -118,7 +115,19 @@ def _read(path: str | PathLike) -> tuple[nib.spatialimages.SpatialImage, np.ndar
         data = np.asanyarray(img.dataobj)
     except _READ_ERRORS as error:
         raise ScanError(f"corrupt or truncated file ({error})") from error
-    return img, data
+    return img, _scaling_zero_as_zero(img, data)
+
+
+def _scaling_zero_as_zero(img: nib.spatialimages.SpatialImage, data: np.ndarray) -> np.ndarray:
+    """Integer maps scaled by ``scl_slope``/``scl_inter``: values within half a step of 0 are 0.
+
+    The stored integer nearest 0 can read back as about -1e-7 (float32 rounding of slope x value
+    + intercept); a background that is not exactly 0 would read as signal outside the brain.
+    """
+    slope, inter = float(getattr(img.dataobj, "slope", 1.0)), float(getattr(img.dataobj, "inter", 0.0))
+    if not np.issubdtype(img.get_data_dtype(), np.integer) or (slope, inter) == (1.0, 0.0):
+        return data
+    return np.where(np.abs(data) < abs(slope) / 2, 0, data).astype(data.dtype, copy=False)
 
 
 def _select_volume(data: np.ndarray, volume: int | str | None) -> np.ndarray:
@@ -163,54 +172,8 @@ def _check_thickness(shape: tuple[int, ...]) -> None:
         )
 
 
-def background_nan_as_zero(data: np.ndarray) -> tuple[np.ndarray, int]:
-    """Non-finite voxels outside the map's brain read as background (0); inside it they are an error.
-    Returns the data and how many background voxels were non-finite.
-
-    ExploreASL writes NaN outside the brain where ASLPrep writes 0: both mean "no brain here".
-    The brain is the map's finite non-zero voxels, closed over one-voxel gaps and with holes
-    filled; NaN/Inf inside it (beyond a few voxels at its edge, ``NAN_EDGE_TOLERANCE``) means
-    lost data, which a model must not read as zero CBF.
-    """
-    finite = np.isfinite(data)
-    if finite.all():
-        return data, 0
-    tissue = finite & (data != 0)
-    brain = ndimage.binary_fill_holes(ndimage.binary_closing(tissue, iterations=1))
-    inside = int(np.count_nonzero(~finite & brain))
-    if inside > NAN_EDGE_TOLERANCE * max(1, int(np.count_nonzero(brain))):
-        raise ScanError(
-            f"{inside} non-finite voxels (NaN/Inf) inside the brain, of {data.size}: lost data, not background "
-            "(non-finite voxels outside the brain are read as 0)"
-        )
-    # A band of NaN too wide to close (a lost slab) cuts the brain into large parts instead.
-    labels, count = ndimage.label(tissue)
-    sizes = np.bincount(labels.ravel())[1:]
-    parts = int(np.count_nonzero(sizes >= NAN_SPLIT_PART * sizes.sum())) if count else 0
-    if parts > 1:
-        raise ScanError(
-            f"{int(np.count_nonzero(~finite))} non-finite voxels (NaN/Inf) cut the brain into {parts} parts: "
-            "lost data inside the brain, not background"
-        )
-    return np.where(finite, data, 0).astype(data.dtype, copy=False), int(np.count_nonzero(~finite))
-
-
-def _check_masked(data: np.ndarray) -> None:
-    """A CBF map is zero (or NaN) outside the brain; a map with signal all over the edges of its grid is not masked.
-
-    Even a slab's field of view has air around the head on its in-plane edges, so the edges of
-    a masked map are mostly zero; an unmasked map would count noise outside the head as brain.
-    """
-    faces = [data.take(index, axis=axis) for axis in range(3) for index in (0, data.shape[axis] - 1)]
-    fraction = float(np.mean([np.count_nonzero(face) / face.size for face in faces]))
-    if fraction > UNMASKED_EDGE_FRACTION:
-        raise ScanError(
-            f"not masked: {fraction:.0%} of the voxels on the edges of the grid are non-zero (signal outside the head); "
-            "set voxels outside the brain to 0 or NaN (e.g. with the brain mask of the pipeline that made the map)"
-        )
-
-
 def _check_finite(data: np.ndarray) -> None:
+    """Tissue probability maps have no background convention to read NaN by: any NaN is an error."""
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise ScanError(f"{bad} non-finite voxels (NaN/Inf) of {data.size}; set voxels outside the brain to 0")
