@@ -32,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("manifests", nargs="+", metavar="MANIFEST.csv")
     check.add_argument("--no-images", action="store_true", help="only check the tables and that files exist (fast)")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes opening the maps (default: one per CPU; 0: this process only)",
+    )
     check.add_argument("--all-notes", action="store_true", help=f"list every note (default: the first {MAX_NOTES})")
 
     build = commands.add_parser("from-bids", help="write a manifest for ASLPrep or ExploreASL derivatives")
@@ -78,7 +85,11 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     notes: list[Problem] = []
     problems = check_manifests(
-        args.manifests, read_images=not args.no_images, progress=not (args.quiet or args.no_images), notes=notes
+        args.manifests,
+        read_images=not args.no_images,
+        progress=not (args.quiet or args.no_images),
+        notes=notes,
+        workers=args.workers,
     )
     shown = notes if args.all_notes else notes[:MAX_NOTES]
     for note in shown:
