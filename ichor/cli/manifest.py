@@ -4,7 +4,8 @@
       reports every problem (missing files, duplicates, 4D series, NaNs, wrong units, ...)
       one per line; exit status 1 when there is any. --no-images skips opening the maps.
   ichor manifest from-bids /data/ds001/derivatives/aslprep --out data_manifests/ds001.csv
-      writes one row per subject/session with participants.tsv, sidecar and QC columns.
+      writes one row per scan (subject, session, run) with participants.tsv, sidecar and QC
+      columns; --space, --desc and --entity KEY=VALUE choose among a scan's maps.
 
 The format is described in data_manifests/README.md. Neither command modifies its inputs.
 """
@@ -59,7 +60,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--space",
         help=f"ASLPrep output space, or 'native' for maps without space- (default: the only one, else {DEFAULT_SPACE})",
     )
+    build.add_argument(
+        "--entity",
+        action="append",
+        default=[],
+        type=_entity,
+        metavar="KEY=VALUE",
+        help="ASLPrep: keep only the CBF maps with this BIDS entity value, e.g. acq=pcasl, res=2, run=1 "
+        "(KEY= keeps the maps without KEY; repeat for several). Each run is otherwise its own row",
+    )
     build.add_argument("--overwrite", action="store_true", help="replace MANIFEST.csv if it exists")
+
+
+def _entity(text: str) -> tuple[str, str]:
+    """``key=value`` of ``--entity``, as a pair."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or "-" in key or "_" in key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with a BIDS entity key, e.g. acq=pcasl")
+    return key.strip(), value.strip()
 
 
 def columns_help() -> str:
@@ -113,7 +131,13 @@ def _check(args: argparse.Namespace) -> int:
 def _from_bids(args: argparse.Namespace) -> int:
     try:
         result = build_manifest(
-            args.root, args.out, study=args.study, desc=args.desc, space=args.space, overwrite=args.overwrite
+            args.root,
+            args.out,
+            study=args.study,
+            desc=args.desc,
+            space=args.space,
+            overwrite=args.overwrite,
+            entities=dict(args.entity),
         )
     except DerivativesError as error:
         print(f"ichor manifest from-bids: {error}", file=sys.stderr)
