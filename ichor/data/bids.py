@@ -16,6 +16,7 @@ import json
 import os
 import re
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -259,7 +260,7 @@ def _fold_runs(rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def exploreasl_rows(population: Path, participants: set[str] = frozenset()) -> tuple[pd.DataFrame, list[str]]:
+def exploreasl_rows(population: Path, participants: Collection[str] = ()) -> tuple[pd.DataFrame, list[str]]:
     """One row per ExploreASL qCBF map: the visit (else the ASL run) becomes the session, so that one
     person's visits stay one subject and are never split apart.
 
