@@ -6,9 +6,11 @@ ICHOR calls two CBF paths the same scan when either holds:
 - they hold the same bytes: equal content keys, ``<size>-<SHA-256 of the bytes>``. A map
   re-saved (re-compressed, another dtype or orientation) is a different file; a copy is not.
 
-Only files whose sizes are equal can share content, so ``same_scans`` hashes only those: the
-usual dataset of compressed maps costs one ``stat`` per file. A content key is computed once
-per file version: memoised in the process by the file's stat signature (device, inode, size,
+Only files of equal size can share content, and ``same_scans`` hashes only those whose sampled
+blocks (the first bytes and 15 more spread over the file, 64 KiB in all) also agree: a dataset
+of compressed maps costs one ``stat`` per file, one of uncompressed maps on one grid
+(ExploreASL's ``.nii``, all the same size) 64 KiB per file, and only copies are read whole.
+A content key is computed once per file version: memoised in the process by the file's stat signature (device, inode, size,
 mtime and ctime in ns) and, given a ``store`` folder, kept there, so an unchanged file costs one
 ``stat`` and one small read on later runs. Any write, replacement, rename onto the path or
 ``touch`` sets the ctime, which no user call can set back, so a file replaced by another of the
@@ -26,6 +28,7 @@ from pathlib import Path
 from ichor.io import write_text
 
 _CHUNK = 1 << 20
+_SAMPLES, _SAMPLE_BYTES = 16, 4096  # blocks read by _sample_key
 _memo: dict[str, str] = {}  # stat signature -> content key, for this process
 
 
@@ -81,9 +84,29 @@ def same_scans(paths: Sequence[str], store: str | os.PathLike | None = None) -> 
         first_by_file.update(dict.fromkeys(identities, index))
         by_size[stat.st_size].append(index)
     for indices in by_size.values():
-        if len(indices) > 1:
-            repeats.update(_same_content(paths, indices, store))
+        if len(indices) < 2:
+            continue
+        by_sample: dict[str, list[int]] = defaultdict(list)
+        for index in indices:
+            try:
+                by_sample[_sample_key(paths[index])].append(index)
+            except OSError:
+                continue
+        for candidates in by_sample.values():
+            if len(candidates) > 1:
+                repeats.update(_same_content(paths, candidates, store))
     return repeats
+
+
+def _sample_key(path: str) -> str:
+    """A hash of evenly spaced blocks of the file: equal for copies, and almost never for two maps."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        for block in range(_SAMPLES):
+            stream.seek(block * max(0, size - _SAMPLE_BYTES) // (_SAMPLES - 1))
+            digest.update(stream.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
 
 
 def _same_content(paths: Sequence[str], indices: Iterable[int], store) -> dict[int, tuple[int, str]]:
