@@ -42,7 +42,7 @@ from ichor.data.workers import single_threaded
 
 ManifestPath = str | PathLike
 # Below this many maps to open, ``check_manifests`` opens them in this process (starting a pool costs more).
-MIN_ROWS_FOR_WORKERS = 16
+MIN_MAPS_FOR_WORKERS = 16
 
 
 class ManifestError(ValueError):
@@ -370,7 +370,7 @@ def _open_all(
     """``_check_files`` of every key, in a pool of single-threaded processes when there are enough."""
     bar = tqdm(total=len(keys), desc="checking scans", unit="scan", disable=not progress or not keys)
     results = {}
-    if workers > 0 and read_images and len(keys) >= MIN_ROWS_FOR_WORKERS:
+    if workers > 0 and read_images and len(keys) >= MIN_MAPS_FOR_WORKERS:
         context = get_context("fork" if sys.platform.startswith("linux") else "spawn")
         with ProcessPoolExecutor(
             min(workers, len(keys)), mp_context=context, initializer=single_threaded, initargs=(os.getpid(),)
