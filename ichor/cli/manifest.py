@@ -4,7 +4,8 @@
       reports every problem (missing files, duplicates, 4D series, NaNs, wrong units, ...)
       one per line; exit status 1 when there is any. --no-images skips opening the maps.
   ichor manifest from-bids /data/ds001/derivatives/aslprep --out data_manifests/ds001.csv
-      writes one row per subject/session with participants.tsv, sidecar and QC columns.
+      writes one row per scan (subject, session, run) with participants.tsv, sidecar and QC
+      columns; --space, --desc and --entity KEY=VALUE choose among a scan's maps.
 
 The format is described in data_manifests/README.md. Neither command modifies its inputs.
 """
@@ -32,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("manifests", nargs="+", metavar="MANIFEST.csv")
     check.add_argument("--no-images", action="store_true", help="only check the tables and that files exist (fast)")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes opening the maps (default: one per CPU; 0: this process only)",
+    )
     check.add_argument("--all-notes", action="store_true", help=f"list every note (default: the first {MAX_NOTES})")
 
     build = commands.add_parser("from-bids", help="write a manifest for ASLPrep or ExploreASL derivatives")
@@ -52,7 +60,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--space",
         help=f"ASLPrep output space, or 'native' for maps without space- (default: the only one, else {DEFAULT_SPACE})",
     )
+    build.add_argument(
+        "--entity",
+        action="append",
+        default=[],
+        type=_entity,
+        metavar="KEY=VALUE",
+        help="ASLPrep: keep only the CBF maps with this BIDS entity value, e.g. acq=pcasl, res=2, run=1 "
+        "(KEY= keeps the maps without KEY; repeat for several). Each run is otherwise its own row",
+    )
     build.add_argument("--overwrite", action="store_true", help="replace MANIFEST.csv if it exists")
+
+
+def _entity(text: str) -> tuple[str, str]:
+    """``key=value`` of ``--entity``, as a pair."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or "-" in key or "_" in key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with a BIDS entity key, e.g. acq=pcasl")
+    return key.strip(), value.strip()
 
 
 def columns_help() -> str:
@@ -78,7 +103,11 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     notes: list[Problem] = []
     problems = check_manifests(
-        args.manifests, read_images=not args.no_images, progress=not (args.quiet or args.no_images), notes=notes
+        args.manifests,
+        read_images=not args.no_images,
+        progress=not (args.quiet or args.no_images),
+        notes=notes,
+        workers=args.workers,
     )
     shown = notes if args.all_notes else notes[:MAX_NOTES]
     for note in shown:
@@ -102,7 +131,13 @@ def _check(args: argparse.Namespace) -> int:
 def _from_bids(args: argparse.Namespace) -> int:
     try:
         result = build_manifest(
-            args.root, args.out, study=args.study, desc=args.desc, space=args.space, overwrite=args.overwrite
+            args.root,
+            args.out,
+            study=args.study,
+            desc=args.desc,
+            space=args.space,
+            overwrite=args.overwrite,
+            entities=dict(args.entity),
         )
     except DerivativesError as error:
         print(f"ichor manifest from-bids: {error}", file=sys.stderr)

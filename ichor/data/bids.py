@@ -1,10 +1,13 @@
 """Build a manifest from ASLPrep or ExploreASL derivatives, without touching them.
 
-ASLPrep (BIDS derivatives): ``sub-X/[ses-Y/]perf/sub-X[_ses-Y]_..._[space-Z_][desc-D_]cbf.nii.gz``,
+ASLPrep (BIDS derivatives): ``sub-X/[ses-Y/]perf/sub-X[_ses-Y][_run-R]_..._[space-Z_][desc-D_]cbf.nii.gz``,
 QC in ``*_desc-qualitycontrol_cbf.tsv`` (column ``qei_cbf``, ``qei_cbf_<desc>`` per variant),
 acquisition metadata in the JSON sidecars, demographics in ``participants.tsv`` and per visit in
-``sub-X_sessions.tsv``. ExploreASL: ``Population/qCBF_<subject>[_<visit>]_ASL_<n>.nii[.gz]``.
-The layout is detected from the folder.
+``sub-X_sessions.tsv``. Each run is its own scan (session ``<ses>run<R>``); any other entity
+that differs between a scan's maps (space, desc, acq, res, ...) is a choice the user makes
+(``--space``, ``--desc``, ``--entity key=value``). ExploreASL:
+``Population/qCBF_<subject>[_<visit>]_ASL_<n>.nii[.gz]``, where a name that participants.tsv
+lists is a person, not a visit. The layout is detected from the folder.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import re
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -31,6 +35,10 @@ DEFAULT_SPACE = "MNI152NLin2009cAsym"
 NATIVE_SPACE = "native"
 # ASLPrep >= 0.6 writes the mean CBF as plain `_cbf`; older releases wrote `_desc-mean_cbf`.
 MEAN_DESCS = (None, "mean")
+# Entities that make a map another scan of the subject (one row each); any other entity is a variant to choose.
+SCAN_ENTITIES = ("sub", "ses", "run")
+# Entities of an output's rendering, not of the acquisition: QC tables are shared across them.
+RENDERING_ENTITIES = ("space", "desc", "res", "den")
 # Folder names that are pipeline or container names, not the study's name.
 NOT_STUDY_NAMES = {"aslprep", "exploreasl", "derivatives", "population"}
 
@@ -76,31 +84,34 @@ def build_manifest(
     desc: str | None = None,
     space: str | None = None,
     overwrite: bool = False,
+    entities: dict[str, str] | None = None,
 ) -> BuildResult:
     """Write a manifest for the derivatives under ``root`` to ``out``; returns what was done.
 
     ``desc`` picks an ASLPrep CBF variant (``score``, ``scrub``, ``basil``, ...; default the
     mean map); ``space`` picks an output space (default: the only one, else
-    MNI152NLin2009cAsym). ``study`` defaults to the dataset's folder name.
+    MNI152NLin2009cAsym); ``entities`` keeps the maps with these BIDS entity values
+    (``{"acq": "pcasl", "res": "2"}``; ``""`` keeps the maps without that entity).
+    ``study`` defaults to the dataset's folder name.
     """
     root, out = Path(root), Path(out)
     if out.exists() and not overwrite:
         raise DerivativesError(f"{out} exists; pass --overwrite to replace it")
     layout, source = detect_layout(root)
-    if layout == "aslprep":
-        rows, notes = aslprep_rows(source, desc=desc, space=space)
-    else:
-        if desc or space:
-            raise DerivativesError("--desc and --space apply to ASLPrep derivatives only")
-        rows, notes = exploreasl_rows(source)
-    rows.insert(2, "study", study or study_name(root))
     participants = find_participants(root, source)
+    if layout == "aslprep":
+        rows, notes = aslprep_rows(source, desc=desc, space=space, entities=entities)
+    else:
+        if desc or space or entities:
+            raise DerivativesError("--desc, --space and --entity apply to ASLPrep derivatives only")
+        rows, notes = exploreasl_rows(source, participant_ids(participants) if participants else set())
+    rows.insert(2, "study", study or study_name(root))
     if participants is not None:
         rows, merge_notes = merge_participants(rows, participants)
         notes += merge_notes
     rows, session_notes = merge_sessions(rows, metadata_folders(root, source))
     notes += session_notes
-    rows = _order_columns(rows)
+    rows = _order_columns(_fold_runs(rows))
     write_manifest(rows, out)
     return BuildResult(layout, source, rows, notes)
 
@@ -136,19 +147,31 @@ def parse_entities(name: str) -> tuple[dict[str, str], str] | None:
     return (entities, parts[-1]) if "sub" in entities else None
 
 
-def aslprep_rows(source: Path, desc: str | None = None, space: str | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """One row per subject/session of ASLPrep CBF maps, with sidecar, QC and tissue-map columns."""
-    groups: dict[tuple[str, str], list[tuple[dict[str, str], Path]]] = defaultdict(list)
-    for path in _aslprep_files(source):
-        parsed = parse_entities(path.name)
-        if parsed:
-            entities = parsed[0]
-            groups[entities["sub"], entities.get("ses", "")].append((entities, path))
+def aslprep_rows(
+    source: Path, desc: str | None = None, space: str | None = None, entities: dict[str, str] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """One row per scan (subject, session, run) of ASLPrep CBF maps, with sidecar, QC and tissue-map columns.
+
+    A run is recorded in a temporary ``run`` column (``build_manifest`` folds it into the session,
+    after merging sessions.tsv). Maps of one scan that still differ after ``desc``, ``space`` and
+    ``entities`` are refused, listing each differing entity's values and the flag that picks one.
+    """
+    selection = dict(entities or {})
+    maps = _select(
+        [(parsed[0], path) for path in _aslprep_files(source) if (parsed := parse_entities(path.name))], selection
+    )
+    groups: dict[tuple[str, str, str], list[tuple[dict[str, str], Path]]] = defaultdict(list)
+    for found, path in maps:
+        run = "" if "run" in selection else found.get("run", "")
+        groups[found["sub"], found.get("ses", ""), run].append((found, path))
     qc = _qc_table(source)
-    notes, ambiguous, several_spaces = [], [], defaultdict(int)
+    notes: list[str] = []
+    ambiguous: list[str] = []
+    differing: dict[str, set[str]] = defaultdict(set)
+    several_spaces: dict[tuple[str, str], int] = defaultdict(int)
     rows = []
-    for (subject, session), candidates in sorted(groups.items()):
-        scan = f"sub-{subject}" + (f" ses-{session}" if session else "")
+    for (subject, session, run), candidates in sorted(groups.items()):
+        scan = f"sub-{subject}" + (f" ses-{session}" if session else "") + (f" run-{run}" if run else "")
         wanted = [c for c in candidates if c[0].get("desc") == desc] if desc else _mean_maps(candidates)
         if not wanted:
             found = sorted({c[0].get("desc", "(none)") for c in candidates})
@@ -158,62 +181,123 @@ def aslprep_rows(source: Path, desc: str | None = None, space: str | None = None
             continue
         spaces = sorted({e.get("space", NATIVE_SPACE) for e, _ in wanted})
         chosen = space or (spaces[0] if len(spaces) == 1 else DEFAULT_SPACE if DEFAULT_SPACE in spaces else None)
-        if chosen is None:
-            ambiguous.append(f"{scan}: spaces {', '.join(spaces)}")
-            continue
-        if len(spaces) > 1 and not space:
-            several_spaces[(chosen, ", ".join(spaces))] += 1
-        wanted = [c for c in wanted if c[0].get("space", NATIVE_SPACE) == chosen]
-        if not wanted:
-            notes.append(f"skipped {scan}: no CBF map in space {chosen} (found: {', '.join(spaces)})")
-            continue
+        if chosen is not None:
+            if len(spaces) > 1 and not space:
+                several_spaces[(chosen, ", ".join(spaces))] += 1
+            wanted = [c for c in wanted if c[0].get("space", NATIVE_SPACE) == chosen]
+            if not wanted:
+                notes.append(f"skipped {scan}: no CBF map in space {chosen} (found: {', '.join(spaces)})")
+                continue
         if len(wanted) > 1:
-            ambiguous.append(
-                f"{scan}: several maps ({', '.join(p.name for _, p in wanted)}); a manifest row is one subject/session"
-            )
+            ambiguous.append(scan)
+            for key in {key for e, _ in wanted for key in e} - set(SCAN_ENTITIES):
+                values = {e.get(key, NATIVE_SPACE if key == "space" else "") for e, _ in wanted}
+                if len(values) > 1:
+                    differing[key] |= values
             continue
-        entities, path = wanted[0]
-        row = {"subject": subject, "session": session, "path": str(path.resolve())}
+        found, path = wanted[0]
+        row = {"subject": subject, "session": session, "run": run, "path": str(path.resolve())}
         row.update(read_sidecar(path))
-        row.update(_qc_for(qc, entities, desc))
-        row.update(_tissue_maps(source, entities, path))
+        row.update(_qc_for(qc, found, desc))
+        row.update(_tissue_maps(source, found, path))
         rows.append(row)
     if ambiguous:
-        raise DerivativesError(
-            "cannot choose one CBF map for:\n  " + "\n  ".join(ambiguous) + "\npass --space and/or --desc"
-        )
+        raise DerivativesError(_ambiguity(ambiguous, differing))
     for (chosen, spaces), count in several_spaces.items():
         notes.append(f"{count} scan(s) exist in several spaces ({spaces}); used {chosen} (choose with --space)")
     if not rows:
-        raise DerivativesError(f"no usable CBF map in {source}:\n  " + "\n  ".join(notes))
+        raise DerivativesError(f"no usable CBF map in {source}: " + "; ".join(notes))
     return pd.DataFrame(rows), notes
 
 
-def exploreasl_rows(population: Path) -> tuple[pd.DataFrame, list[str]]:
+def _select(maps: list[tuple[dict[str, str], Path]], selection: dict[str, str]) -> list[tuple[dict[str, str], Path]]:
+    """The maps whose entities have the selected values; a selection that keeps nothing says what there is."""
+    for key, value in selection.items():
+        values = sorted({e.get(key, "") for e, _ in maps})
+        kept = [(e, p) for e, p in maps if e.get(key, "") == value]
+        if not kept:
+            if values == [""]:
+                keys = sorted({k for e, _ in maps for k in e} - {"sub"})
+                raise DerivativesError(
+                    f"--entity {key}={value}: no CBF map has a {key}- entity (entities found: {', '.join(keys)})"
+                )
+            found = ", ".join(v or "(none)" for v in values)
+            raise DerivativesError(f"--entity {key}={value}: no CBF map has {key}-{value} (found {key}: {found})")
+        maps = kept
+    return maps
+
+
+def _ambiguity(scans: list[str], differing: dict[str, set[str]]) -> str:
+    """One line: which scans have several maps, and per differing entity its values and the flag for each."""
+    choices = []
+    for key in sorted(differing):
+        values = sorted(differing[key])
+        flags = " or ".join(_flag(key, value) for value in values)
+        choices.append(f"{key} ({', '.join(value or '(none)' for value in values)}: {flags})")
+    listed = ", ".join(scans[:5]) + (f" and {len(scans) - 5} more" if len(scans) > 5 else "")
+    return (
+        f"cannot choose one CBF map for {len(scans)} scan(s) ({listed}): their maps differ in "
+        + "; ".join(choices)
+        + "; a manifest row is one map (each run is its own row)"
+    )
+
+
+def _flag(key: str, value: str) -> str:
+    """The ``ichor manifest from-bids`` option that keeps the maps with entity ``key`` = ``value``."""
+    if key == "space":
+        return f"--space {value}"
+    if key == "desc" and value:
+        return f"--desc {value}"
+    return f"--entity {key}={value}"
+
+
+def _fold_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """Put an ASLPrep run into the session label (``<ses>run<R>``), so that (subject, session) names one scan."""
+    if "run" not in rows.columns:
+        return rows
+    runs = rows.pop("run").fillna("").astype(str)
+    rows["session"] = [f"{session}run{run}" if run else session for session, run in zip(rows["session"], runs)]
+    return rows
+
+
+def exploreasl_rows(population: Path, participants: Collection[str] = ()) -> tuple[pd.DataFrame, list[str]]:
     """One row per ExploreASL qCBF map: the visit (else the ASL run) becomes the session, so that one
-    person's visits stay one subject and are never split apart."""
+    person's visits stay one subject and are never split apart.
+
+    ``participants`` (the labels participants.tsv lists, without ``sub-``) decides a name ending in
+    ``_<digit>``: one listed as a participant (``003_1``) is that person, not visit 1 of ``003``.
+    """
     _refuse_prefixed(population)
     rows = []
-    for path in _exploreasl_files(population):
-        match = _EXPLOREASL.match(path.name)
-        session = match["run"] if match["visit"] is None else _visit_session(match["visit"], match["run"])
-        row = {"subject": match["subject"].removeprefix("sub-"), "session": session, "path": str(path.resolve())}
-        row.update(read_sidecar(path))
-        rows.append(row)
     visits = defaultdict(set)
     for path in _exploreasl_files(population):
         match = _EXPLOREASL.match(path.name)
-        if match["visit"] is not None:
-            visits[match["subject"]].add(match["visit"])
+        subject, visit, run = match["subject"].removeprefix("sub-"), match["visit"], match["run"]
+        if visit is not None and f"{subject}_{visit}" in participants:
+            subject, visit = f"{subject}_{visit}", None
+        session = run if visit is None else _visit_session(visit, run)
+        if visit is not None and subject not in participants:
+            visits[match["subject"]].add(visit)
+        row = {"subject": subject, "session": session, "path": str(path.resolve())}
+        row.update(read_sidecar(path))
+        rows.append(row)
     several = sorted(subject for subject, found in visits.items() if len(found) > 1)
     notes = []
     if several:
         notes.append(
             f"read as visits of one subject (suffix _<digit>): {', '.join(several[:10])}"
             + (f" and {len(several) - 10} more" if len(several) > 10 else "")
-            + "; rename the files if these are different people"
+            + "; list them in participants.tsv (participant_id sub-<name>_<digit>) if these are different people"
         )
     return pd.DataFrame(rows), notes
+
+
+def participant_ids(participants: Path) -> set[str]:
+    """The subject labels (``participant_id`` without ``sub-``) that a participants.tsv lists."""
+    table = pd.read_csv(participants, sep="\t", dtype=str, keep_default_na=False)
+    if "participant_id" not in table.columns:
+        return set()
+    return {label.strip().removeprefix("sub-") for label in table["participant_id"]}
 
 
 def _refuse_prefixed(population: Path) -> None:
@@ -390,8 +474,8 @@ def _mean_maps(candidates: list[tuple[dict[str, str], Path]]) -> list[tuple[dict
 
 
 def _scan_key(entities: dict[str, str]) -> tuple:
-    """Entities that identify the acquisition (everything but space and desc)."""
-    return tuple(sorted((k, v) for k, v in entities.items() if k not in ("space", "desc")))
+    """Entities that identify the acquisition (everything but how an output is rendered)."""
+    return tuple(sorted((k, v) for k, v in entities.items() if k not in RENDERING_ENTITIES))
 
 
 def _qc_table(source: Path) -> dict[tuple, list[tuple[dict[str, str], Path]]]:

@@ -320,7 +320,7 @@ class CBFDataModule(LightningDataModule):
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
         """Build the cache for every scan (rank 0 only); with on_bad_scan="error", raise on bad scans."""
-        rows = read_manifests(self.hparams.manifests)
+        rows = read_manifests(self.hparams.manifests, self.cache.content_store)
         problems = self.problem_messages(rows, self.build_cache(rows["path"]))
         if problems and self.hparams.on_bad_scan == "error":
             raise ScanError(_error_message(problems))
@@ -328,7 +328,7 @@ class CBFDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        rows = read_manifests(self.hparams.manifests)
+        rows = read_manifests(self.hparams.manifests, self.cache.content_store)
         problems = self.problem_messages(rows, self.build_cache(rows["path"]))
         if problems and self.hparams.on_bad_scan == "error":
             raise ScanError(_error_message(problems))
@@ -394,6 +394,7 @@ class CBFDataModule(LightningDataModule):
         return batch
 
     def train_dataloader(self) -> DataLoader:
+        self._check_training_split()
         return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
@@ -459,6 +460,30 @@ class CBFDataModule(LightningDataModule):
         if len(self.skipped):
             report = write_csv(self.skipped, folder / SKIPPED_FILE)
             log.warning("skipped %d bad scan(s) (on_bad_scan='skip'); list in %s", len(self.skipped), report)
+
+    def _check_training_split(self) -> None:
+        """Refuse a training split that gives no batch (empty, or under one batch with ``drop_last``).
+
+        Refused rather than shrinking ``batch_size``: the batch size sets the learning-rate scaling
+        and the optimiser's noise of a recipe, so a silently smaller batch would be another run.
+        """
+        if self.rows is None:
+            return  # _loader says: call setup() first
+        hp, (_, world) = self.hparams, self._rank_and_world()
+        sizes = {split: int((self.rows["split"] == split).sum()) for split in SPLITS}
+        per_rank = math.ceil(sizes["train"] / world)
+        if per_rank > 0 and not (hp.drop_last and per_rank < hp.batch_size):
+            return
+        if per_rank == 0:
+            remedy = "add scans, or lower val_fraction/test_fraction"
+        else:
+            remedy = f"lower data.batch_size to at most {per_rank}, or set data.drop_last: false"
+        raise ValueError(
+            f"the training split gives no batch: {per_rank} training scan(s)"
+            + (f" per rank ({world} ranks)" if world > 1 else "")
+            + f" with batch_size {hp.batch_size}{' and drop_last' if hp.drop_last else ''} "
+            + f"(scans per split: {', '.join(f'{split} {count}' for split, count in sizes.items())}); {remedy}"
+        )
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer

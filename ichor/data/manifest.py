@@ -5,15 +5,21 @@ data_manifests/README.md). ``read_manifest(s)`` is what the datamodule calls: it
 the table itself and raises one ``ManifestError`` listing all structural problems, but
 opens no image (the datamodule has its own policy for bad scans). ``check_manifests`` is what ``ichor manifest check`` calls:
 it also opens every image and collects every problem instead of stopping at the first.
-Neither ever writes anything.
+Both refuse one scan in two rows, by label or by content (:mod:`ichor.data.identity`): a copied
+row, ``sub-01`` beside ``01``, one file spelled two ways, or a byte-identical copy at another
+path, so that a subject-grouped split can never put one scan in train and test.
+Neither writes anything to the manifests or the maps.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import sys
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from os import PathLike
 from pathlib import Path
 
@@ -22,6 +28,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ichor.data.coverage import brain_coverage
+from ichor.data.identity import same_scans
 from ichor.data.scans import ScanError, load_cbf, load_tissue_map
 from ichor.data.schema import (
     ADDED_COLUMNS,
@@ -31,8 +38,11 @@ from ichor.data.schema import (
     REQUIRED_COLUMNS,
     TEXT_COLUMNS,
 )
+from ichor.data.workers import single_threaded
 
 ManifestPath = str | PathLike
+# Below this many maps to open, ``check_manifests`` opens them in this process (starting a pool costs more).
+MIN_MAPS_FOR_WORKERS = 16
 
 
 class ManifestError(ValueError):
@@ -116,7 +126,7 @@ def read_manifest(path: ManifestPath) -> pd.DataFrame:
     return read_manifests([path])
 
 
-def read_manifests(paths: Iterable[ManifestPath]) -> pd.DataFrame:
+def read_manifests(paths: Iterable[ManifestPath], content_store: str | PathLike | None = None) -> pd.DataFrame:
     """Read, validate and concatenate manifests, without opening any image.
 
     Path columns come back as absolute paths (relative ones are resolved against the
@@ -125,50 +135,74 @@ def read_manifests(paths: Iterable[ManifestPath]) -> pd.DataFrame:
     str ("" when empty); ``age``/``pld``/``field_strength`` and any other column whose
     values are all numbers hold floats (NaN when empty). Raises
     ManifestError listing every structural problem: unreadable CSV, missing columns, empty
-    required values, non-numeric numbers, duplicate subject/session rows, or a subject in
-    two studies.
+    required values, non-numeric numbers, duplicate subject/session rows, a subject in
+    two studies or spelled two ways (``sub-01``, ``01``), or one CBF map in two rows (the same
+    file, or a byte-identical copy; ``content_store`` keeps the content keys between runs).
     """
-    frames, problems = _read_all(paths)
+    frames, problems = _read_all(paths, content_store)
     if problems:
         raise ManifestError(_format(problems))
     return pd.concat(frames, ignore_index=True)
 
 
 def check_manifests(
-    paths: Sequence[ManifestPath], read_images: bool = True, progress: bool = False, notes: list[Problem] | None = None
+    paths: Sequence[ManifestPath],
+    read_images: bool = True,
+    progress: bool = False,
+    notes: list[Problem] | None = None,
+    workers: int | None = None,
 ) -> list[Problem]:
     """Every problem in these manifests, in manifest and row order; an empty list means usable.
 
     With ``read_images``, every CBF map goes through ``scans.load_cbf`` and every tissue map
     through ``scans.load_tissue_map`` (on the CBF grid); without it, files are only checked
-    for existence. ``progress`` shows a tqdm bar over rows on stderr. What a user should know about
-    a usable map (NaN background read as 0, partial brain coverage) is appended to ``notes``.
+    for existence. Each distinct set of a row's files is opened once, however many rows name it,
+    in ``workers`` processes (default: one per CPU; 0 opens them in this process). ``progress``
+    shows a tqdm bar over the maps on stderr. What a user should know about a usable map (NaN
+    background read as 0, partial brain coverage) is appended to ``notes``.
     """
     frames, problems = _read_all(paths)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     records = rows.to_dict("records")
-    for record in tqdm(records, desc="checking scans", unit="row", disable=not progress or not records):
-        problems += _file_problems(record, read_images, notes)
-    if notes is not None and len(rows):
-        notes += _range_notes(rows)
+    files: dict[tuple[tuple[str, str], ...], list[dict]] = {}
+    for record in records:
+        files.setdefault(_row_files(record), []).append(record)
+    found = _open_all(list(files), read_images, progress, os.cpu_count() or 1 if workers is None else workers)
+    remarks: list[Problem] = []
+    for key, (errors, file_notes) in found.items():
+        for record in files[key]:
+            problems += [_file_problem(record, file, message) for file, message in errors]
+            remarks += [_file_problem(record, file, message) for file, message in file_notes]
     order = {p: i for i, p in enumerate(expand_manifests(paths))}
-    return sorted(problems, key=lambda p: (order.get(p.manifest, len(order)), p.row or 0))
+
+    def in_order(problem: Problem) -> tuple[int, int]:
+        return order.get(problem.manifest, len(order)), problem.row or 0
+
+    if notes is not None:
+        notes += sorted(remarks, key=in_order)
+        if len(rows):
+            notes += _range_notes(rows)
+    return sorted(problems, key=in_order)
 
 
 def count_rows(paths: Sequence[ManifestPath]) -> int:
     """Data rows over all readable manifests (for the summary line of ``manifest check``)."""
-    frames, _ = _read_all(paths)
-    return sum(len(frame) for frame in frames)
+    tables = (_read_table(path)[0] for path in expand_manifests(paths))
+    return sum(len(table) for table in tables if table is not None)
 
 
-def _read_all(paths: Iterable[ManifestPath]) -> tuple[list[pd.DataFrame], list[Problem]]:
+def _read_all(
+    paths: Iterable[ManifestPath], content_store: str | PathLike | None = None
+) -> tuple[list[pd.DataFrame], list[Problem]]:
     frames, problems = [], []
     for path in expand_manifests(paths):
         frame, found = _read_table(path)
         problems += found
         if frame is not None:
             frames.append(frame)
-    problems += _duplicate_problems(frames)
+    duplicates = _duplicate_problems(frames)
+    flagged = {(problem.manifest, problem.row) for problem in duplicates}
+    problems += duplicates + _same_scan_problems(frames, flagged, content_store)
     return frames, problems
 
 
@@ -246,7 +280,7 @@ def _convert_numbers(table: pd.DataFrame) -> list[Problem]:
 
 
 def _duplicate_problems(frames: list[pd.DataFrame]) -> list[Problem]:
-    """Rows with the same subject and session, and subjects that appear in two studies."""
+    """Rows with the same subject and session, subjects in two studies, and one subject spelled two ways."""
     if not frames:
         return []
     rows = pd.concat(frames, ignore_index=True)
@@ -254,8 +288,20 @@ def _duplicate_problems(frames: list[pd.DataFrame]) -> list[Problem]:
     problems = []
     first_study: dict[str, pd.Series] = {}
     first_scan: dict[tuple[str, str, str], pd.Series] = {}
+    first_spelling: dict[str, pd.Series] = {}
     for _, row in rows.iterrows():
         subject, study, session = row["subject"], row["study"], row["session"]
+        # BIDS writes subject 01 as sub-01: both spellings in one dataset are one person under two labels
+        earlier = first_spelling.setdefault(subject.removeprefix("sub-"), row)
+        if earlier["subject"] != subject:
+            problems.append(
+                _row_problem(
+                    row,
+                    f"subject {subject!r} is written {earlier['subject']!r} in {_where(earlier, row)}; "
+                    "one person needs one label (sub-X is subject X)",
+                )
+            )
+            continue
         earlier = first_study.setdefault(subject, row)
         if earlier["study"] != study:
             problems.append(
@@ -275,6 +321,32 @@ def _duplicate_problems(frames: list[pd.DataFrame]) -> list[Problem]:
     return problems
 
 
+def _same_scan_problems(
+    frames: list[pd.DataFrame], flagged: set[tuple[str, int | None]], content_store: str | PathLike | None = None
+) -> list[Problem]:
+    """Rows whose CBF map is another row's: the same file however spelled, or a byte-identical copy.
+
+    A row already refused as a duplicate of another (``flagged``: (manifest, row)) gets no second problem.
+    """
+    if not frames:
+        return []
+    rows = pd.concat(frames, ignore_index=True)
+    problems = []
+    for index, (earlier, how) in sorted(same_scans(rows["path"].tolist(), content_store).items()):
+        row, first = rows.loc[index], rows.loc[earlier]
+        if (row["manifest"], int(row["row"])) in flagged:
+            continue
+        scan = f"subject {first['subject']!r}" + (f" session {first['session']!r}" if first["session"] else "")
+        problems.append(
+            _row_problem(
+                row,
+                f"same CBF map as {_where(first, row)} ({scan}): {how}; one scan belongs in one row, "
+                "else a split can put it in train and test",
+            )
+        )
+    return problems
+
+
 def _range_notes(rows: pd.DataFrame) -> list[Problem]:
     """Numbers outside a plausible range (PLD in ms, age in months, ...): noted, since they may be right."""
     notes = []
@@ -287,14 +359,39 @@ def _range_notes(rows: pd.DataFrame) -> list[Problem]:
     return notes
 
 
-def _file_problems(record: dict, read_images: bool, notes: list[Problem] | None = None) -> list[Problem]:
-    """Problems with the files of one row: missing, unreadable, or not a usable map."""
-    problems = []
+def _row_files(record: dict) -> tuple[tuple[str, str], ...]:
+    """(column, path) of each file a row names: the CBF map first, then its tissue maps."""
+    return tuple((column, record[column]) for column in PATH_COLUMNS if record.get(column))
+
+
+def _open_all(
+    keys: list[tuple[tuple[str, str], ...]], read_images: bool, progress: bool, workers: int
+) -> dict[tuple[tuple[str, str], ...], tuple[list, list]]:
+    """``_check_files`` of every key, in a pool of single-threaded processes when there are enough."""
+    bar = tqdm(total=len(keys), desc="checking scans", unit="scan", disable=not progress or not keys)
+    results = {}
+    if workers > 0 and read_images and len(keys) >= MIN_MAPS_FOR_WORKERS:
+        context = get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        with ProcessPoolExecutor(
+            min(workers, len(keys)), mp_context=context, initializer=single_threaded, initargs=(os.getpid(),)
+        ) as pool:
+            futures = {pool.submit(_check_files, key, read_images): key for key in keys}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+    else:
+        for key in keys:
+            results[key] = _check_files(key, read_images)
+            bar.update()
+    bar.close()
+    return results
+
+
+def _check_files(files: tuple[tuple[str, str], ...], read_images: bool) -> tuple[list, list]:
+    """([(file, problem)], [(file, note)]) for the files of one row: missing, unreadable, or not a usable map."""
+    problems, notes = [], []
     cbf = None
-    for column in PATH_COLUMNS:
-        value = record.get(column, "")
-        if not value:
-            continue
+    for column, value in files:
         prefix = "" if column == "path" else f"{column} map: "
         try:
             if not Path(value).is_file():
@@ -307,13 +404,16 @@ def _file_problems(record: dict, read_images: bool, notes: list[Problem] | None 
                 coverage = brain_coverage(cbf)
                 if coverage.partial:
                     found.append(f"partial coverage: {coverage.describe()}")
-                if notes is not None:
-                    notes += [Problem(record["manifest"], record["row"], Path(value).name, note) for note in found]
+                notes += [(value, note) for note in found]
             else:
                 load_tissue_map(value, reference=cbf)
         except ScanError as error:
-            problems.append(Problem(record["manifest"], record["row"], Path(value).name, prefix + str(error)))
-    return problems
+            problems.append((value, prefix + str(error)))
+    return problems, notes
+
+
+def _file_problem(record: dict, file: str, message: str) -> Problem:
+    return Problem(record["manifest"], record["row"], Path(file).name, message)
 
 
 def _row_problem(row: pd.Series, message: str) -> Problem:

@@ -124,7 +124,9 @@ def test_space_option_and_ambiguous_spaces(aslprep, tmp_path):
     for path in aslprep.rglob(f"*space-{MNI}_cbf.nii.gz"):
         path.rename(path.with_name(path.name.replace(MNI, "MNI152NLin6Asym")))
     with pytest.raises(
-        DerivativesError, match="cannot choose one CBF map for:\n  sub-01 ses-1: spaces MNI152NLin6Asym, T1w"
+        DerivativesError,
+        match=r"^cannot choose one CBF map for 2 scan\(s\) \(sub-01 ses-1, sub-01 ses-2\): their maps differ in "
+        r"space \(MNI152NLin6Asym, T1w: --space MNI152NLin6Asym or --space T1w\)",
     ):
         build_manifest(aslprep, tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
@@ -133,9 +135,9 @@ def test_space_option_and_ambiguous_spaces(aslprep, tmp_path):
 def test_plain_cbf_in_synth_like_layout_with_tissue_maps(tmp_path):
     """No space entity and probseg maps beside the CBF map (the `ichor synth` layout)."""
     study = tmp_path / "study-01"
-    for subject in ("S01P001", "S01P002"):
+    for seed, subject in enumerate(("S01P001", "S01P002")):
         folder = study / f"sub-{subject}"
-        save(folder / f"sub-{subject}_cbf.nii.gz")
+        save(folder / f"sub-{subject}_cbf.nii.gz", brain(seed))
         for label in ("GM", "WM", "CSF"):
             save(folder / f"sub-{subject}_label-{label}_probseg.nii.gz", (brain() > 0) * np.float32(0.5))
     out = tmp_path / "synth.csv"
@@ -158,14 +160,101 @@ def test_older_aslprep_desc_mean_is_the_default(tmp_path):
     assert Path(result.rows["path"].iloc[0]).name == "sub-01_desc-mean_cbf.nii.gz"
 
 
-def test_several_runs_per_session_are_an_error(tmp_path):
+def test_each_run_is_its_own_scan_with_its_qc_and_sessions_tsv(tmp_path):
     root = tmp_path / "runs"
-    save(root / "sub-01" / "perf" / "sub-01_run-1_cbf.nii.gz")
-    save(root / "sub-01" / "perf" / "sub-01_run-2_cbf.nii.gz")
-    with pytest.raises(
-        DerivativesError, match=r"sub-01: several maps \(sub-01_run-1_cbf.nii.gz, sub-01_run-2_cbf.nii.gz\)"
-    ):
+    for seed, (session, run) in enumerate((("1", "1"), ("1", "2"), ("2", "1"))):
+        perf = root / "sub-01" / f"ses-{session}" / "perf"
+        save(perf / f"sub-01_ses-{session}_run-{run}_cbf.nii.gz", brain(seed))
+        qc = pd.DataFrame({"qei_cbf": [0.5 + seed / 10]})
+        qc.to_csv(perf / f"sub-01_ses-{session}_run-{run}_desc-qualitycontrol_cbf.tsv", sep="\t", index=False)
+    save(root / "sub-02" / "perf" / "sub-02_run-3_cbf.nii.gz", brain(5))
+    (root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tage\nses-1\t70\nses-2\t72\n")
+    out = tmp_path / "m.csv"
+    result = build_manifest(root, out)
+    table = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert table[["subject", "session", "age", "qei_cbf"]].values.tolist() == [
+        ["01", "1run1", "70", "0.5"],
+        ["01", "1run2", "70", "0.6"],
+        ["01", "2run1", "72", "0.7"],
+        ["02", "run3", "", ""],
+    ]
+    assert "run" not in table.columns and len(result.rows) == 4
+    assert check_manifests([str(out)]) == []
+    one = build_manifest(root, tmp_path / "run1.csv", entities={"run": "1"})  # a chosen run is no longer a label
+    assert one.rows[["subject", "session"]].values.tolist() == [["01", "1"], ["01", "2"]]
+
+
+@pytest.fixture
+def variants(tmp_path) -> Path:
+    """sub-01 with two acquisitions (acq-pcasl, acq-pasl) at two resolutions; sub-02 with pcasl only, at res-2."""
+    root = tmp_path / "variants"
+    seed = 0
+    for subject, acquisitions, resolutions in (("01", ("pcasl", "pasl"), ("1", "2")), ("02", ("pcasl",), ("2",))):
+        for acq in acquisitions:
+            for res in resolutions:
+                save(
+                    root / f"sub-{subject}" / "perf" / f"sub-{subject}_acq-{acq}_space-{MNI}_res-{res}_cbf.nii.gz",
+                    brain(seed),
+                )
+                seed += 1
+    return root
+
+
+def test_several_acquisitions_or_resolutions_name_every_value_and_its_flag(variants, tmp_path, capsys):
+    out = tmp_path / "m.csv"
+    assert main(["manifest", "from-bids", str(variants), "--out", str(out)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        "ichor manifest from-bids: cannot choose one CBF map for 1 scan(s) (sub-01): their maps differ in "
+        "acq (pasl, pcasl: --entity acq=pasl or --entity acq=pcasl); res (1, 2: --entity res=1 or --entity res=2); "
+        "a manifest row is one map (each run is its own row)"
+    )
+    assert not out.exists()
+    assert (
+        main(["manifest", "from-bids", str(variants), "--out", str(out), "--entity", "acq=pcasl", "--entity", "res=2"])
+        == 0
+    )
+    table = pd.read_csv(out, dtype=str)
+    assert [Path(p).name for p in table["path"]] == [
+        f"sub-01_acq-pcasl_space-{MNI}_res-2_cbf.nii.gz",
+        f"sub-02_acq-pcasl_space-{MNI}_res-2_cbf.nii.gz",
+    ]
+    assert check_manifests([str(out)]) == []
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("acq=casl", "--entity acq=casl: no CBF map has acq-casl (found acq: pasl, pcasl)"),
+        ("echo=1", "--entity echo=1: no CBF map has a echo- entity (entities found: acq, res, space)"),
+        ("acq=", "--entity acq=: no CBF map has acq- (found acq: pasl, pcasl)"),
+    ],
+)
+def test_an_entity_selection_that_keeps_nothing_says_what_there_is(variants, tmp_path, capsys, argument, message):
+    assert main(["manifest", "from-bids", str(variants), "--out", str(tmp_path / "m.csv"), "--entity", argument]) == 1
+    assert capsys.readouterr().err.strip() == f"ichor manifest from-bids: {message}"
+
+
+def test_entity_flag_needs_key_and_value(variants, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["manifest", "from-bids", str(variants), "--out", str(tmp_path / "m.csv"), "--entity", "acq-pcasl"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_map_without_the_entity_is_selected_by_an_empty_value(tmp_path):
+    root = tmp_path / "mixed"
+    save(root / "sub-01" / "perf" / "sub-01_cbf.nii.gz", brain(0))
+    save(root / "sub-01" / "perf" / "sub-01_acq-long_cbf.nii.gz", brain(1))
+    with pytest.raises(DerivativesError, match=r"acq \(\(none\), long: --entity acq= or --entity acq=long\)"):
         build_manifest(root, tmp_path / "m.csv")
+    result = build_manifest(root, tmp_path / "m.csv", entities={"acq": ""})
+    assert [Path(p).name for p in result.rows["path"]] == ["sub-01_cbf.nii.gz"]
+
+
+def test_exploreasl_entity_selection_is_refused(tmp_path):
+    save_population(tmp_path / "study", "sub-001_ASL_1")
+    with pytest.raises(DerivativesError, match="apply to ASLPrep derivatives only"):
+        build_manifest(tmp_path / "study", tmp_path / "m.csv", entities={"run": "1"})
 
 
 def test_exploreasl_population(tmp_path):
@@ -216,6 +305,33 @@ def test_exploreasl_visits_are_sessions_of_one_subject(tmp_path, capsys):
         ["003", "2run2"],
         ["HC_01", "1"],
         ["HC_02", "1"],
+    ]
+    assert check_manifests([str(out)]) == []
+
+
+@pytest.mark.parametrize("listed", ["sub-003_1\nsub-003_2", "003_1\n003_2"], ids=["bids-labels", "bare-labels"])
+def test_exploreasl_names_listed_in_participants_are_people_not_visits(tmp_path, capsys, listed):
+    """participants.tsv lists sub-003_1 and sub-003_2: two people, whatever their names look like."""
+    study = tmp_path / "study"
+    save_population(
+        study, "sub-003_1_ASL_1", "sub-003_2_ASL_1", "sub-003_2_ASL_2", "sub-004_1_ASL_1", "sub-004_2_ASL_1"
+    )
+    (study / "participants.tsv").write_text(
+        f"participant_id\tage\n{listed.replace(chr(10), chr(9) + '70' + chr(10))}\t71\n"
+    )
+    out = tmp_path / "m.csv"
+    assert main(["manifest", "from-bids", str(study), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "read as visits of one subject (suffix _<digit>): sub-004;" in err and "sub-003" not in err.split("visits")[1]
+    )
+    table = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert table[["subject", "session", "age"]].values.tolist() == [
+        ["003_1", "1", "70"],
+        ["003_2", "1", "71"],
+        ["003_2", "2", "71"],
+        ["004", "1", ""],
+        ["004", "2", ""],
     ]
     assert check_manifests([str(out)]) == []
 

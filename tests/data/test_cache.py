@@ -3,18 +3,21 @@
 import argparse
 import mmap
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import brain, save
 
 import ichor.data.cache as cache_module
 from ichor.cli import preprocess as preprocess_cli
-from ichor.data import CBFDataModule, HarmonisationSettings, harmonise
-from ichor.data.cache import read_cached
+from ichor.data import CBFDataModule, HarmonisationSettings, harmonise, identity
+from ichor.data.cache import ScanCache, read_cached
 from ichor.data.scans import load_cbf
 from ichor.synth import generate_dataset
 
@@ -33,9 +36,9 @@ def builds(monkeypatch):
     built = []
     original = cache_module.build_entry
 
-    def counting(path, settings, folder):
+    def counting(path, settings, folder, store=None):
         built.append(path)
-        return original(path, settings, folder)
+        return original(path, settings, folder, store)
 
     monkeypatch.setattr(cache_module, "build_entry", counting)
     return built
@@ -73,14 +76,67 @@ def test_second_run_reuses_touched_file_rebuilds_new_settings_new_key(manifests,
     stat = os.stat(touched)
     os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     setup(manifests, tmp_path)
-    assert builds[n:] == [touched]  # just that one
+    assert len(builds) == n  # the same bytes: the entry is the file's content's, not its date's
 
     other = setup(manifests, tmp_path, spacing=5.0, shape=(32, 40, 32))
-    assert len(builds) == 2 * n + 1 and other.cache.folder != first.cache.folder
+    assert len(builds) == 2 * n and other.cache.folder != first.cache.folder
     assert other.harmonisation_settings()["cache_key"] != first.harmonisation_settings()["cache_key"]
     setup(manifests, tmp_path, normalization="zscore")  # applied when reading: same cache
-    assert len(builds) == 2 * n + 1
+    assert len(builds) == 2 * n
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temp files
+
+
+def _replace_keeping_size_and_mtime(path: Path, data: bytes, in_place: bool) -> None:
+    """Put ``data`` (same length) at ``path`` and set the old mtime back: what size + mtime cannot see."""
+    stat = os.stat(path)
+    assert len(data) == stat.st_size
+    if in_place:
+        path.write_bytes(data)
+    else:
+        (path.parent / "new.tmp").write_bytes(data)
+        os.replace(path.parent / "new.tmp", path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_size == stat.st_size and os.stat(path).st_mtime_ns == stat.st_mtime_ns
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["overwritten", "replaced"])
+def test_a_file_replaced_with_the_same_size_and_mtime_is_harmonised_again(tmp_path, in_place):
+    first, second = save(tmp_path / "a.nii", brain(0)), save(tmp_path / "b.nii", brain(1))  # .nii: same size
+    cache = ScanCache(tmp_path / "cache", HarmonisationSettings.create(4.0, (16, 16, 16)))
+    assert cache.build([str(first)], progress=False) == {}
+    before = cache.lookup(str(first))
+    _replace_keeping_size_and_mtime(first, second.read_bytes(), in_place)
+    assert cache.lookup(str(first)) is None  # stale: not served
+    assert cache.build([str(first)], progress=False) == {}
+    after = cache.lookup(str(first))
+    assert after.brain_mean != before.brain_mean
+    assert not np.array_equal(read_cached(after.array_path), read_cached(before.array_path))
+    _replace_keeping_size_and_mtime(first, save(tmp_path / "c.nii", brain(0)).read_bytes(), in_place)
+    assert cache.lookup(str(first)).array_path == before.array_path  # the first bytes again: their entry
+
+
+def test_copied_or_moved_file_reuses_its_entry_and_unchanged_files_are_not_reread(tmp_path, monkeypatch):
+    original = save(tmp_path / "a.nii.gz", brain(0))
+    cache = ScanCache(tmp_path / "cache", HarmonisationSettings.create(4.0, (16, 16, 16)))
+    cache.build([str(original)], progress=False)
+    entry = cache.lookup(str(original))
+    copy = tmp_path / "elsewhere" / "copy.nii.gz"
+    copy.parent.mkdir()
+    shutil.copy2(original, copy)
+    assert cache.lookup(str(copy)).array_path == entry.array_path
+    os.replace(original, tmp_path / "moved.nii.gz")
+    assert cache.lookup(str(tmp_path / "moved.nii.gz")).array_path == entry.array_path
+    # an unchanged file's content key comes from the store, not from reading the file again
+    identity._memo.clear()  # as in a new process
+    monkeypatch.setattr(identity, "open", _not_read, raising=False)
+    assert cache.lookup(str(copy)).array_path == entry.array_path
+    shutil.copy2(tmp_path / "moved.nii.gz", copy)  # rewritten (same bytes): hashed again
+    with pytest.raises(AssertionError, match="read again"):
+        cache.lookup(str(copy))
+
+
+def _not_read(*args, **kwargs):
+    raise AssertionError("a file was read again")
 
 
 def test_cached_arrays_are_float16_memory_mapped_and_match_harmonisation(manifests, tmp_path):

@@ -160,3 +160,32 @@ def test_configurable_from_yaml_like_the_lightning_cli():
     assert isinstance(dm, CBFDataModule) and dm.settings.shape == (48, 56, 48)
     assert dm.augment == Augmentation(flip_p=0.0, noise_p=0.5)
     assert dm.harmonisation_settings()["normalization"] == "zscore" and dm.settings.volume == "mean"
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"batch_size": 32, "drop_last": True}, "12 training scan(s) with batch_size 32 and drop_last"),
+        ({"batch_size": 13, "drop_last": True}, "12 training scan(s) with batch_size 13 and drop_last"),
+        ({"test_studies": ["study-01", "study-02", "study-03", "study-04"]}, "0 training scan(s) with batch_size 4"),
+        ({"val_fraction": 0.0, "test_fraction": 0.0, "split_file": "nobody"}, "0 training scan(s)"),
+    ],
+    ids=["batch-over-split", "one-over", "all-held-out", "split-file-lists-nobody"],
+)
+def test_a_training_split_without_one_batch_is_refused_in_one_line(manifests, cache_dir, tmp_path, options, expected):
+    if options.get("split_file") == "nobody":
+        (tmp_path / "split.csv").write_text("subject,split\nnot-a-subject,train\n")
+        options = {**options, "split_file": str(tmp_path / "split.csv")}
+    dm = datamodule(manifests, cache_dir, **options)
+    with pytest.raises(ValueError, match="^the training split gives no batch: ") as caught:
+        dm.train_dataloader()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert expected in message and "scans per split: train " in message
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 32}, {"batch_size": 12, "drop_last": True}])
+def test_a_training_split_of_at_least_one_batch_trains(manifests, cache_dir, options):
+    dm = datamodule(manifests, cache_dir, **options)
+    assert dm.data_summary()["per_split"]["train"] == 12
+    assert len(list(dm.train_dataloader())) == 1

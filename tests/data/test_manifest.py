@@ -19,9 +19,10 @@ def write_csv(path, header, *rows):
 
 @pytest.fixture
 def study(tmp_path):
-    """A good two-row manifest with relative paths, in tmp_path/m/study-01.csv."""
+    """A good two-row manifest with relative paths, in tmp_path/m/study-01.csv, and a third map for added rows."""
     save(tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz")
     save(tmp_path / "m" / "scans" / "sub-02_cbf.nii.gz", brain(1))
+    save(tmp_path / "m" / "scans" / "sub-03_cbf.nii.gz", brain(2))
     return write_csv(
         tmp_path / "m" / "study-01.csv",
         "subject,path,study,session,age,pld,field_strength,diagnosis,severity",
@@ -45,7 +46,7 @@ def add_row(manifest, row):
 
 
 def test_read_resolves_relative_and_absolute_paths_and_numbers_rows(study, tmp_path):
-    absolute = save(tmp_path / "elsewhere" / "sub-03_cbf.nii.gz")
+    absolute = save(tmp_path / "elsewhere" / "sub-03_cbf.nii.gz", brain(3))
     add_row(study, f"03,{absolute},study-01,1,,,,,")
     table = read_manifest(study)
     folder = tmp_path / "m" / "scans"
@@ -67,7 +68,7 @@ def test_read_keeps_labels_as_text_and_numbers_as_floats(study):
 
 
 def test_read_manifests_concatenates_studies(study, tmp_path):
-    save(tmp_path / "b" / "x.nii.gz")
+    save(tmp_path / "b" / "x.nii.gz", brain(4))
     other = write_csv(tmp_path / "b" / "study-02.csv", "subject,path,study", "B01,x.nii.gz,study-02")
     table = read_manifests([study, other])
     assert table["study"].tolist() == ["study-01", "study-01", "study-02"]
@@ -77,14 +78,14 @@ def test_read_manifests_concatenates_studies(study, tmp_path):
 def test_read_lists_every_structural_problem_in_one_error_without_opening_images(study, tmp_path):
     (tmp_path / "m" / "scans" / "sub-01_cbf.nii.gz").write_text("not an image")  # not read
     add_row(study, "01,scans/sub-02_cbf.nii.gz,study-01,1,,,,,")  # duplicate subject/session
-    add_row(study, ",scans/sub-02_cbf.nii.gz,study-01,2,old,,,,")  # empty subject, bad age
+    add_row(study, ",scans/sub-03_cbf.nii.gz,study-01,2,old,,,,")  # empty subject, bad age
     with pytest.raises(ManifestError) as caught:
         read_manifest(study)
     message = str(caught.value)
     assert message.startswith("3 problems")
     assert f"{study} row 3 (sub-02_cbf.nii.gz): duplicate of row 1 (subject '01' session '1')" in message
-    assert f"{study} row 4 (sub-02_cbf.nii.gz): empty subject" in message
-    assert f"{study} row 4 (sub-02_cbf.nii.gz): age 'old' is not a number" in message
+    assert f"{study} row 4 (sub-03_cbf.nii.gz): empty subject" in message
+    assert f"{study} row 4 (sub-03_cbf.nii.gz): age 'old' is not a number" in message
 
 
 def test_spreadsheet_byte_order_mark_and_padding_are_ignored(tmp_path):
@@ -123,16 +124,16 @@ def test_missing_required_columns(tmp_path):
 
 
 def test_empty_required_value(study):
-    add_row(study, "03,scans/sub-01_cbf.nii.gz,,1,,,,,")
-    assert str(only_problem([study])) == f"{study} row 3 (sub-01_cbf.nii.gz): empty study"
+    add_row(study, "03,scans/sub-03_cbf.nii.gz,,1,,,,,")
+    assert str(only_problem([study])) == f"{study} row 3 (sub-03_cbf.nii.gz): empty study"
 
 
 def test_missing_cbf_file(study, tmp_path):
-    add_row(study, "03,scans/sub-03_cbf.nii.gz,study-01,1,,,,,")
+    add_row(study, "03,scans/sub-04_cbf.nii.gz,study-01,1,,,,,")
     problem = only_problem([study])
     assert (
         str(problem)
-        == f"{study} row 3 (sub-03_cbf.nii.gz): file not found: {tmp_path / 'm' / 'scans' / 'sub-03_cbf.nii.gz'}"
+        == f"{study} row 3 (sub-04_cbf.nii.gz): file not found: {tmp_path / 'm' / 'scans' / 'sub-04_cbf.nii.gz'}"
     )
 
 
@@ -165,7 +166,7 @@ def test_duplicate_rows_within_a_manifest(study):
 
 
 def test_same_subject_in_another_session_is_not_a_duplicate(study):
-    add_row(study, "02,scans/sub-01_cbf.nii.gz,study-01,2,,,,,")
+    add_row(study, "02,scans/sub-03_cbf.nii.gz,study-01,2,,,,,")
     assert check_manifests([study]) == []
 
 
@@ -249,9 +250,9 @@ def test_degenerate_affine(study, tmp_path):
 def test_non_numeric_numbers(study, column, value):
     values = {"age": "", "pld": "", "field_strength": "", column: value}
     add_row(
-        study, f"03,scans/sub-01_cbf.nii.gz,study-01,2,{values['age']},{values['pld']},{values['field_strength']},,"
+        study, f"03,scans/sub-03_cbf.nii.gz,study-01,2,{values['age']},{values['pld']},{values['field_strength']},,"
     )
-    assert str(only_problem([study])) == f"{study} row 3 (sub-01_cbf.nii.gz): {column} {value!r} is not a number"
+    assert str(only_problem([study])) == f"{study} row 3 (sub-03_cbf.nii.gz): {column} {value!r} is not a number"
 
 
 # ---- check: all at once, read-only, CLI ---------------------------------------------------
@@ -304,11 +305,122 @@ def test_check_never_modifies_its_inputs(study, tmp_path):
 
 
 def test_implausible_numbers_are_noted_not_refused(study, capsys):
-    add_row(study, "03,scans/sub-01_cbf.nii.gz,study-01,2,860,1800,3,CN,")  # age in months, PLD in ms
+    add_row(study, "03,scans/sub-03_cbf.nii.gz,study-01,2,860,1800,3,CN,")  # age in months, PLD in ms
     notes: list[Problem] = []
     assert check_manifests([study], notes=notes) == []
     ranges = [str(note) for note in notes if "is outside" in note.message]
     assert ranges == [
-        f"{study} row 3 (sub-01_cbf.nii.gz): pld 1800 is outside 0.1-5 seconds (post-labelling delay in ms?)",
-        f"{study} row 3 (sub-01_cbf.nii.gz): age 860 is outside 0-120 years (age in months or days?)",
+        f"{study} row 3 (sub-03_cbf.nii.gz): pld 1800 is outside 0.1-5 seconds (post-labelling delay in ms?)",
+        f"{study} row 3 (sub-03_cbf.nii.gz): age 860 is outside 0-120 years (age in months or days?)",
     ]
+
+
+# ---- identity: one scan in one row, by label and by content --------------------------------
+
+
+def same_map_problem(problem: Problem, row: int, earlier: str, how: str) -> None:
+    assert problem.row == row, problem
+    assert problem.message.startswith(f"same CBF map as {earlier}"), problem
+    assert how in problem.message, problem
+
+
+@pytest.mark.parametrize(
+    ("spelling", "how"),
+    [
+        ("scans/sub-01_cbf.nii.gz", "the same file"),  # a copy-pasted row under another subject
+        ("./scans/../scans/sub-01_cbf.nii.gz", "the same file"),  # the same path spelled differently
+        ("{absolute}", "the same file"),  # absolute beside relative
+        ("link/sub-01_cbf.nii.gz", "the same file"),  # through a symbolic link to the folder
+        ("hard.nii.gz", "the same file"),  # a hard link
+        ("copy/sub-01_cbf.nii.gz", "a byte-identical copy"),  # a copy at another path
+    ],
+)
+def test_one_cbf_map_under_two_subjects_is_refused_naming_both_rows(study, tmp_path, spelling, how):
+    scans = tmp_path / "m" / "scans"
+    (tmp_path / "m" / "link").symlink_to(scans)
+    os.link(scans / "sub-01_cbf.nii.gz", tmp_path / "m" / "hard.nii.gz")
+    (tmp_path / "m" / "copy").mkdir()
+    (tmp_path / "m" / "copy" / "sub-01_cbf.nii.gz").write_bytes((scans / "sub-01_cbf.nii.gz").read_bytes())
+    spelling = spelling.format(absolute=scans / "sub-01_cbf.nii.gz")
+    add_row(study, f"07,{spelling},study-01,1,,,,,")
+    same_map_problem(only_problem([study]), 3, "row 1 (subject '01' session '1')", how)
+    with pytest.raises(ManifestError, match=rf"row 3 \({os.path.basename(spelling)}\): same CBF map as row 1"):
+        read_manifest(study)
+
+
+def test_same_map_in_another_manifest_or_study_or_session_is_refused(study, tmp_path):
+    copy = tmp_path / "other" / "x.nii.gz"
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / "m" / "scans" / "sub-02_cbf.nii.gz").read_bytes())
+    other = write_csv(tmp_path / "other" / "study-09.csv", "subject,path,study", "S9,x.nii.gz,study-09")
+    same_map_problem(only_problem([study, other]), 1, f"{study} row 2 (subject '02' session '1')", "byte-identical")
+    add_row(study, "02,scans/sub-02_cbf.nii.gz,study-01,2,,,,,")  # one visit's map again as another visit
+    problems = check_manifests([study])
+    assert len(problems) == 1 and problems[0].row == 3 and "same CBF map as row 2" in problems[0].message
+
+
+def test_same_size_different_bytes_and_missing_files_are_not_the_same_scan(study, tmp_path):
+    a, b = (save(tmp_path / "m" / "scans" / f"{n}.nii", brain(i)) for i, n in enumerate(("a", "b")))
+    assert a.stat().st_size == b.stat().st_size  # uncompressed: same size, other bytes
+    add_row(study, "03,scans/a.nii,study-01,1,,,,,")
+    add_row(study, "04,scans/b.nii,study-01,1,,,,,")
+    add_row(study, "05,scans/gone.nii,study-01,1,,,,,")
+    add_row(study, "06,scans/gone.nii,study-01,1,,,,,")  # two missing files: each reported as missing
+    problems = check_manifests([study], read_images=False)
+    assert [p.row for p in problems] == [5, 6] and all("file not found" in p.message for p in problems)
+
+
+@pytest.mark.parametrize(("first", "second"), [("sub-01", "01"), ("01", "sub-01")])
+def test_a_subject_spelled_with_and_without_sub_is_refused(study, first, second, tmp_path):
+    save(tmp_path / "m" / "scans" / "v2.nii.gz", brain(7))
+    text = (tmp_path / "m" / "study-01.csv").read_text().replace("\n01,", f"\n{first},")
+    (tmp_path / "m" / "study-01.csv").write_text(text)
+    add_row(study, f"{second},scans/v2.nii.gz,study-01,2,,,,,")  # another visit, other file: one person
+    problem = only_problem([study])
+    assert problem.row == 3
+    assert problem.message.startswith(f"subject {second!r} is written {first!r} in row 1; one person needs one label")
+
+
+def test_a_copied_map_never_reaches_a_split(tmp_path):
+    from ichor.data import CBFDataModule
+
+    rows = ["subject,path,study"]
+    for i in range(6):
+        save(tmp_path / f"s{i}.nii.gz", brain(i))
+        rows.append(f"P{i},s{i}.nii.gz,one")
+    rows.append("P9,s0.nii.gz,one")  # P0's map under another subject
+    manifest = write_csv(tmp_path / "m.csv", *rows)
+    dm = CBFDataModule([manifest], cache_dir=str(tmp_path / "cache"), spacing=4.0, shape=(16, 16, 16), progress=False)
+    with pytest.raises(ManifestError, match=r"m.csv row 7 \(s0.nii.gz\): same CBF map as row 1 \(subject 'P0'\)"):
+        dm.setup("fit")
+
+
+def test_check_opens_each_map_once_however_many_rows_name_it(study, tmp_path, monkeypatch):
+    import ichor.data.manifest as manifest_module
+
+    opened = []
+    original = manifest_module.load_cbf
+
+    def counting(path, *args, **kwargs):
+        opened.append(path)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(manifest_module, "load_cbf", counting)
+    for i in range(3, 40):
+        add_row(study, f"{i:02d},scans/sub-02_cbf.nii.gz,study-01,1,,,,,")
+    problems = check_manifests([study], workers=0)
+    assert sorted(opened) == sorted({str(tmp_path / "m" / "scans" / f"sub-0{i}_cbf.nii.gz") for i in (1, 2)})
+    assert [p.row for p in problems] == list(range(3, 40))  # each repeat named, with its row
+
+
+def test_parallel_check_finds_what_the_serial_one_finds(study, tmp_path):
+    save(tmp_path / "m" / "scans" / "sub-02_cbf.nii.gz", brain() * 50)  # wrong units
+    for i in range(3, 3 + 20):
+        save(tmp_path / "m" / "scans" / f"p{i}.nii.gz", brain(10 + i))
+        add_row(study, f"{i:02d},scans/p{i}.nii.gz,study-01,1,,,,,")
+    serial_notes: list[Problem] = []
+    parallel_notes: list[Problem] = []
+    serial = check_manifests([study], workers=0, notes=serial_notes)
+    parallel = check_manifests([study], workers=2, notes=parallel_notes)
+    assert serial == parallel and len(serial) == 1 and serial[0].row == 2
+    assert serial_notes == parallel_notes and [n.row for n in serial_notes] == sorted(n.row for n in serial_notes)

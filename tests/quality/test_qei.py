@@ -247,11 +247,11 @@ def test_cli_reports_every_bad_row_by_manifest_row_and_file_and_keeps_good_rows(
     clean = clean_cbf(tissues[0], tissues[1])
     shifted = grid_affine()
     shifted[:3, 3] += 1.0
-    rows = [
+    rows = [  # four people: one map in two rows is refused (ichor.data.identity)
         write_scan(tmp_path, "s01", clean, tissues),
-        write_scan(tmp_path, "s02", clean, tissues, tissue_affine=shifted),  # tissue maps off the CBF grid
-        write_scan(tmp_path, "s03", clean, (tissues[0], tissues[1], tissues[2] * 0.5)),  # no CSF voxel > 0.7
-        {**write_scan(tmp_path, "s04", clean, tissues), "wm": ""},
+        write_scan(tmp_path, "s02", clean * 1.01, tissues, tissue_affine=shifted),  # tissue maps off the CBF grid
+        write_scan(tmp_path, "s03", clean * 1.02, (tissues[0], tissues[1], tissues[2] * 0.5)),  # no CSF voxel > 0.7
+        {**write_scan(tmp_path, "s04", clean * 1.03, tissues), "wm": ""},
     ]
     manifest = tmp_path / "m.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
