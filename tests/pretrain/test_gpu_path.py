@@ -188,7 +188,14 @@ def test_a_cpu_run_has_its_batches_finished_in_the_workers_by_default(synthetic_
         **{**SMALL, "val_fraction": 0.25, "test_fraction": 0.0},
         persistent_workers=False,
     )
-    fit = L.Trainer(accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False, callbacks=[Record()])
+    fit = L.Trainer(
+        accelerator="cpu",
+        fast_dev_run=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[Record()],
+    )
     fit.fit(module, data)
     assert data.hparams.transforms_on == "auto" and not data.datasets["train"].raw
     assert seen == [(torch.float32, True)]
