@@ -14,11 +14,22 @@ Same workers and batch size for every loader. Prints one table.
     .venv/bin/python benchmarks/bench_data_loading.py                 # 4 studies x 25 subjects, 2 mm grid
     .venv/bin/python benchmarks/bench_data_loading.py --spacing 4 --shape 48 56 48   # the demo's grid
     .venv/bin/python benchmarks/bench_data_loading.py --subjects 5    # quick check
+    .venv/bin/python benchmarks/bench_data_loading.py --against main --rounds 5   # this change vs main
+
+``--against REV`` measures one path, the default one of a run trained on this CPU (a default
+``CBFDataModule`` asked by a ``Trainer(accelerator="cpu")``, each batch finished by
+``on_after_batch_transfer`` as the trainer would), from the working tree and from REV in
+alternating rounds on the same generated data (``benchmarks/against.py``), and prints the
+ratio working tree / REV per round.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import sys
 import tempfile
 import time
 from functools import partial
@@ -26,12 +37,11 @@ from pathlib import Path
 
 import torch
 import torchio as tio
+from against import ichor_source, in_turn, run_in, spread, trees
 from torch.utils.data import DataLoader
 
 from ichor.data import Augmentation, CBFDataModule
-from ichor.data.datamodule import CachedScans, collate_batch
 from ichor.data.harmonise import harmonisation_transform
-from ichor.data.in_memory import load_resident
 from ichor.synth import generate_dataset
 
 
@@ -59,6 +69,80 @@ def on_the_fly_loader(paths: list[str], dm: CBFDataModule, batch_size: int, work
     return DataLoader(tio.SubjectsDataset(subjects, transform=transform), batch_size=batch_size, num_workers=workers)
 
 
+def default_cpu_path(args: argparse.Namespace) -> dict:
+    """Worker of ``--against``: scans/s of a default datamodule's training batches as a CPU trainer receives them."""
+    import lightning as L
+
+    torch.set_num_threads(1)
+    dm = CBFDataModule(
+        [str(Path(args.data) / "manifests")],
+        cache_dir=args.cache,
+        spacing=args.spacing,
+        shape=tuple(args.shape),
+        num_workers=args.workers,
+        batch_size=args.batch_size,
+        progress=False,
+        log_dir=args.cache,
+    )
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    dm.prepare_data()
+    dm.setup("fit")
+
+    def finish(batch):  # what the trainer does after transfer (a no-op for batches finished in the workers)
+        return dm.on_after_batch_transfer(batch, 0)
+
+    rate = scans_per_second(dm.train_dataloader(), args.epochs, warm_up=True, finish=finish)
+    return {"scans_per_s": rate, "scans": len(dm.datasets["train"]), "source": ichor_source()}
+
+
+def compare(args: argparse.Namespace, argv: list[str]) -> None:
+    """``--against``: the default CPU path from both trees, alternating, on one generated dataset."""
+    with tempfile.TemporaryDirectory() as tmp, trees(args.against) as sources:
+        root = Path(tmp)
+        generate_dataset(
+            root / "data",
+            args.studies,
+            args.subjects,
+            seed=0,
+            workers=args.workers,
+            progress=False,
+            manifest_dir=root / "manifests",
+        )
+        runs: dict[str, list[dict]] = {label: [] for label in sources}
+        for index in range(args.rounds):
+            for label in in_turn(list(sources), index):
+                cache = str(root / f"cache-{list(sources).index(label)}")
+                command = [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    *argv,
+                    "--worker",
+                    "--data",
+                    tmp,
+                    "--cache",
+                    cache,
+                ]
+                runs[label].append(run_in(sources[label], command))
+    working, base = list(sources)
+    n = runs[working][0]["scans"]
+    print(
+        f"\ndefault training path of a CPU run: {n} training scans of {args.studies * args.subjects}, grid "
+        f"{tuple(args.shape)} at {args.spacing} mm, {args.workers} workers, batch {args.batch_size}, "
+        f"{args.epochs} epochs per run after one untimed, {args.rounds} alternating rounds; "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
+    )
+    ours, theirs = (statistics.median(r["scans_per_s"] for r in runs[label]) for label in (working, base))
+    ratios = [a["scans_per_s"] / b["scans_per_s"] for a, b in zip(runs[working], runs[base])]
+    print(f"\n{'working scans/s':>16}{base + ' scans/s':>16}{'working/' + base:>24}")
+    print(f"{ours:>16.1f}{theirs:>16.1f}{spread(ratios):>24}")
+    print(
+        "per round (working, "
+        + base
+        + "): "
+        + ", ".join(f"{a['scans_per_s']:.1f}/{b['scans_per_s']:.1f}" for a, b in zip(runs[working], runs[base]))
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=4)
@@ -69,7 +153,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3, help="passes over the cache per measurement")
     parser.add_argument("--on-the-fly-scans", type=int, default=32, help="scans read by the (slow) on-the-fly loader")
-    args = parser.parse_args()
+    parser.add_argument("--against", metavar="REV", help="compare the default CPU path with this commit's")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of --against")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    argv = sys.argv[1:]
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(default_cpu_path(args)))
+        return
+    if args.against:
+        compare(args, argv)
+        return
+    table(args)
+
+
+def table(args: argparse.Namespace) -> None:
+    """The paths side by side in this process: before, now (finished on a GPU or this CPU), in memory, TorchIO."""
+    from ichor.data.datamodule import CachedScans, collate_batch
+    from ichor.data.in_memory import load_resident
+
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:

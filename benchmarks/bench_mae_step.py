@@ -10,6 +10,11 @@ input, patch and mask ratio, and the same norm-pix MSE on masked patches.
     .venv/bin/python benchmarks/bench_mae_step.py          # CPU: vit_small, 96x112x96, about a minute
     python benchmarks/bench_mae_step.py --device cuda --preset mae_vit_base \\
         --batch 16 --precision bf16                             # the GPU recipe
+    .venv/bin/python benchmarks/bench_mae_step.py --against main --rounds 5   # this change vs main
+
+``--against REV`` runs ICHOR's variants from the working tree and from REV in alternating
+rounds (``benchmarks/against.py``), MONAI once per round, and prints each round's ratios:
+working tree / REV, and ICHOR / MONAI for both trees.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+from against import WORKING, ichor_source, in_turn, run_in, spread, trees
 
 from ichor.models import PRESETS, brain_patches, build_mae, mae_flops, patchify
 
@@ -97,6 +103,8 @@ def monai_loss(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch
 def worker(variant: str, args: argparse.Namespace) -> dict:
     """Time ``args.steps`` training steps after ``args.warmup``; report scans/s and peak memory."""
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     imgs, brain = brain_like_batch(args.batch, tuple(args.size))
     imgs, brain = imgs.to(device), brain.to(device)
@@ -121,28 +129,32 @@ def worker(variant: str, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     # Median step: robust to the odd step slowed by other processes on a shared machine.
     step_s = statistics.median(times)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
-    return {"variant": variant, "scans_per_s": args.batch / step_s, "step_ms": 1000 * step_s, "peak_mb": peak}
+    return {
+        "variant": variant,
+        "scans_per_s": args.batch / step_s,
+        "step_ms": 1000 * step_s,
+        "cpu_ms": 1000 * statistics.median(cpu_times),  # CPU time of this process: less sensitive to load
+        "peak_mb": peak,
+        "source": ichor_source(),
+    }
 
 
-def run_worker(variant: str, argv: list[str]) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", variant]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"{variant} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def run_worker(variant: str, argv: list[str], tree: Path) -> dict:
+    return run_in(tree, [sys.executable, os.path.abspath(__file__), *argv, "--worker", variant])
 
 
 def recipe_cost() -> dict:
@@ -188,6 +200,38 @@ def report(args: argparse.Namespace, results: list[dict]) -> None:
         )
 
 
+def compare(args: argparse.Namespace, argv: list[str], sources: dict[str, Path]) -> None:
+    """``--against``: ICHOR from both trees in alternating order and MONAI, every round; per-round ratios."""
+    labels = list(sources)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for index in range(args.rounds):
+        for variant in VARIANTS[:2]:
+            for label in in_turn(labels, index):
+                runs.setdefault((variant, label), []).append(run_worker(variant, argv, sources[label]))
+        runs.setdefault(("monai", WORKING), []).append(run_worker("monai", argv, sources[WORKING]))
+    working, base = labels
+    print(
+        f"{args.preset}, input {tuple(args.size)}, patch {args.patch}, mask ratio {args.mask_ratio}, batch "
+        f"{args.batch}, median of {args.steps} steps per run, {args.rounds} alternating rounds, {args.precision}, "
+        f"{args.threads or torch.get_num_threads()} thread(s); load average {os.getloadavg()[0]:.1f} at the end"
+    )
+    print(f"working tree against {base}; scans/s are medians over the rounds, ratios median [range] over them\n")
+    header = f"{'variant':<20}{'working':>10}{base:>10}{'working/' + base:>24}{'same, CPU time':>24}"
+    print(header + f"{'working/MONAI':>24}{base + '/MONAI':>24}")
+    monai = runs[("monai", WORKING)]
+    for variant in VARIANTS[:2]:
+        ours, theirs = runs[(variant, working)], runs[(variant, base)]
+        print(
+            f"{variant:<20}{statistics.median(r['scans_per_s'] for r in ours):>10.2f}"
+            f"{statistics.median(r['scans_per_s'] for r in theirs):>10.2f}"
+            f"{spread([a['scans_per_s'] / b['scans_per_s'] for a, b in zip(ours, theirs)]):>24}"
+            f"{spread([b['cpu_ms'] / a['cpu_ms'] for a, b in zip(ours, theirs)]):>24}"
+            f"{spread([a['scans_per_s'] / m['scans_per_s'] for a, m in zip(ours, monai)]):>24}"
+            f"{spread([b['scans_per_s'] / m['scans_per_s'] for b, m in zip(theirs, monai)]):>24}"
+        )
+    print(f"{'monai':<20}{statistics.median(r['scans_per_s'] for r in monai):>10.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="mae_vit_small", choices=sorted(PRESETS))
@@ -200,14 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repeats; the best is kept")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="32", choices=["32", "bf16"], help="bf16 = autocast")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    parser.add_argument("--against", metavar="REV", help="also run ICHOR from this commit, in alternating rounds")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
         return 0
-    # Interleaved rounds, best round per variant: a shared machine slows whole runs at random.
-    rounds = [[run_worker(variant, argv) for variant in VARIANTS] for _ in range(args.rounds)]
+    with trees(args.against) as sources:
+        if args.against:
+            compare(args, argv, sources)
+            return 0
+        # Interleaved rounds, best round per variant: a shared machine slows whole runs at random.
+        rounds = [[run_worker(variant, argv, sources[WORKING]) for variant in VARIANTS] for _ in range(args.rounds)]
     results = [max(runs, key=lambda r: r["scans_per_s"]) for runs in zip(*rounds)]
     report(args, results)
     return 0

@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ichor.data import Augmentation, CBFDataModule
 from ichor.data import in_memory as in_memory_module
+from ichor.data.datamodule import resolve_transforms_on
 from ichor.data.in_memory import DoesNotFit, ShardShuffle, shard
 from ichor.models import Backbone
 from ichor.pretrain import MAEPretrainer
@@ -149,6 +150,7 @@ def test_interrupted_run_with_device_augmentation_resumes_exactly(tmp_path, synt
             cache_dir=str(tmp_path / "cache"),
             **{**SMALL, "val_fraction": 0.25, "test_fraction": 0.0},
             augment=augmentation,
+            transforms_on="device",  # a CPU trainer's "auto" is the workers, which do not resume exactly
             persistent_workers=False,
         )
         fit.fit(module, data, ckpt_path=ckpt_path)
@@ -161,6 +163,43 @@ def test_interrupted_run_with_device_augmentation_resumes_exactly(tmp_path, synt
     assert len(first) + len(resumed) == len(full)
     assert resumed == pytest.approx(full[len(first) :], rel=1e-5)
     assert len(set(full)) == len(full)
+
+
+def test_transforms_on_auto_is_the_workers_on_a_cpu_and_the_device_on_a_gpu():
+    assert resolve_transforms_on("auto", torch.device("cpu")) == "workers"
+    assert resolve_transforms_on("auto", torch.device("cuda", 1)) == "device"
+    assert resolve_transforms_on("auto", None) == "device"  # no trainer: raw batches, finished by the caller
+    for chosen in ("device", "workers"):
+        assert {resolve_transforms_on(chosen, d) for d in (torch.device("cpu"), torch.device("cuda"), None)} == {chosen}
+
+
+def test_auto_on_a_cpu_run_has_its_batches_finished_in_the_workers(synthetic_manifests, tmp_path):
+    """``auto``, asked by a CPU trainer: the model receives float32 batches that the loader finished."""
+    seen = []
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen.append((batch["image"].dtype, "mask" in batch))
+
+    module = MAEPretrainer(backbone=Backbone("mae_vit_micro", patch_size=8), figure_every_n_steps=0)
+    data = CBFDataModule(
+        [str(m) for m in synthetic_manifests],
+        cache_dir=str(tmp_path / "cache"),
+        **{**SMALL, "val_fraction": 0.25, "test_fraction": 0.0},
+        transforms_on="auto",
+        persistent_workers=False,
+    )
+    fit = L.Trainer(
+        accelerator="cpu",
+        fast_dev_run=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[Record()],
+    )
+    fit.fit(module, data)
+    assert data.hparams.transforms_on == "auto" and not data.datasets["train"].raw
+    assert seen == [(torch.float32, True)]
 
 
 # ------------------------------------------------------------------ in-memory split
