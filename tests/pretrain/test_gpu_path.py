@@ -223,7 +223,7 @@ def test_in_memory_shards_under_two_process_ddp(tmp_path, synthetic_manifests):
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    last = tmp_path / "runs" / "pretrain_demo" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "runs" / "pretrain_demo" / "version_0" / "checkpoints" / "last.ckpt"
     # Ranks with unequal step counts would hang at the first all-reduce past the shorter epoch.
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= 2
 

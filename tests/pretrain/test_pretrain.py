@@ -112,7 +112,7 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
     ]
     assert main(args) == 0
     runs = tmp_path / "runs" / "pretrain_demo"
-    (log_dir,) = runs.glob("version_*")
+    log_dir = runs / "version_0"
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "val/loss", "val/loss_mean_prediction", "train/scans_per_s", "train/grad_norm"} <= scalars
@@ -120,8 +120,8 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
     assert "val/reconstruction" in events.Tags()["images"]
     assert (log_dir / "config.yaml").is_file()
 
-    last = runs / "checkpoints" / "last.ckpt"
-    assert main([*args, "--trainer.max_epochs=3", f"--ckpt_path={last}"]) == 0  # resume through the CLI
+    assert main([*args, "--trainer.max_epochs=3", "--ckpt_path=last"]) == 0  # resume through the CLI: a new version
+    last = runs / "version_1" / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 2
 
     out = tmp_path / "encoder"
@@ -149,6 +149,6 @@ def test_two_process_ddp_without_unused_parameters(tmp_path, synthetic_manifests
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    last = tmp_path / "runs" / "pretrain_demo" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "runs" / "pretrain_demo" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["global_step"] >= 2 and state["hyper_parameters"]["backbone"]["img_size"] == [32, 48, 32]
