@@ -29,7 +29,9 @@ checkpoint folder reaches the other ranks by Lightning's broadcast). A resumed r
 version too. ``--ckpt_path last`` (or ``best``) means the ``last.ckpt`` (``best.ckpt``) of the
 highest-numbered version of that run name that has one; a fit with ``--ckpt_path last`` and no
 earlier checkpoint starts from scratch, with a warning. Runs built in Python name their own
-folders (:func:`build_run`: ``<folder>/checkpoints``, as ``ichor cv`` and ``ichor benchmark`` do).
+folders (:func:`build_run`: ``<folder>/checkpoints``, as ``ichor cv`` and ``ichor benchmark`` do);
+an ``IchorCLI(run=False)`` trained by hand claims nothing, and Lightning checkpoints into its
+logger's next version folder.
 
 Each default can still be overridden in a config or on the command line
 (e.g. ``--checkpoint.monitor val/f1 --checkpoint.mode max``, ``--trainer.logger.init_args.name my_run``;

@@ -4,7 +4,7 @@ import json
 from dataclasses import replace
 
 import torch
-from helpers import CONFIGS, DATA_ARGS
+from helpers import DATA_ARGS, config_args
 from lightning.pytorch import Trainer
 
 from ichor.cli import main
@@ -52,8 +52,7 @@ def test_shipped_lora_config_exports_a_merged_encoder_and_its_adapters(
     monkeypatch.chdir(tmp_path)
     args = [
         "fit",
-        "--config",
-        str(CONFIGS / "lora_diagnosis.yaml"),
+        *config_args("lora_diagnosis.yaml"),
         f"--model.init_args.encoder={tiny_encoder}",
         "--model.init_args.optim.lr=0.05",  # adapters far from zero, so that merging is tested on a real update
         f"--data.init_args.manifests=[{','.join(downstream_manifests)}]",

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, StepLosses, small_data_args
+from helpers import StepLosses, config_args, small_data_args
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from scipy.stats import ks_2samp
@@ -212,8 +212,7 @@ def test_in_memory_shards_under_two_process_ddp(tmp_path, synthetic_manifests):
         "-m",
         "ichor.cli",
         "fit",
-        "--config",
-        str(REPO / "lightning_configs" / "pretrain_demo.yaml"),
+        *config_args("pretrain_demo.yaml"),
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
         "--trainer.max_epochs=2",

@@ -6,7 +6,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from helpers import REPO, StepLosses, small_data_args
+from helpers import StepLosses, config_args, small_data_args
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -103,8 +103,7 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
     monkeypatch.chdir(tmp_path)  # the config writes runs/ and .ichor_cache/ relative to the CWD
     args = [
         "fit",
-        "--config",
-        str(REPO / "lightning_configs" / "pretrain_demo.yaml"),
+        *config_args("pretrain_demo.yaml"),
         "--trainer.max_epochs=2",
         "--model.init_args.backbone.preset=mae_vit_micro",
         "--model.init_args.figure_every_n_steps=1",
@@ -139,8 +138,7 @@ def test_two_process_ddp_without_unused_parameters(tmp_path, synthetic_manifests
         "-m",
         "ichor.cli",
         "fit",
-        "--config",
-        str(REPO / "lightning_configs" / "pretrain_demo.yaml"),
+        *config_args("pretrain_demo.yaml"),
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
         "--trainer.max_epochs=2",

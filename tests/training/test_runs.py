@@ -32,7 +32,7 @@ def load(path: Path) -> dict:
 
 
 def test_two_fits_of_one_config_keep_both_runs_and_last_resumes_the_newest(
-    tmp_path, monkeypatch, synthetic_manifests, cache
+    tmp_path, monkeypatch, capsys, synthetic_manifests, cache
 ):
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs" / "pretrain_demo"
@@ -53,6 +53,10 @@ def test_two_fits_of_one_config_keep_both_runs_and_last_resumes_the_newest(
     assert resumed["global_step"] == 2 * second["global_step"]
     assert resumed["hyper_parameters"]["seed"] == second["hyper_parameters"]["seed"] == 2  # the checkpoint's seed
     assert load(runs / "version_1" / "checkpoints" / "last.ckpt")["epoch"] == 0
+
+    capsys.readouterr()  # the run folder stands for its newest last.ckpt (the Makefile's demo exports it so)
+    assert main(["export-encoder", str(runs), "--out", str(tmp_path / "encoder")]) == 0
+    assert f"exporting {runs / 'version_2' / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out
 
 
 def test_ckpt_path_last_without_an_earlier_run(tmp_path, monkeypatch, capsys, synthetic_manifests, cache):
