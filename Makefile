@@ -56,10 +56,11 @@ $(PROBE_STAMP): | $(STAMP)
 	$(BIN)/ichor synth --out $(PROBE_DATA) --first-study 17 --studies 2 --subjects-per-study 50 --seed 0 --manifest-dir data_manifests/probe --overwrite
 	touch $@
 
+# Each fit writes runs/pretrain_demo/version_<N>/; export-encoder of the run folder takes the newest one's last.ckpt.
 demo: $(DEMO_STAMP)
 	$(BIN)/ichor manifest check data_manifests/demo/*.csv
 	$(BIN)/ichor fit --config lightning_configs/common/demo.yaml --config lightning_configs/pretrain_demo.yaml
-	$(BIN)/ichor export-encoder $(DEMO_RUN)/checkpoints/last.ckpt --out $(DEMO_RUN)/encoder --overwrite
+	$(BIN)/ichor export-encoder $(DEMO_RUN) --out $(DEMO_RUN)/encoder --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -52,18 +52,27 @@ def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it becomes ``path``, on error it is removed."""
+    """Yield a temporary path beside ``path``; on success it becomes ``path``, on error it is removed.
+
+    An ``OSError`` (a read-only folder, a full disk) names ``path``, whatever file the system call was on.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # ".<random>.<name>": hidden, and ends like the target so writers that go by suffix (.nii.gz) work.
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=f".{path.name}")
-    os.close(handle)
+    temp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # ".<random>.<name>": hidden, and ends like the target so writers that go by suffix (.nii.gz) work.
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=f".{path.name}")
+        os.close(handle)
         yield Path(temp)
         os.chmod(temp, FILE_MODE)
         os.replace(temp, path)
+    except OSError as error:
+        if error.errno is None:
+            raise OSError(f"cannot write {path}: {error}") from error
+        raise type(error)(error.errno, f"cannot write {path}: {error.strerror or error}") from error
     finally:
-        Path(temp).unlink(missing_ok=True)
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -98,6 +107,19 @@ def confined(folder: str | os.PathLike, relative: str | os.PathLike) -> Path:
 
 class UnreadableFileError(ValueError):
     """A file that cannot be read safely (corrupt, or asking to run code); the message names it."""
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, Any]:
+    """The tensors of a safetensors file (a format that holds no code), refused in one line naming it when corrupt."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise UnreadableFileError(
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {error}"
+        ) from error
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

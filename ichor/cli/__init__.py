@@ -5,6 +5,10 @@ Trainer subcommands (``fit``, ``validate``, ``test``, ``predict``) come from a
 datamodule argument is a YAML key.
 The other subcommands (``synth``, ``manifest``, ...) are small argparse programs
 registered in ``COMMANDS``; ``ichor --help`` lists both kinds together.
+
+Either kind fails in one line naming the file or setting and what is wrong (a bad config, a
+missing, corrupt or unsafe file, a read-only output folder, a full disk, a GPU this machine
+lacks), exit status 1; ``--traceback`` or ``ICHOR_TRACEBACK=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# A failing trainer command prints one line; its traceback only with this flag or variable.
+# A failing command prints one line; its traceback only with this flag or variable.
 TRACEBACK_FLAG, TRACEBACK_ENV = "--traceback", "ICHOR_TRACEBACK"
 
 
@@ -58,16 +62,51 @@ def _usage() -> str:
 
 
 def run_command(name: str, argv: Sequence[str]) -> int:
-    """Parse ``argv`` for the tool ``name`` and run it; returns its exit status."""
+    """Parse ``argv`` for the tool ``name`` and run it; returns its exit status (1, in one line, on an error)."""
+    traceback, argv = _traceback_wanted(argv)
     module_name, text = COMMANDS[name]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(
         prog=f"ichor {name}",
         description=(module.__doc__ or text).strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{TRACEBACK_FLAG}: on an error, show the traceback (or set {TRACEBACK_ENV}=1)",
     )
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(list(argv))) or 0)
+    args = parser.parse_args(argv)
+    try:
+        if isinstance(device := getattr(args, "device", None), str):
+            check_device(device)
+        return int(module.run(args) or 0)
+    except (ValueError, OSError) as error:  # bad inputs, corrupt or unsafe files, unwritable outputs, a full disk
+        if traceback:
+            raise
+        return _failed(name, error)
+
+
+def check_device(device: str) -> None:
+    """Refuse, in one line, a ``--device`` torch does not know or this machine lacks (no GPU)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"--device {device}: not a device ({error})") from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no GPU is available on this machine; run on the CPU with --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine; run on the CPU with --device cpu")
+
+
+def _traceback_wanted(argv: Sequence[str]) -> tuple[bool, list[str]]:
+    """Whether the user asked for tracebacks (flag or variable), and ``argv`` without the flag."""
+    return TRACEBACK_FLAG in argv or bool(os.environ.get(TRACEBACK_ENV)), [a for a in argv if a != TRACEBACK_FLAG]
+
+
+def _failed(command: str, error: BaseException) -> int:
+    """Print the one line of a failed ``ichor <command>`` (and how to see the traceback); exit status 1."""
+    print(f"ichor {command}: {error}\n(the traceback: add {TRACEBACK_FLAG}, or set {TRACEBACK_ENV}=1)", file=sys.stderr)
+    return 1
 
 
 def version() -> str:
@@ -85,10 +124,11 @@ def version() -> str:
 
 def run_trainer(argv: list[str], from_shell: bool) -> int:
     """A Lightning CLI command; an error in the config or the data is one line naming it (exit 1)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from ichor.training.runs import IchorCLI, missing_fragments  # imported here: tool commands start without Lightning
 
-    traceback = TRACEBACK_FLAG in argv or bool(os.environ.get(TRACEBACK_ENV))
-    argv = [arg for arg in argv if arg != TRACEBACK_FLAG]
+    traceback, argv = _traceback_wanted(argv)
     configs = [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
     configs += [arg.removeprefix("--config=") for arg in argv if arg.startswith("--config=")]
     for fragment in missing_fragments(configs):
@@ -100,14 +140,11 @@ def run_trainer(argv: list[str], from_shell: bool) -> int:
         sys.argv[1:] = argv
     try:
         IchorCLI(args=None if from_shell else argv)
-    except (ValueError, OSError) as error:  # ManifestError, ScanError, WeightsError, bad settings, missing files
+    # ManifestError, ScanError, WeightsError, bad settings, missing or unwritable files, Lightning's own refusals
+    except (ValueError, OSError, MisconfigurationException) as error:
         if traceback:
             raise
-        print(
-            f"ichor {argv[0]}: {error}\n(the traceback: add {TRACEBACK_FLAG}, or set {TRACEBACK_ENV}=1)",
-            file=sys.stderr,
-        )
-        return 1
+        return _failed(argv[0], error)
     return 0
 
 

@@ -7,7 +7,7 @@ Per scan, under --out: <study>/sub-<subject>[_ses-<session>]_attribution.nii.gz 
 file's own grid (open it over the CBF map) and a PNG of three slices; per group,
 group/<group>_attribution.nii.gz, the mean on the harmonisation lattice; explanations.csv.
 
-  ichor explain runs/finetune_diagnosis/checkpoints/best.ckpt \\
+  ichor explain runs/finetune_diagnosis/version_0/checkpoints/best.ckpt \\
       --manifest data_manifests/demo/study-01.csv --out explain/study-01 --class AD
 """
 

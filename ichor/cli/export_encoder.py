@@ -5,26 +5,32 @@ adaptation record: architecture, grid, spacing, orientation, normalisation, pool
 summary, pre-training settings, software versions, licence, citation), each written atomically.
 With --pack, also DIR.tar.gz, a reproducible archive to share, and its sha256, which pins it:
 
-  ichor export-encoder runs/pretrain_demo/checkpoints/last.ckpt --out runs/pretrain_demo/encoder --pack
+  ichor export-encoder runs/pretrain_demo/version_0/checkpoints/last.ckpt --out runs/pretrain_demo/encoder --pack
+
+A run's folder (runs/pretrain_demo) stands for the last.ckpt of its newest version, as
+`--ckpt_path last` does for `ichor fit` (the file is printed).
 
 A LoRA task's checkpoint (``mode: lora``) exports its encoder with the adapters merged into the
 weights, an encoder like any other whose encoder.json says what was merged (``adaptation``), and
 the adapters alone beside it (lora.safetensors and lora.json, a few MB):
 
-  ichor export-encoder runs/lora_diagnosis/checkpoints/best.ckpt --out runs/lora_diagnosis/encoder
+  ichor export-encoder runs/lora_diagnosis/version_0/checkpoints/best.ckpt --out runs/lora_diagnosis/encoder
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ichor.models.weights import WeightsError, export_encoder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "checkpoint", help="Lightning checkpoint (.ckpt) of an `ichor fit` pre-training run or LoRA task"
+        "checkpoint",
+        help="Lightning checkpoint (.ckpt) of an `ichor fit` pre-training run or LoRA task, or a run's folder "
+        "(runs/<name>: the last.ckpt of its newest version)",
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
@@ -48,10 +54,27 @@ def report(out, pack: bool) -> None:
         print(f"packed: {archive}\nsha256: {sha256}\nsource: {pinned_url(archive, sha256)}")
 
 
+def checkpoint_of(path: str) -> Path:
+    """``path``, or for a run's folder (``runs/<name>``, holding ``version_<N>`` folders) its newest ``last.ckpt``."""
+    if not Path(path).is_dir():
+        return Path(path)
+    from ichor.training.runs import newest_checkpoint  # Lightning, imported only for a run folder
+
+    found = newest_checkpoint(Path(path), "last.ckpt")
+    if found is None:
+        raise WeightsError(f"{path}: a folder with no version_<N>/checkpoints/last.ckpt (name a .ckpt file)")
+    print(f"exporting {found}")
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         out = export_encoder(
-            args.checkpoint, args.out, overwrite=args.overwrite, licence=args.licence, citation=args.citation
+            checkpoint_of(args.checkpoint),
+            args.out,
+            overwrite=args.overwrite,
+            licence=args.licence,
+            citation=args.citation,
         )
         report(out, args.pack)
     except WeightsError as error:

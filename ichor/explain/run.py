@@ -21,9 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ichor.data.manifest import read_manifests
-from ichor.data.scans import load_cbf
+from ichor.data.scans import ScanError, load_cbf
 from ichor.downstream.task import DownstreamTask
-from ichor.evaluation.features import predict_datamodule
+from ichor.evaluation.features import datamodule_for_encoder, predict_datamodule
 from ichor.explain.checkpoint import load_task
 from ichor.explain.figure import attribution_figure, save_figure
 from ichor.explain.maps import GroupAverage, patch_volume, to_source_grid
@@ -106,15 +106,9 @@ def explain(
     for path in planned:
         check_output(path, inputs, overwrite)
 
-    datamodule = predict_datamodule(
-        {"harmonisation": settings},
-        list(manifests),
-        str(checkpoint),
-        cache_dir=cache_dir,
-        batch_size=1,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    scans = {"cache_dir": cache_dir, "batch_size": 1, "num_workers": num_workers, "progress": progress}
+    check_scans(datamodule_for_encoder({"harmonisation": settings}, list(manifests), str(checkpoint), **scans), rows)
+    datamodule = predict_datamodule({"harmonisation": settings}, list(manifests), str(checkpoint), **scans)
     dataset = datamodule.datasets["predict"]
     entries = [datamodule.cache.lookup(path) for path in rows["path"]]
     averages = {  # per group: (attribution, model input) means
@@ -170,6 +164,17 @@ def explain(
     table = pd.DataFrame(summary)
     write_csv(table, out / SUMMARY_FILE)
     return table
+
+
+def check_scans(datamodule, rows: pd.DataFrame) -> None:
+    """Harmonise the scans into the cache; refuse bad ones, with explain's own remedy (it has no on_bad_scan: skip)."""
+    problems = datamodule.problem_messages(rows, datamodule.build_cache(rows["path"]))
+    if problems:
+        count = f"{len(problems)} bad scan" + ("s" if len(problems) != 1 else "")
+        raise ScanError(
+            f"{count} (ichor explain explains every row it is given: fix them, or remove their rows from the "
+            "manifest):\n" + "\n".join(f"  {problem}" for problem in problems)
+        )
 
 
 def scan_batch(scan: dict, device: str) -> dict:

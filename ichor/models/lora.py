@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ichor.io import atomic_path, write_text
+from ichor.io import atomic_path, load_tensors, write_text
 from ichor.models.vit import ViTEncoder3D
 
 # Target name -> (module in each block's attention, row slice of that module's output in widths).
@@ -234,7 +234,7 @@ def load_adapters(encoder: ViTEncoder3D, folder: str | Path) -> LoRA:
         )
     settings = LoRA(**{k: record[k] for k in ("rank", "alpha", "dropout", "targets")})
     add_lora(encoder, settings)
-    state = load_file(str(folder / ADAPTERS_FILE))
+    state = load_tensors(folder / ADAPTERS_FILE)
     expected_keys = set(adapter_state(encoder))
     if set(state) != expected_keys:
         raise ValueError(

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import ichor
-from ichor.io import atomic_path, load_checkpoint, write_text
+from ichor.io import atomic_path, load_checkpoint, load_tensors, write_text
 from ichor.models.config import ViTConfig, updated
 from ichor.models.lora import LoRA, add_lora, base_fingerprint, merge_lora, save_adapters
 from ichor.models.pos_embed import POS_EMBEDS
@@ -342,7 +342,7 @@ def load_encoder(
     source = Path(source)
     if source.is_dir():
         metadata = read_metadata(source)
-        state = load_file(str(source / WEIGHTS_FILE))
+        state = load_tensors(source / WEIGHTS_FILE)
     else:
         state, metadata = _checkpoint_encoder(source, _read_checkpoint(source))
     config = updated(ViTConfig(), metadata["architecture"], str(source))  # keys a v1 export lacks: defaults

@@ -10,17 +10,37 @@ exactly as ``ichor fit`` merges its command line. Beyond
 - a TensorBoard logger under ``runs/<name>`` (or ``<trainer.default_root_dir>/<name>``), ``<name>``
   being the config file's stem;
 - a ``LearningRateMonitor`` (key ``lr_monitor``), logging every step;
-- a ``ModelCheckpoint`` (key ``checkpoint``) into ``runs/<name>/checkpoints``, keeping ``best.ckpt``
-  and ``last.ckpt`` (for ``--ckpt_path last``), monitoring what the model class says it should
-  (``checkpoint_monitor``: ``val/loss`` for pre-training, the head's metric for a task);
+- a ``ModelCheckpoint`` (key ``checkpoint``) keeping ``best.ckpt`` and ``last.ckpt``, monitoring what
+  the model class says it should (``checkpoint_monitor``: ``val/loss`` for pre-training, the head's
+  metric for a task);
 - ``early_stopping_patience: N`` (off by default): stop when that monitored metric has not
-  improved for N validation epochs (Lightning's ``EarlyStopping`` on the checkpoint's monitor).
+  improved for N validation epochs (Lightning's ``EarlyStopping`` on the checkpoint's monitor);
+- one seed: ``seed_everything`` (Lightning's key, default 0; ``true`` draws one) also sets the
+  ``seed`` of the model and of the datamodule (initial weights, masks, split, shuffle) unless
+  the config or the command line sets them itself, so that ``--seed_everything 1, 2, 3`` are
+  replicates that differ in everything random.
+
+Run folders: each ``ichor fit`` writes into a version folder of its own,
+``runs/<name>/version_<N>/`` (TensorBoard logs, ``config.yaml``, ``splits.csv`` and
+``checkpoints/{best,last}.ckpt``), so no run replaces an earlier run's weights. ``N`` is one more
+than the highest version there, and the folder is claimed with an atomic ``mkdir`` before anything
+is built: two runs started at once get two folders (under DDP only global rank 0 claims; the
+checkpoint folder reaches the other ranks by Lightning's broadcast). A resumed run is a new
+version too. ``--ckpt_path last`` (or ``best``) means the ``last.ckpt`` (``best.ckpt``) of the
+highest-numbered version of that run name that has one; a fit with ``--ckpt_path last`` and no
+earlier checkpoint starts from scratch, with a warning. Runs built in Python name their own
+folders (:func:`build_run`: ``<folder>/checkpoints``, as ``ichor cv`` and ``ichor benchmark`` do);
+an ``IchorCLI(run=False)`` trained by hand claims nothing, and Lightning checkpoints into its
+logger's next version folder.
 
 Each default can still be overridden in a config or on the command line
-(e.g. ``--checkpoint.monitor val/f1 --checkpoint.mode max``, ``--trainer.logger.init_args.name my_run``);
-a model class without ``checkpoint_monitor`` gets no monitor (``best.ckpt`` is then the latest epoch).
-``trainer.logger: false`` drops the LR monitor, ``trainer.enable_checkpointing: false`` the checkpoint.
-``ichor predict`` and ``ichor test`` need ``--ckpt_path``.
+(e.g. ``--checkpoint.monitor val/f1 --checkpoint.mode max``, ``--trainer.logger.init_args.name my_run``;
+an explicit ``--checkpoint.dirpath`` or logger ``version`` is used as given, and Lightning warns when
+it holds checkpoints already); a model class without ``checkpoint_monitor`` gets no monitor
+(``best.ckpt`` is then the latest epoch). ``trainer.logger: false`` drops the LR monitor,
+``trainer.enable_checkpointing: false`` the checkpoint. ``ichor predict`` and ``ichor test`` need
+``--ckpt_path``. An accelerator that this machine lacks (``accelerator: gpu`` without a GPU) is
+refused in one line before anything is built.
 """
 
 from __future__ import annotations
@@ -39,6 +59,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 PRETRAINERS_GROUP = "ichor.pretrainers"
 RUNS_DIR = "runs"
@@ -46,6 +67,11 @@ DEFAULT_RUN_NAME = "ichor"
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 # Commands that would score an untrained model without --ckpt_path, and what it would do.
 NEEDS_CHECKPOINT = {"predict": "predict", "test": "be tested"}
+# `--ckpt_path last|best`: that file of the newest version folder of the run's name that has one.
+CHECKPOINT_ALIASES = ("last", "best")
+VERSION_PREFIX = "version_"
+# The parts of a run with a `seed` of their own, which follows `seed_everything` unless set explicitly.
+SEEDED = ("model", "data")
 
 
 @dataclass(frozen=True)
@@ -73,12 +99,13 @@ class Run:
         """This run with more overrides, applied after its own."""
         return replace(self, overrides=(*self.overrides, *(o for o in overrides if o)))
 
-    def parse(self, parser: LightningArgumentParser) -> Namespace:
-        """The config ``parser`` (the CLI's) makes of the files, the command line and the overrides."""
+    def parse(self, parser: LightningArgumentParser, defaults: bool = True) -> Namespace:
+        """The config ``parser`` (the CLI's) makes of the files, the command line and the overrides
+        (without ``defaults``: only the values they give)."""
         files = [item for path in self.configs for item in ("--config", path)]
-        config = parser.parse_args([*files, *self.command_line])
+        config = parser.parse_args([*files, *self.command_line], defaults=defaults)
         for overrides in self.overrides:
-            config = parser.parse_object(dict(overrides), namespace=config)
+            config = parser.parse_object(dict(overrides), namespace=config, defaults=defaults)
         return config
 
     def record(self) -> dict[str, Any]:
@@ -112,13 +139,21 @@ class IchorCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType | Run) -> None:
         """A :class:`Run`, or Lightning's arguments without its warning that ``args`` and ``sys.argv``
-        are both given (``ichor.cli.main(argv)`` called from Python, on purpose)."""
+        are both given (``ichor.cli.main(argv)`` called from Python, on purpose); then the seeds that
+        were set explicitly, and ``--ckpt_path last|best`` as a file (before Lightning reads its
+        hyper-parameters)."""
         if isinstance(args, Run):
             self.config = args.parse(parser)
-            return
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            super().parse_arguments(parser, args)
+            given = args.parse(parser, defaults=False)
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                super().parse_arguments(parser, args)
+            is_object = isinstance(args, (dict, Namespace))
+            given = parser.parse_object(args, defaults=False) if is_object else parser.parse_args(args, defaults=False)
+        given = _of_subcommand(given)
+        self.seeds_given = {key for key in SEEDED if given.get(f"{key}.init_args.seed") is not None}
+        resolve_checkpoint_alias(_of_subcommand(self.config), self.config.get("subcommand"))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -142,11 +177,12 @@ class IchorCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Fill what depends on the config as a whole: run name, checkpoint folder and monitor."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        """Fill what depends on the config as a whole: run name, seeds, run folder and checkpoint monitor."""
+        config = _of_subcommand(self.config)
         if self.subcommand in NEEDS_CHECKPOINT and not config.get("ckpt_path"):
             raise ValueError(
-                f"{self.subcommand} needs --ckpt_path, a trained checkpoint (e.g. runs/<name>/checkpoints/best.ckpt): "
+                f"{self.subcommand} needs --ckpt_path, a trained checkpoint (`--ckpt_path best`: the newest run's "
+                "best.ckpt, or a file such as runs/<name>/version_<N>/checkpoints/best.ckpt): "
                 f"without one the untrained model would {NEEDS_CHECKPOINT[self.subcommand]}"
             )
         for callback in config.trainer.get("callbacks") or []:
@@ -157,22 +193,31 @@ class IchorCLI(LightningCLI):
                         f"trainer.callbacks lists a {cls.__name__}, which ichor fit adds itself: move its settings "
                         f"to the config's top-level `{key}:` key (see CHANGELOG.md)"
                     )
-        name = run_name(config)
+        check_accelerator(config.trainer.get("accelerator"))
+        follow_seed(config, self.seeds_given, resumed=bool(config.get("ckpt_path")))
         logger = config.trainer.logger
-        root = config.trainer.get("default_root_dir")
-        if isinstance(logger, Namespace) and str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
-            if logger.init_args.get("name") in (None, "lightning_logs"):
-                logger.init_args.name = name
-            if root and logger.init_args.get("save_dir") == RUNS_DIR:
-                logger.init_args.save_dir = str(root)  # the trainer's root, where the user asked for everything
-            save_dir, name = logger.init_args.save_dir, logger.init_args.name
-        else:
-            save_dir = root or RUNS_DIR
+        folder = run_folder(config)
+        if _is_tensorboard(logger):
+            logger.init_args.save_dir, logger.init_args.name = _logger_place(config)
         checkpoint = config.checkpoint
-        if checkpoint.dirpath is None:
-            checkpoint.dirpath = str(Path(save_dir) / name / "checkpoints")
+        if self.subcommand == "fit" and checkpoint.dirpath is None and rank_zero_only.rank == 0:
+            version = logger.init_args.get("version") if _is_tensorboard(logger) else None
+            if version is None:  # a folder of its own, claimed before another run can take it
+                version = claim_version(folder)
+                if _is_tensorboard(logger):
+                    logger.init_args.version = version
+            version = version if isinstance(version, str) else f"{VERSION_PREFIX}{version}"
+            checkpoint.dirpath = str(folder / version / "checkpoints")
         if checkpoint.monitor is None:
             checkpoint.monitor, checkpoint.mode = checkpoint_monitor(config.model)
+
+    def after_instantiate_classes(self) -> None:
+        """Log the datamodule's hyper-parameters beside the model's only when their seeds agree: with a ``seed``
+        set for one of them, Lightning would refuse to log two values of one key (config.yaml has both)."""
+        model, data = getattr(self, "model", None), getattr(self, "datamodule", None)
+        seeds = [part.hparams.get("seed") for part in (model, data) if part is not None]
+        if len(seeds) == 2 and None not in seeds and seeds[0] != seeds[1]:
+            data._log_hyperparams = False  # what save_hyperparameters(logger=False) would have set
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         """The trainer, without the added callbacks that its settings rule out: no LR monitor without a
@@ -204,7 +249,8 @@ class _ParsedOnly(IchorCLI):
         parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True, required=False)
 
     def before_instantiate_classes(self) -> None:
-        return None
+        """Only the seeds, which the settings shown depend on."""
+        follow_seed(self.config, self.seeds_given)
 
     def instantiate_classes(self) -> None:
         return None
@@ -233,6 +279,131 @@ def run_name(config: Namespace) -> str:
     """The stem of the last config file given, else ``ichor``."""
     files = config.get("config") or []
     return Path(str(files[-1])).stem if files else DEFAULT_RUN_NAME
+
+
+def run_folder(config: Namespace) -> Path:
+    """``<save dir>/<name>``, where the version folders of a run's name go: the TensorBoard logger's (its name
+    defaulting to :func:`run_name`, its save dir to ``runs``, or to ``trainer.default_root_dir`` when set);
+    without one, ``<default_root_dir or runs>/<run name>``."""
+    if _is_tensorboard(config.trainer.logger):
+        save_dir, name = _logger_place(config)
+        return Path(save_dir) / name
+    return Path(config.trainer.get("default_root_dir") or RUNS_DIR) / run_name(config)
+
+
+def _logger_place(config: Namespace) -> tuple[str, str]:
+    """The TensorBoard logger's ``save_dir`` and ``name``, ICHOR's defaults filled in."""
+    init_args = config.trainer.logger.init_args
+    save_dir, name = init_args.get("save_dir"), init_args.get("name")
+    root = config.trainer.get("default_root_dir")
+    if root and save_dir == RUNS_DIR:
+        save_dir = root  # the trainer's root, where the user asked for everything
+    return str(save_dir), run_name(config) if name in (None, "lightning_logs") else str(name)
+
+
+def _is_tensorboard(logger: Any) -> bool:
+    return isinstance(logger, Namespace) and str(logger.get("class_path", "")).endswith("TensorBoardLogger")
+
+
+def _of_subcommand(config: Namespace) -> Namespace:
+    """The settings of the parsed subcommand (``fit``, ...), or the whole config of a run without one."""
+    subcommand = config.get("subcommand")
+    return config[subcommand] if subcommand else config
+
+
+def versions(folder: Path) -> dict[int, Path]:
+    """The ``version_<N>`` folders in ``folder``, by ``N``."""
+    found = {}
+    for path in folder.glob(f"{VERSION_PREFIX}*"):
+        number = path.name.removeprefix(VERSION_PREFIX)
+        if number.isdigit() and path.is_dir():
+            found[int(number)] = path
+    return found
+
+
+def claim_version(folder: Path) -> int:
+    """Create ``folder/version_<N>``, ``N`` one more than the highest there, and return ``N``.
+
+    ``mkdir`` either creates the folder or fails because it exists: a run that loses the race to
+    another one started at the same moment takes the next number, so no two runs share a folder.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    number = max(versions(folder), default=-1) + 1
+    while True:
+        try:
+            (folder / f"{VERSION_PREFIX}{number}").mkdir()
+        except FileExistsError:
+            number += 1
+        else:
+            return number
+
+
+def newest_checkpoint(folder: Path, filename: str) -> Path | None:
+    """``version_<N>/checkpoints/<filename>`` in ``folder`` for the highest ``N`` that has one; None if none has."""
+    for _, version in sorted(versions(folder).items(), reverse=True):
+        if (path := version / "checkpoints" / filename).is_file():
+            return path
+    return None
+
+
+def resolve_checkpoint_alias(config: Namespace, subcommand: str | None) -> None:
+    """Replace ``ckpt_path: last`` (``best``) by the newest run's ``last.ckpt`` (best checkpoint) of the run's name.
+
+    Not where ``checkpoint.dirpath`` is set (Lightning looks there itself). A fit that finds no
+    ``last.ckpt`` starts from scratch with a warning (as Lightning does, so that ``--ckpt_path last``
+    can be set before the first run); any other command, or ``best``, refuses.
+    """
+    alias = config.get("ckpt_path")
+    checkpoint = config.get("checkpoint")
+    if alias not in CHECKPOINT_ALIASES or checkpoint is None or checkpoint.get("dirpath") is not None:
+        return
+    filename = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST if alias == 'last' else checkpoint.filename}.ckpt"
+    folder = run_folder(config)
+    found = newest_checkpoint(folder, filename)
+    if found is not None:
+        config.ckpt_path = str(found)
+        return
+    where = folder / f"{VERSION_PREFIX}*" / "checkpoints" / filename
+    if subcommand == "fit" and alias == "last":
+        warnings.warn(f"--ckpt_path last: no earlier run has a {where}; training from scratch", stacklevel=2)
+        config.ckpt_path = None
+        return
+    raise ValueError(f"--ckpt_path {alias}: no {where} (no earlier run of this config saved one)")
+
+
+def follow_seed(config: Namespace, given: set[str], resumed: bool = False) -> None:
+    """Set the ``seed`` of the model and of the datamodule to ``seed_everything``, except those in ``given``
+    (set explicitly): one seed changes everything random in a run. A ``resumed`` run keeps the seed of its
+    checkpoint (Lightning put the checkpoint's hyper-parameters into the model's arguments)."""
+    seed = config.get("seed_everything")
+    seeded = {key: args for key in SEEDED if "seed" in (args := _init_args(config, key))}
+    if resumed and "model" in seeded:
+        seed, given = seeded["model"].seed, given | {"model"}
+    if seed is None or isinstance(seed, bool):  # false: no seeding; true is a drawn number by now
+        return
+    for key, init_args in seeded.items():
+        if key not in given:
+            init_args.seed = int(seed)
+
+
+def _init_args(config: Namespace, key: str) -> Namespace:
+    part = config.get(key)
+    init_args = part.get("init_args") if isinstance(part, Namespace) else None
+    return init_args if isinstance(init_args, Namespace) else Namespace()
+
+
+def check_accelerator(accelerator: Any) -> None:
+    """Refuse, in one line, a GPU accelerator on a machine that has none (Lightning would say it in a traceback)."""
+    import torch
+
+    name = accelerator.lower() if isinstance(accelerator, str) else ""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    available["gpu"] = available["cuda"] or available["mps"]
+    if name in available and not available[name]:
+        raise ValueError(
+            f"trainer.accelerator is {accelerator!r}, but no GPU is available on this machine: run on the CPU "
+            "with --trainer.accelerator cpu (or `accelerator: cpu` under `trainer:` in the config)"
+        )
 
 
 def checkpoint_monitor(model: Namespace) -> tuple[str | None, str]:

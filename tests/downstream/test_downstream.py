@@ -131,7 +131,7 @@ def test_predict_writes_one_row_per_scan(setting, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the config writes under runs/ relative to the working directory
     args = config_args(setting, tmp_path, "probe_diagnosis.yaml")
     assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
-    checkpoint = tmp_path / "runs/probe_diagnosis/checkpoints/best.ckpt"
+    checkpoint = tmp_path / "runs/probe_diagnosis/version_0/checkpoints/best.ckpt"
     assert main(["predict", *args, f"--ckpt_path={checkpoint}"]) == 0
     predictions = pd.read_csv(tmp_path / "runs/probe_diagnosis/predictions.csv")
     manifest = pd.concat([pd.read_csv(m) for m in setting["manifests"]], ignore_index=True)

@@ -69,7 +69,7 @@ def test_shipped_lora_config_exports_a_merged_encoder_and_its_adapters(
         "--trainer.enable_progress_bar=false",
     ]
     assert main(args) == 0
-    checkpoint = tmp_path / "runs/lora_diagnosis/checkpoints/last.ckpt"
+    checkpoint = tmp_path / "runs/lora_diagnosis/version_0/checkpoints/last.ckpt"
     out = tmp_path / "merged"
     assert main(["export-encoder", str(checkpoint), "--out", str(out)]) == 0
 

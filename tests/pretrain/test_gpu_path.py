@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, StepLosses, small_data_args
+from helpers import StepLosses, config_args, small_data_args
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from scipy.stats import ks_2samp
@@ -251,8 +251,7 @@ def test_in_memory_shards_under_two_process_ddp(tmp_path, synthetic_manifests):
         "-m",
         "ichor.cli",
         "fit",
-        "--config",
-        str(REPO / "lightning_configs" / "pretrain_demo.yaml"),
+        *config_args("pretrain_demo.yaml"),
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
         "--trainer.max_epochs=2",
@@ -262,7 +261,7 @@ def test_in_memory_shards_under_two_process_ddp(tmp_path, synthetic_manifests):
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    last = tmp_path / "runs" / "pretrain_demo" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "runs" / "pretrain_demo" / "version_0" / "checkpoints" / "last.ckpt"
     # Ranks with unequal step counts would hang at the first all-reduce past the shorter epoch.
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= 2
 

@@ -6,7 +6,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from helpers import REPO, StepLosses, small_data_args
+from helpers import StepLosses, config_args, small_data_args
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -103,8 +103,7 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
     monkeypatch.chdir(tmp_path)  # the config writes runs/ and .ichor_cache/ relative to the CWD
     args = [
         "fit",
-        "--config",
-        str(REPO / "lightning_configs" / "pretrain_demo.yaml"),
+        *config_args("pretrain_demo.yaml"),
         "--trainer.max_epochs=2",
         "--model.init_args.backbone.preset=mae_vit_micro",
         "--model.init_args.figure_every_n_steps=1",
@@ -112,7 +111,7 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
     ]
     assert main(args) == 0
     runs = tmp_path / "runs" / "pretrain_demo"
-    (log_dir,) = runs.glob("version_*")
+    log_dir = runs / "version_0"
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "val/loss", "val/loss_mean_prediction", "train/scans_per_s", "train/grad_norm"} <= scalars
@@ -120,8 +119,8 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
     assert "val/reconstruction" in events.Tags()["images"]
     assert (log_dir / "config.yaml").is_file()
 
-    last = runs / "checkpoints" / "last.ckpt"
-    assert main([*args, "--trainer.max_epochs=3", f"--ckpt_path={last}"]) == 0  # resume through the CLI
+    assert main([*args, "--trainer.max_epochs=3", "--ckpt_path=last"]) == 0  # resume through the CLI: a new version
+    last = runs / "version_1" / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 2
 
     out = tmp_path / "encoder"
@@ -139,8 +138,7 @@ def test_two_process_ddp_without_unused_parameters(tmp_path, synthetic_manifests
         "-m",
         "ichor.cli",
         "fit",
-        "--config",
-        str(REPO / "lightning_configs" / "pretrain_demo.yaml"),
+        *config_args("pretrain_demo.yaml"),
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
         "--trainer.max_epochs=2",
@@ -149,6 +147,6 @@ def test_two_process_ddp_without_unused_parameters(tmp_path, synthetic_manifests
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    last = tmp_path / "runs" / "pretrain_demo" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "runs" / "pretrain_demo" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["global_step"] >= 2 and state["hyper_parameters"]["backbone"]["img_size"] == [32, 48, 32]

@@ -258,7 +258,7 @@ def checkpoints(tmp_path_factory, synthetic_manifests, cache_dir) -> dict[str, P
                 "--trainer.limit_val_batches=1",
             ]
             assert main(args) == 0
-        paths[name] = folder / "runs" / f"pretrain_{name}_demo" / "checkpoints" / "last.ckpt"
+        paths[name] = folder / "runs" / f"pretrain_{name}_demo" / "version_0" / "checkpoints" / "last.ckpt"
     return paths
 
 
@@ -311,7 +311,9 @@ def test_simclr_two_process_ddp_gathers_negatives(tmp_path, synthetic_manifests,
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     checkpoint = torch.load(
-        tmp_path / "runs" / "pretrain_simclr_demo" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        tmp_path / "runs" / "pretrain_simclr_demo" / "version_0" / "checkpoints" / "last.ckpt",
+        map_location="cpu",
+        weights_only=False,
     )
     assert checkpoint["global_step"] == 2
 
