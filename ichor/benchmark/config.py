@@ -135,9 +135,12 @@ class BenchmarkConfig:
             ``max_time``; its schedule spans ``epochs.pretrain_time_cap`` epochs, which no method should
             reach) and ``equal_epochs`` (``epochs.pretrain``). A second entry pre-trains every method
             again and runs the linear models on it (the second table).
+        linear_workers: processes that fit the linear models (0: the benchmark's own process); each
+            fits with one BLAS thread.
         reference: the method whose paired differences against every other the report shows.
         folds: number of subject-grouped folds; ignored with ``by_study`` (each study held out).
-        epochs: max_epochs per Lightning stage (``pretrain``, ``finetune``, ``scratch``).
+        epochs: max_epochs per Lightning stage (``pretrain``: equal epochs; ``pretrain_time_cap``: the
+            schedule's length under equal time; ``finetune``, ``scratch``).
         overrides: config overrides for every run (data, trainer), e.g. manifests, as a nested mapping.
         pretrain_overrides / task_overrides: overrides for pre-training runs / downstream runs only.
     """
@@ -158,6 +161,7 @@ class BenchmarkConfig:
     oracle: bool = False
     compute: list[str] = field(default_factory=lambda: ["equal_epochs"])
     pretrain_budget_minutes: float | None = None
+    linear_workers: int = 0
     reference: str = "mae"
     folds: int = 5
     by_study: bool = False

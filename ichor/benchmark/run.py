@@ -29,7 +29,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -216,13 +218,15 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
 
     out = Path(out)
     pool = set().union(*(pool_subjects(spec, cfg) for spec in cfg.pretrain.values()))
-    outcomes = {}
+    outcomes, features = {}, {}  # per-scan features, shared by the compute rules (keyed by encoder)
     for index, compute in enumerate(cfg.compute):
         encoders = pretrained_encoders(cfg, out, compute)
         # A second compute rule runs the linear models only, at the Lightning runs' draws, into its own folder.
         second = replace(cfg, seeds=cfg.seeds[: cfg.trained_draws])
         args = (cfg, out, encoders, pool, True) if index == 0 else (second, out / compute, encoders, pool, False)
-        outcomes[compute] = Outcome(*evaluate_all(*args), pretraining_records(out, list(cfg.pretrain), compute))
+        outcomes[compute] = Outcome(
+            *evaluate_all(*args, features), pretraining_records(out, list(cfg.pretrain), compute)
+        )
     write_report(outcomes, cfg, out)
     return outcomes[cfg.compute[0]].results
 
@@ -236,11 +240,13 @@ def pretrained_encoders(cfg: BenchmarkConfig, out: Path, compute: str) -> dict[s
 
 
 def evaluate_all(
-    cfg: BenchmarkConfig, out: Path, encoders: dict[str, Path], pool: set[str], trained: bool
+    cfg: BenchmarkConfig, out: Path, encoders: dict[str, Path], pool: set[str], trained: bool, features: dict
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Every task on every cohort: (held-out results, selection results, pooled-fold results)."""
+    """Every task on every cohort: (held-out results, selection results, pooled-fold results).
+
+    ``features``: per-scan features already computed (they do not depend on the task), filled as it goes.
+    """
     tables: dict[str, list[dict]] = {"held_out": [], "selection": [], "pooled": []}
-    features: dict = {}  # per-scan features do not depend on the task: embedded once per cohort
     for task in cfg.tasks:
         for cohort in cohorts(cfg, out):
             results, pooled = evaluate(task, cohort, encoders, cfg, pool, features, trained)
@@ -272,11 +278,13 @@ def evaluate(
         budgets = plan(cfg, task, rows, seed)
         # All labels is one draw (the whole fold): a linear model there is fitted once, not once per draw.
         drawn = {budget: folds for budget, folds in budgets.items() if draw == 0 or budget != 1}
-        results += linear_results(linear, rows, drawn, task, seed)
+        results += linear_results(linear, rows, drawn, task, seed, cfg.linear_workers)
         if draw < cfg.trained_draws:
             results += trained_results(task, runs, budgets, cfg, cohort, seed)
         if cfg.by_study and cohort.name == "held_out" and draw < cfg.trained_draws:  # the site gap: pooled folds
-            pooled += linear_results(linear, rows, plan(cfg, task, rows, seed, pooled=True), task, seed)
+            pooled += linear_results(
+                linear, rows, plan(cfg, task, rows, seed, pooled=True), task, seed, cfg.linear_workers
+            )
     return results, pooled
 
 
@@ -292,22 +300,31 @@ def linear_features(
     cohort: Cohort, encoders: dict[str, Path], rows: pd.DataFrame, base: IchorCLI, cfg: BenchmarkConfig, memo: dict
 ) -> dict[tuple[str, str], pd.DataFrame]:
     """(method, mode) -> per-scan features of every linear model: each probe candidate of each encoder,
-    the regional-mean floor and the oracle ceiling; ``memo`` keeps them across the cohort's tasks."""
-    wanted: dict[tuple[str, str], object] = {}
+    the regional-mean floor and the oracle ceiling. ``memo`` keeps them across tasks and compute rules
+    (by cohort, model and encoder): a task's scans that are not there yet are the only ones read."""
+    wanted: dict[tuple[str, str], tuple[object, Callable[[pd.DataFrame], pd.DataFrame]]] = {}
     if "linear_probe" in cfg.modes:
         for method, encoder in encoders.items():
             for probe in cfg.probe:
-                wanted[method, cfg.probe_mode(probe)] = lambda e=encoder, p=probe: encoder_features(e, rows, base, p)
+                embed = partial(_embedded, encoder=encoder, base=base, probe=probe)
+                wanted[method, cfg.probe_mode(probe)] = (str(encoder), embed)
     if cfg.baseline:
-        wanted[BASELINE, "baseline"] = lambda: regional_features(rows, base.datamodule.hparams.volume)
+        wanted[BASELINE, "baseline"] = (None, partial(regional_features, volume=base.datamodule.hparams.volume))
     if cfg.oracle:
-        wanted[ORACLE, ORACLE] = lambda: oracle_features(rows)
+        wanted[ORACLE, ORACLE] = (None, oracle_features)
     linear = {}
-    for key, compute in wanted.items():
-        if (cohort.name, key) not in memo or not rows["path"].isin(memo[cohort.name, key].index).all():
-            memo[cohort.name, key] = compute()  # type: ignore[operator]
-        linear[key] = memo[cohort.name, key]
+    for key, (source, compute) in wanted.items():
+        known = memo.get((cohort.name, key, source))
+        missing = rows if known is None else rows.loc[~rows["path"].isin(known.index)]
+        if len(missing):
+            known = pd.concat([known, compute(missing)]) if known is not None else compute(missing)
+            memo[cohort.name, key, source] = known = known.loc[~known.index.duplicated()]
+        linear[key] = known
     return linear
+
+
+def _embedded(rows: pd.DataFrame, encoder: Path, base: IchorCLI, probe: dict) -> pd.DataFrame:
+    return encoder_features(encoder, rows, base, probe)
 
 
 def trained_results(
@@ -345,30 +362,51 @@ def linear_results(
     budgets: dict[float, list[Fold]],
     task: TaskSpec,
     seed: int,
+    workers: int = 0,
 ) -> list[dict]:
     """Every linear model (probe features, floor, ceiling) on every budget and fold of one label draw.
 
-    One BLAS thread: the models are small, and threads only contend (a fit takes several times longer).
+    ``workers`` processes fit them (0: this process), each with one BLAS thread: the models are
+    small, and threads only contend (a fit takes several times longer with them).
     """
+    keys, jobs = [], []
+    for budget, folds in budgets.items():
+        for (method, mode), features in linear.items():
+            for fold in folds:
+                keys.append({"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed})
+                keys[-1] |= {"fold": fold.name, **fold.counts()}
+                jobs.append(linear_job(features, rows, fold, task, seed))
+    return [key | scores for key, scores in zip(keys, fit_all(jobs, workers))]
+
+
+def linear_job(features: pd.DataFrame, rows: pd.DataFrame, fold: Fold, task: TaskSpec, seed: int) -> tuple:
+    """The arguments of one fold's ``fit_and_score``: its own scans' features only (small to send to a worker)."""
+    split = rows["subject"].map(fold.splits.set_index("subject")["split"])
+    train, test = rows.loc[split == "train"], rows.loc[split == "test"]
+    used = features.loc[pd.concat([train["path"], test["path"]]).unique()]
+    return used, train, test, task.target, task.is_classification, seed
+
+
+def fit_all(jobs: list[tuple], workers: int) -> list[dict]:
+    """``fit_and_score`` of every job, in order, in ``workers`` single-threaded processes (0: here, one thread)."""
+    if workers == 0 or len(jobs) < 2:
+        return [_fit_single_threaded(job) for job in jobs]
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from ichor.data.workers import single_threaded
+
+    context = get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=single_threaded, initargs=(os.getpid(),)) as pool:
+        return list(pool.map(_fit_single_threaded, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+
+
+def _fit_single_threaded(job: tuple) -> dict:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):
-        return [
-            {"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed}
-            | linear_result(features, rows, fold, task, seed)
-            for budget, folds in budgets.items()
-            for (method, mode), features in linear.items()
-            for fold in folds
-        ]
-
-
-def linear_result(features: pd.DataFrame, rows: pd.DataFrame, fold: Fold, task: TaskSpec, seed: int) -> dict:
-    """One fold of a linear model on per-scan features: fitted on its training scans, scored on its test scans."""
-    split = rows["subject"].map(fold.splits.set_index("subject")["split"])
-    scores = fit_and_score(
-        features, rows.loc[split == "train"], rows.loc[split == "test"], task.target, task.is_classification, seed
-    )
-    return {"fold": fold.name, **fold.counts(), **scores}
+        return fit_and_score(*job)
 
 
 def resumable_fold(run: Run, fold: Fold, folder: Path) -> dict:

@@ -187,3 +187,23 @@ def test_shipped_benchmarks_follow_the_rules():
     assert demo.oracle and demo.selection == {"manifests": ["data_manifests/probe"]}  # `make probe-data`
     with pytest.raises(ValueError, match="trained_draws 3 not in 1..2"):
         load_config(CONFIGS / "benchmark_demo.yaml", {"seeds": 2})
+
+
+def test_linear_models_fitted_in_worker_processes_score_as_in_the_benchmarks_own_process():
+    from ichor.benchmark.config import TaskSpec
+    from ichor.benchmark.run import linear_results
+    from ichor.downstream.cv import subject_folds
+
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame(
+        {"subject": [f"P{i:02d}" for i in range(24)], "study": "s", "diagnosis": ["CN", "AD"] * 12}
+    ).assign(path=lambda r: "/d/" + r["subject"] + ".nii.gz")
+    features = pd.DataFrame(rng.normal(size=(24, 5)), index=rows["path"]).add(
+        (rows["diagnosis"] == "AD").to_numpy()[:, None]
+    )
+    task = TaskSpec("AD", "diagnosis", "classification", "auroc", config=["task.yaml"])
+    budgets = {1.0: subject_folds(rows, "diagnosis", 3)}
+    linear = {("mae", "linear_probe"): features, ("oracle", "oracle"): features.iloc[:, :2]}
+    here = linear_results(linear, rows, budgets, task, seed=1)
+    assert len(here) == 6 and {r["fold"] for r in here} == {f.name for f in budgets[1.0]}
+    assert linear_results(linear, rows, budgets, task, seed=1, workers=2) == here
