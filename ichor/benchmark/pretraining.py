@@ -40,19 +40,32 @@ THROUGHPUT = ("train/scans_per_s", "train/data_wait_fraction")
 
 
 class ThroughputRecorder(Callback):
-    """Collects the pre-trainer's per-step throughput scalars, so the record holds their median, not the last step's."""
+    """Collects the pre-trainer's per-step throughput scalars, so the record holds their median, not the last step's.
+
+    A step's scalars reach ``trainer.callback_metrics`` after its batch-end hooks, so each is read at the
+    next step's start (or at the end of training), once: a value already read is not counted again.
+    """
 
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = {name: [] for name in THROUGHPUT}
         self.started = time.perf_counter()
+        self._read: dict[str, Any] = {}
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.started = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._collect(trainer)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._collect(trainer)
+
+    def _collect(self, trainer: Any) -> None:
         for name in THROUGHPUT:
-            if name in trainer.callback_metrics:
-                self.values[name].append(float(trainer.callback_metrics[name]))
+            value = trainer.callback_metrics.get(name)
+            if value is not None and value is not self._read.get(name):
+                self.values[name].append(float(value))
+                self._read[name] = value
 
     def record(self, trainer: Any) -> dict[str, float]:
         medians = {name: float(np.median(v)) if v else float("nan") for name, v in self.values.items()}
