@@ -32,9 +32,9 @@ def test_readme_is_a_front_door_of_at_most_250_lines():
 def benchmark_output(out: Path) -> Path:
     """What ``ichor benchmark`` writes into ``--out`` for a small, hand-made set of per-fold scores."""
     from ichor.benchmark import load_config
-    from ichor.benchmark.report import write_report
+    from ichor.benchmark.report import Outcome, write_report
 
-    cfg = load_config(CONFIGS / "benchmark_demo.yaml", {"seeds": [0]})
+    cfg = load_config(CONFIGS / "benchmark_demo.yaml", {"seeds": [0], "trained_draws": 1, "probe": {}})
     scores = {("mae", "linear_probe"): [0.70, 0.60], ("scratch", "scratch"): [0.55, 0.50]}
     results = pd.DataFrame(
         [
@@ -44,7 +44,8 @@ def benchmark_output(out: Path) -> Path:
             for i, score in enumerate(values)
         ]
     )
-    write_report(results, cfg, out, pd.DataFrame([{"method": "mae", "probe/auroc": 0.61}]))
+    pretraining = pd.DataFrame([{"method": "mae", "compute": "equal_time", "probe/auroc end": 0.61}])
+    write_report({"equal_time": Outcome(results, pd.DataFrame(), pd.DataFrame(), pretraining)}, cfg, out)
     return out
 
 
@@ -55,10 +56,10 @@ def test_results_hook_renders_the_tables_from_the_files_the_benchmark_wrote(tmp_
 
     page = results.render(folder, tmp_path / "docs" / "results")
     assert "ichor benchmark --config C.yaml --out runs/demo" in page and "# 2026-12-05" in page
-    assert "| mae | linear_probe | 0.650 ± 0.071 |" in page  # benchmark_summary.csv, as the benchmark renders it
-    assert "| scratch | scratch | 0.525 ± 0.035 |" in page
-    assert "| AD | 10 per class | mae (linear_probe) | scratch (scratch) | +0.125 ± 0.035 | 2 | wins |" in page
-    assert "| mae | 0.610 |" in page  # benchmark_pretraining.csv
+    assert "| mae | linear_probe | 0.650 ± 0.071 * |" in page  # benchmark_summary.csv, as the benchmark renders it
+    assert "| scratch | scratch | 0.525 ± 0.035 * |" in page
+    assert "| AD | 10 per class | mae (linear_probe) | scratch (scratch) | +0.125 [+0.100, +0.150] | 2 | wins |" in page
+    assert "| mae | equal_time | 0.610 |" in page  # benchmark_pretraining.csv
     assert "![AD](demo/figures/AD.png)" in page  # the benchmark's figure, linked from the page's folder
     assert (
         "# ICHOR benchmark" not in page and "\n### AD (auroc, mean ± std over folds and seeds)" in page
@@ -67,7 +68,7 @@ def test_results_hook_renders_the_tables_from_the_files_the_benchmark_wrote(tmp_
     markdown = "## Demo\n\n<!-- results: demo -->\n"
     fake = SimpleNamespace(file=SimpleNamespace(src_path="results/index.md"))
     rendered = results.on_page_markdown(markdown, fake, {"docs_dir": str(tmp_path / "docs")}, None)
-    assert rendered.startswith("## Demo\n") and "| mae | linear_probe | 0.650 ± 0.071 |" in rendered
+    assert rendered.startswith("## Demo\n") and "| mae | linear_probe | 0.650 ± 0.071 * |" in rendered
 
 
 def test_results_hook_refuses_a_folder_without_its_command(tmp_path):

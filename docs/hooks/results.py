@@ -2,7 +2,7 @@
 
 A page holds a marker ``<!-- results: NAME -->``. The folder ``docs/results/NAME/`` holds what the
 benchmark wrote into its ``--out`` folder (``benchmark_summary.csv``, ``benchmark_paired.csv``,
-``benchmark_pretraining.csv``, ``benchmark_site_gap.csv``, ``figures/<task>.png``), copied as they
+``benchmark_ceiling.csv``, ``benchmark_pretraining.csv``, ``benchmark_site_gap.csv``, ``figures/<task>.png``), copied as they
 are, and ``command.txt``: the command that wrote them and the date it ran. The marker becomes that
 command, then the benchmark's own tables, drawn by :mod:`ichor.benchmark.report` (so the docs and
 ``benchmark_summary.md`` read the same), then its figures. A figure is never typed into a page by
@@ -31,6 +31,7 @@ def _tables(folder: Path) -> list[str]:
 
     renderers = [
         ("benchmark_summary.csv", lambda summary: report.markdown(summary, SPREAD_OVER)),
+        ("benchmark_ceiling.csv", report.ceiling_markdown),
         ("benchmark_paired.csv", report.paired_markdown),
         ("benchmark_pretraining.csv", report.pretraining_markdown),
         ("benchmark_site_gap.csv", report.site_gap_markdown),

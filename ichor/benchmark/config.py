@@ -28,7 +28,12 @@ MODES = ("linear_probe", "attentive_probe", "finetune", "lora")
 TRAINED_MODES = ("attentive_probe", "finetune", "lora", "scratch")  # Lightning runs; the linear probe is a linear model
 CLASSIFICATION_METRICS = ("balanced_accuracy", "auroc")
 REGRESSION_METRICS = ("mae", "rmse", "pearson", "spearman", "r2")
-STAGES = ("pretrain", "finetune", "scratch")
+STAGES = ("pretrain", "pretrain_time_cap", "finetune", "scratch")
+COMPUTE = (
+    "equal_time",
+    "equal_epochs",
+)  # how pre-training methods are made comparable; the first listed is the main table
+PROBE_KEYS = ("pooling", "blocks", "regions")
 
 
 def config_files(value: str | list[str], what: str) -> list[str]:
@@ -114,13 +119,28 @@ class BenchmarkConfig:
             whole number >= 2 of labelled subjects per class (10, 25: the few-label regime).
         trained_budgets: the budgets at which Lightning modes (attentive probe, fine-tuning,
             scratch) run; default: all. Linear probes are cheap and run at every budget.
-        seeds: the budget draws and probe seeds to repeat over (linear probes and the baseline);
-            Lightning modes run with the first. Default: ``[seed]``.
+        seeds: the label draws (budget draws and probe seeds) of the linear models: a list of seeds, or
+            a count N for seeds ``seed .. seed + N - 1``. Default: ``[seed]``.
+        trained_draws: how many of those draws (the first) the Lightning modes run.
         probe: features of the linear probe: ``pooling`` (brain_mean | region | mean | max),
-            ``blocks`` (last blocks concatenated), ``regions`` (per axis, for region pooling).
+            ``blocks`` (last blocks concatenated), ``regions`` (per axis, for region pooling); a list
+            of such mappings makes each a candidate, chosen on the selection cohort like a mode.
+        selection: the cohort on which each method's mode and probe features are chosen, by the
+            same protocol (tasks, budgets, draws, folds), never a benchmark cohort:
+            ``{manifests: [data_manifests/probe]}``. Without it each method keeps its first mode
+            in ``modes`` order (declared, not measured).
+        oracle: also fit the linear model on the oracle features ``ichor synth`` records (the ceiling).
+        compute: how pre-training methods are made comparable, the main table first: ``equal_time``
+            (every method pre-trains for ``pretrain_budget_minutes`` of wall-clock time, Trainer
+            ``max_time``; its schedule spans ``epochs.pretrain_time_cap`` epochs, which no method should
+            reach) and ``equal_epochs`` (``epochs.pretrain``). A second entry pre-trains every method
+            again and runs the linear models on it (the second table).
+        linear_workers: processes that fit the linear models (0: the benchmark's own process); each
+            fits with one BLAS thread.
         reference: the method whose paired differences against every other the report shows.
         folds: number of subject-grouped folds; ignored with ``by_study`` (each study held out).
-        epochs: max_epochs per Lightning stage (``pretrain``, ``finetune``, ``scratch``).
+        epochs: max_epochs per Lightning stage (``pretrain``: equal epochs; ``pretrain_time_cap``: the
+            schedule's length under equal time; ``finetune``, ``scratch``).
         overrides: config overrides for every run (data, trainer), e.g. manifests, as a nested mapping.
         pretrain_overrides / task_overrides: overrides for pre-training runs / downstream runs only.
     """
@@ -134,8 +154,14 @@ class BenchmarkConfig:
     baseline: bool = True
     budgets: list[float] = field(default_factory=lambda: [0.1, 1.0])
     trained_budgets: list[float] | None = None
-    seeds: list[int] | None = None
-    probe: dict = field(default_factory=dict)
+    seeds: list[int] | int | None = None
+    trained_draws: int = 1
+    probe: list[dict] | dict = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
+    oracle: bool = False
+    compute: list[str] = field(default_factory=lambda: ["equal_epochs"])
+    pretrain_budget_minutes: float | None = None
+    linear_workers: int = 0
     reference: str = "mae"
     folds: int = 5
     by_study: bool = False
@@ -159,9 +185,9 @@ class BenchmarkConfig:
             else PretrainSpec(spec)
             for method, spec in self.pretrain.items()
         }
-        if {"scratch", "regional_mean"} & (set(self.pretrain) | set(self.encoders)):
+        if {"scratch", "regional_mean", "oracle"} & (set(self.pretrain) | set(self.encoders)):
             raise ValueError(
-                "benchmark config: `scratch` and `regional_mean` are reserved names, not pre-training methods"
+                "benchmark config: `scratch`, `regional_mean` and `oracle` are reserved names, not pre-training methods"
             )
         if both := sorted(set(self.pretrain) & set(self.encoders)):
             raise ValueError(f"benchmark config: {', '.join(both)} named under both `pretrain` and `encoders`")
@@ -189,15 +215,41 @@ class BenchmarkConfig:
         self.trained_budgets = self.budgets if self.trained_budgets is None else self.trained_budgets
         if missing := [b for b in self.trained_budgets if b not in self.budgets]:
             raise ValueError(f"benchmark config: trained_budgets {missing} are not in budgets {self.budgets}")
-        self.seeds = [self.seed] if not self.seeds else self.seeds
-        if unknown := set(self.probe) - {"pooling", "blocks", "regions"}:
-            raise ValueError(f"benchmark config: probe has unknown key(s) {', '.join(sorted(unknown))}")
+        self.seeds = list(range(self.seed, self.seed + self.seeds)) if isinstance(self.seeds, int) else self.seeds
+        self.seeds = self.seeds or [self.seed]
+        if not 1 <= self.trained_draws <= len(self.seeds):
+            raise ValueError(
+                f"benchmark config: trained_draws {self.trained_draws} not in 1..{len(self.seeds)} (seeds)"
+            )
+        self.probe = [self.probe] if isinstance(self.probe, dict) else self.probe
+        for probe in self.probe:
+            if unknown := set(probe) - set(PROBE_KEYS):
+                raise ValueError(f"benchmark config: probe has unknown key(s) {', '.join(sorted(unknown))}")
+        if self.selection is not None and not self.selection.get("manifests"):
+            raise ValueError("benchmark config: selection names no manifests, e.g. {manifests: [data_manifests/probe]}")
+        self._check_compute()
         unknown = set(self.epochs) - set(STAGES)
         if unknown:
             raise ValueError(f"benchmark config: epochs has unknown stage(s) {', '.join(sorted(unknown))}")
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"benchmark config: task names repeat: {names}")
+
+    def _check_compute(self) -> None:
+        if not self.compute or set(self.compute) - set(COMPUTE) or len(set(self.compute)) != len(self.compute):
+            raise ValueError(f"benchmark config: compute is a list of {', '.join(COMPUTE)}, got {self.compute}")
+        if "equal_time" in self.compute and not (self.pretrain_budget_minutes or 0) > 0:
+            raise ValueError("benchmark config: compute equal_time needs pretrain_budget_minutes (> 0)")
+        if "equal_time" in self.compute and "pretrain_time_cap" not in self.epochs:
+            raise ValueError(
+                "benchmark config: compute equal_time needs epochs.pretrain_time_cap (the schedule's length)"
+            )
+
+    def probe_mode(self, probe: dict) -> str:
+        """The mode name of one linear-probe candidate: ``linear_probe``, or its features when there are several."""
+        if len(self.probe) == 1:
+            return "linear_probe"
+        return "linear_probe (" + ", ".join(f"{key} {probe[key]}" for key in PROBE_KEYS if key in probe) + ")"
 
 
 def load_config(path: str | os.PathLike, extra: dict | None = None) -> BenchmarkConfig:

@@ -7,9 +7,16 @@ brain encoders, shared exports) join them as they are. The folds are planned onc
 method, so methods are compared on identical test subjects. A label budget keeps a stratified
 fraction of each fold's training subjects (validation and test subjects are unchanged).
 
-``linear_probe`` and the regional-mean baseline fit one linear model per fold on per-scan
-features (frozen encoder embeddings, regional mean CBF); ``finetune``, ``lora`` and ``scratch`` are
-``ichor.downstream.cv.run_fold`` Lightning runs on a split file.
+``linear_probe`` (one per probe-feature candidate), the regional-mean floor and the oracle ceiling
+fit one linear model per fold on per-scan features (frozen encoder embeddings, regional mean CBF,
+the oracle features ``ichor synth`` records); ``attentive_probe``, ``finetune``, ``lora`` and
+``scratch`` are ``ichor.downstream.cv.run_fold`` Lightning runs on a split file, for the first
+``trained_draws`` label draws.
+
+Every task runs twice, by the same protocol: on the selection cohort (``selection``), where each
+method's mode and probe features are chosen, then on the benchmark's cohorts, whose numbers never
+choose anything. With a second compute rule (``compute``), every method is pre-trained again and
+its linear models run on both cohorts (the second table).
 
 Everything finished is kept under OUT: an encoder exported with the same pre-training run
 is reused (an interrupted pre-training resumes from its last checkpoint), and so is a fine-tuning
@@ -22,18 +29,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ichor.benchmark.baseline import regional_features
+from ichor.benchmark.baseline import oracle_features, regional_features
 from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
+from ichor.benchmark.pretraining import pretrain, pretrain_run, pretraining_records
 from ichor.data.schema import label_strata, labelled_rows
 from ichor.downstream.cv import Fold, run_fold, subject_folds
 from ichor.evaluation.linear import fit_and_score
-from ichor.evaluation.online_probe import PREFIX as PROBE_PREFIX
 from ichor.io import write_text
 
 if TYPE_CHECKING:
@@ -43,9 +53,30 @@ log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
 BASELINE = "regional_mean"
+ORACLE = "oracle"
 RESULT_FILE = "result.json"
-ONLINE_PROBE_FILE = "online_probe.json"  # the pre-training's last online-probe scalars, beside its encoder
-PRETRAIN_RECORD = "pretrain_args.json"  # the run the encoder beside it was pre-trained with
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Where a task is evaluated: the benchmark's own cohorts (``held_out``) or the ``selection`` cohort.
+
+    ``overrides`` replace the downstream runs' manifests (none for the benchmark's own);
+    ``folder`` holds its Lightning runs.
+    """
+
+    name: str
+    folder: Path
+    overrides: dict = field(default_factory=dict)
+
+
+def cohorts(cfg: BenchmarkConfig, out: Path) -> list[Cohort]:
+    """The selection cohort (when the config names one) first, then the benchmark's cohorts."""
+    held_out = Cohort("held_out", out)
+    if cfg.selection is None:
+        return [held_out]
+    manifests = {"data": {"init_args": {"manifests": list(cfg.selection["manifests"])}}}
+    return [Cohort("selection", out / "selection", manifests), held_out]
 
 
 def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed: int = 0) -> Fold:
@@ -69,56 +100,6 @@ def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed
         kept += list(rng.permutation(subjects.index.to_numpy())[:count])
     keep = (splits["split"] != "train") | splits["subject"].isin(kept)
     return Fold(fold.name, splits.loc[keep].reset_index(drop=True))
-
-
-def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path) -> Path:
-    """Pre-train ``method`` and export its encoder; returns the export folder.
-
-    An export made with the same arguments is reused, and an interrupted pre-training with the same
-    arguments resumes from its last checkpoint; changed arguments pre-train again.
-    """
-    from ichor.models.weights import METADATA_FILE, export_encoder
-    from ichor.training.runs import build_run
-
-    folder = out / "pretrain" / method
-    encoder = folder / "encoder"
-    run = pretrain_run(spec, cfg)
-    record = folder / PRETRAIN_RECORD
-    recorded = json.loads(record.read_text()).get("run") if record.is_file() else None
-    if (encoder / METADATA_FILE).is_file():
-        if recorded == run.record():
-            log.info("benchmark: reusing the %s encoder in %s", method, encoder)
-            return encoder
-        if recorded is None:
-            message = "benchmark: reusing the %s encoder in %s (made by an earlier ICHOR: no arguments recorded)"
-            log.warning(message + "; delete %s to pre-train it again", method, encoder, folder)
-            return encoder
-        log.warning("benchmark: the %s pre-training arguments changed since %s: pre-training again", method, encoder)
-    last = folder / "checkpoints" / "last.ckpt"
-    resume = last if recorded == run.record() and last.is_file() else None
-    log.info("benchmark: pre-training %s (%s)%s", method, spec.config[-1], f", resuming from {last}" if resume else "")
-    write_text(record, json.dumps({"run": run.record()}, indent=1))
-    cli = build_run(run, folder)
-    trainer = cli.trainer
-    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
-    callback = trainer.checkpoint_callback
-    # A resumed run that had already finished saves nothing new: its last checkpoint is the result.
-    checkpoint = (callback and (callback.last_model_path or callback.best_model_path)) or resume
-    if not checkpoint:
-        raise ValueError(f"pre-training config {spec.config[-1]} ({method}) saved no checkpoint")
-    probe = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(PROBE_PREFIX)}
-    write_text(folder / ONLINE_PROBE_FILE, json.dumps(probe, indent=1))
-    return export_encoder(checkpoint, encoder, overwrite=True)
-
-
-def online_probe_values(out: Path, methods: list[str]) -> pd.DataFrame:
-    """Each pre-trained method's last online-probe scalars (one row per method; none without the callback)."""
-    rows = []
-    for method in methods:
-        record = out / "pretrain" / method / ONLINE_PROBE_FILE
-        values = json.loads(record.read_text()) if record.is_file() else {}
-        rows.append({"method": method, **values})
-    return pd.DataFrame(rows)
 
 
 def pool_subjects(spec: PretrainSpec, cfg: BenchmarkConfig) -> set[str]:
@@ -145,15 +126,8 @@ def _epochs(cfg: BenchmarkConfig, stage: str) -> dict:
     return {"trainer": {"max_epochs": cfg.epochs[stage]}} if stage in cfg.epochs else {}
 
 
-def pretrain_run(spec: PretrainSpec, cfg: BenchmarkConfig) -> Run:
-    """One method's pre-training: its config(s), the benchmark's overrides, its epochs, its own overrides."""
-    from ichor.training.runs import Run
-
-    return Run.of(spec.config, cfg.overrides, cfg.pretrain_overrides, _epochs(cfg, "pretrain"), spec.overrides)
-
-
-def task_run(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) -> Run:
-    """One downstream run (without its split file).
+def task_run(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig, cohort: dict | None = None) -> Run:
+    """One downstream run (without its split file); ``cohort``: the selection cohort's manifests.
 
     ``attentive_probe`` is the task's linear-probe mode (frozen encoder) read out by attentive pooling.
     """
@@ -168,17 +142,20 @@ def task_run(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig) -> 
         task.config,
         cfg.overrides,
         cfg.task_overrides,
+        cohort or {},
         _epochs(cfg, "finetune" if mode in ("attentive_probe", "lora") else mode),
         {"model": {"init_args": model}, "data": {"init_args": data}},
     )
 
 
-def task_setup(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.DataFrame, IchorCLI]:
+def task_setup(
+    task: TaskSpec, encoder: Path, cfg: BenchmarkConfig, cohort: dict | None = None
+) -> tuple[pd.DataFrame, IchorCLI]:
     """The task's labelled manifest rows (as its config's datamodule reads them) and its parsed config."""
     from ichor.data.manifest import read_manifests
     from ichor.training.runs import IchorCLI
 
-    base = IchorCLI(args=task_run(task, "finetune", encoder, cfg), run=False)
+    base = IchorCLI(args=task_run(task, "finetune", encoder, cfg, cohort), run=False)
     rows = read_manifests(base.datamodule.hparams.manifests)
     rows = rows.loc[labelled_rows(rows, task.target, task.target_values)].reset_index(drop=True)
     return rows, base
@@ -187,7 +164,7 @@ def task_setup(task: TaskSpec, encoder: Path, cfg: BenchmarkConfig) -> tuple[pd.
 def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: dict) -> pd.DataFrame:
     """Frozen, pooled features of every row's scan (indexed by CBF path), harmonised as ``base``'s data.
 
-    ``probe`` chooses the features (``pooling``, ``blocks``, ``regions``: the config's ``probe``).
+    ``probe`` chooses the features (``pooling``, ``blocks``, ``regions``: one of the config's ``probe``).
 
     Every row must have its features: the methods are compared on identical scans, so a scan
     the datamodule could not use stops the benchmark with its manifest row and file named.
@@ -235,65 +212,145 @@ def plan(
 
 
 def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
-    """Run everything ``cfg`` describes under ``out``; returns one row per run, fold and seed (also written as CSV)."""
-    from ichor.benchmark.report import write_report
-    from ichor.models.hub import resolve
+    """Run everything ``cfg`` describes under ``out``; returns the main comparison's held-out results,
+    one row per run, fold and draw (also written as CSV, with the report)."""
+    from ichor.benchmark.report import Outcome, write_report
 
     out = Path(out)
     pool = set().union(*(pool_subjects(spec, cfg) for spec in cfg.pretrain.values()))
-    encoders = {method: pretrain(method, spec, cfg, out) for method, spec in cfg.pretrain.items()}
-    encoders.update({method: resolve(source) for method, source in cfg.encoders.items()})  # used as they are
+    outcomes, features = {}, {}  # per-scan features, shared by the compute rules (keyed by encoder)
+    for index, compute in enumerate(cfg.compute):
+        encoders = pretrained_encoders(cfg, out, compute)
+        # A second compute rule runs the linear models only, at the Lightning runs' draws, into its own folder.
+        second = replace(cfg, seeds=cfg.seeds[: cfg.trained_draws])
+        args = (cfg, out, encoders, pool, True) if index == 0 else (second, out / compute, encoders, pool, False)
+        outcomes[compute] = Outcome(
+            *evaluate_all(*args, features), pretraining_records(out, list(cfg.pretrain), compute)
+        )
+    write_report(outcomes, cfg, out)
+    return outcomes[cfg.compute[0]].results
+
+
+def pretrained_encoders(cfg: BenchmarkConfig, out: Path, compute: str) -> dict[str, Path]:
+    """Every method's encoder under one compute rule, and the config's ``encoders`` as they are."""
+    from ichor.models.hub import resolve
+
+    encoders = {method: pretrain(method, spec, cfg, out, compute) for method, spec in cfg.pretrain.items()}
+    return encoders | {method: resolve(source) for method, source in cfg.encoders.items()}
+
+
+def evaluate_all(
+    cfg: BenchmarkConfig, out: Path, encoders: dict[str, Path], pool: set[str], trained: bool, features: dict
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Every task on every cohort: (held-out results, selection results, pooled-fold results).
+
+    ``features``: per-scan features already computed (they do not depend on the task), filled as it goes.
+    """
+    tables: dict[str, list[dict]] = {"held_out": [], "selection": [], "pooled": []}
+    for task in cfg.tasks:
+        for cohort in cohorts(cfg, out):
+            results, pooled = evaluate(task, cohort, encoders, cfg, pool, features, trained)
+            tables[cohort.name] += results
+            tables["pooled"] += pooled
+    return pd.DataFrame(tables["held_out"]), pd.DataFrame(tables["selection"]), pd.DataFrame(tables["pooled"])
+
+
+def evaluate(
+    task: TaskSpec,
+    cohort: Cohort,
+    encoders: dict[str, Path],
+    cfg: BenchmarkConfig,
+    pool: set[str],
+    features: dict,
+    trained: bool = True,
+) -> tuple[list[dict], list[dict]]:
+    """One task on one cohort: every linear model at every draw, the Lightning runs at the first
+    ``trained_draws``; and, on held-out studies, the linear models on pooled subject folds."""
     architecture = next(iter(encoders.values()))  # scratch only borrows its architecture
-    trained = [
-        (method, mode, encoder) for method, encoder in encoders.items() for mode in cfg.modes if mode != "linear_probe"
-    ]  # Lightning runs; the linear probe is a linear model
-    trained += [(SCRATCH, SCRATCH, architecture)] if cfg.scratch else []
+    rows, base = task_setup(task, architecture, cfg, cohort.overrides)
+    check_pool(pool, task, rows)
+    linear = linear_features(cohort, encoders, rows, base, cfg, features)
+    # Scratch has no mode to choose: it runs on the benchmark's cohorts only.
+    runs = trained_runs(encoders, cfg, cfg.scratch and cohort.name == "held_out") if trained else []
     results: list[dict] = []
     pooled: list[dict] = []
-    for task in cfg.tasks:
-        rows, base = task_setup(task, architecture, cfg)
-        check_pool(pool, task, rows)
-        linear = {
-            (method, "linear_probe"): encoder_features(encoder, rows, base, cfg.probe)
-            for method, encoder in encoders.items()
-            if "linear_probe" in cfg.modes
-        }
-        if cfg.baseline:
-            linear[BASELINE, "baseline"] = regional_features(rows, base.datamodule.hparams.volume)
-        for seed in cfg.seeds:
-            budgets = plan(cfg, task, rows, seed)
-            results += linear_results(linear, rows, budgets, task, seed)
-            if cfg.by_study:  # the same linear models on subject folds that mix the studies
-                pooled += linear_results(linear, rows, plan(cfg, task, rows, seed, pooled=True), task, seed)
-            if seed == cfg.seeds[0]:
-                results += trained_results(task, trained, budgets, cfg, out, seed)
-    table = pd.DataFrame(results)
-    write_report(table, cfg, out, online_probe_values(out, list(cfg.pretrain)), pd.DataFrame(pooled))
-    return table
+    for draw, seed in enumerate(cfg.seeds):
+        budgets = plan(cfg, task, rows, seed)
+        # All labels is one draw (the whole fold): a linear model there is fitted once, not once per draw.
+        drawn = {budget: folds for budget, folds in budgets.items() if draw == 0 or budget != 1}
+        results += linear_results(linear, rows, drawn, task, seed, cfg.linear_workers)
+        if draw < cfg.trained_draws:
+            results += trained_results(task, runs, budgets, cfg, cohort, seed)
+        if cfg.by_study and cohort.name == "held_out" and draw < cfg.trained_draws:  # the site gap: pooled folds
+            pooled += linear_results(
+                linear, rows, plan(cfg, task, rows, seed, pooled=True), task, seed, cfg.linear_workers
+            )
+    return results, pooled
+
+
+def trained_runs(encoders: dict[str, Path], cfg: BenchmarkConfig, scratch: bool) -> list[tuple[str, str, Path]]:
+    """(method, mode, encoder) of every Lightning run; the linear probe is a linear model."""
+    runs = [
+        (method, mode, encoder) for method, encoder in encoders.items() for mode in cfg.modes if mode != "linear_probe"
+    ]
+    return runs + ([(SCRATCH, SCRATCH, next(iter(encoders.values())))] if scratch else [])
+
+
+def linear_features(
+    cohort: Cohort, encoders: dict[str, Path], rows: pd.DataFrame, base: IchorCLI, cfg: BenchmarkConfig, memo: dict
+) -> dict[tuple[str, str], pd.DataFrame]:
+    """(method, mode) -> per-scan features of every linear model: each probe candidate of each encoder,
+    the regional-mean floor and the oracle ceiling. ``memo`` keeps them across tasks and compute rules
+    (by cohort, model and encoder): a task's scans that are not there yet are the only ones read."""
+    wanted: dict[tuple[str, str], tuple[object, Callable[[pd.DataFrame], pd.DataFrame]]] = {}
+    if "linear_probe" in cfg.modes:
+        for method, encoder in encoders.items():
+            for probe in cfg.probe:
+                embed = partial(_embedded, encoder=encoder, base=base, probe=probe)
+                wanted[method, cfg.probe_mode(probe)] = (str(encoder), embed)
+    if cfg.baseline:
+        wanted[BASELINE, "baseline"] = (None, partial(regional_features, volume=base.datamodule.hparams.volume))
+    if cfg.oracle:
+        wanted[ORACLE, ORACLE] = (None, oracle_features)
+    linear = {}
+    for key, (source, compute) in wanted.items():
+        known = memo.get((cohort.name, key, source))
+        missing = rows if known is None else rows.loc[~rows["path"].isin(known.index)]
+        if len(missing):
+            known = pd.concat([known, compute(missing)]) if known is not None else compute(missing)
+            memo[cohort.name, key, source] = known = known.loc[~known.index.duplicated()]
+        linear[key] = known
+    return linear
+
+
+def _embedded(rows: pd.DataFrame, encoder: Path, base: IchorCLI, probe: dict) -> pd.DataFrame:
+    return encoder_features(encoder, rows, base, probe)
 
 
 def trained_results(
-    task: TaskSpec, trained: list, budgets: dict[float, list[Fold]], cfg: BenchmarkConfig, out: Path, seed: int
+    task: TaskSpec, trained: list, budgets: dict[float, list[Fold]], cfg: BenchmarkConfig, cohort: Cohort, seed: int
 ) -> list[dict]:
-    """The Lightning runs (attentive probe, fine-tuning, scratch) of one task at the trained budgets."""
+    """The Lightning runs (attentive probe, fine-tuning, LoRA, scratch) of one task and draw at the trained budgets."""
     results = []
     total, done = sum(len(budgets[b]) for b in cfg.trained_budgets) * len(trained), 0
     for budget in cfg.trained_budgets:
         for method, mode, encoder in trained:
-            folder = out / task.name / method / mode / f"budget-{budget:g}"
+            folder = cohort.folder / task.name / method / mode / f"budget-{budget:g}" / f"draw-{seed}"
             for fold in budgets[budget]:
                 done += 1
                 log.info(
-                    "benchmark: %s %s %s budget %g %s (run %d/%d of this task)",
+                    "benchmark: %s %s %s %s budget %g draw %d %s (run %d/%d)",
+                    cohort.name,
                     task.name,
                     method,
                     mode,
                     budget,
+                    seed,
                     fold.name,
                     done,
                     total,
                 )
-                result = resumable_fold(task_run(task, mode, encoder, cfg), fold, folder)
+                result = resumable_fold(task_run(task, mode, encoder, cfg, cohort.overrides), fold, folder)
                 row = {"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed}
                 results.append({**row, **result})
     return results
@@ -305,24 +362,51 @@ def linear_results(
     budgets: dict[float, list[Fold]],
     task: TaskSpec,
     seed: int,
+    workers: int = 0,
 ) -> list[dict]:
-    """Every linear model (probe features, regional baseline) on every budget and fold of one label draw."""
-    return [
-        {"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed}
-        | linear_result(features, rows, fold, task, seed)
-        for budget, folds in budgets.items()
-        for (method, mode), features in linear.items()
-        for fold in folds
-    ]
+    """Every linear model (probe features, floor, ceiling) on every budget and fold of one label draw.
+
+    ``workers`` processes fit them (0: this process), each with one BLAS thread: the models are
+    small, and threads only contend (a fit takes several times longer with them).
+    """
+    keys, jobs = [], []
+    for budget, folds in budgets.items():
+        for (method, mode), features in linear.items():
+            for fold in folds:
+                keys.append({"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed})
+                keys[-1] |= {"fold": fold.name, **fold.counts()}
+                jobs.append(linear_job(features, rows, fold, task, seed))
+    return [key | scores for key, scores in zip(keys, fit_all(jobs, workers))]
 
 
-def linear_result(features: pd.DataFrame, rows: pd.DataFrame, fold: Fold, task: TaskSpec, seed: int) -> dict:
-    """One fold of a linear model on per-scan features: fitted on its training scans, scored on its test scans."""
+def linear_job(features: pd.DataFrame, rows: pd.DataFrame, fold: Fold, task: TaskSpec, seed: int) -> tuple:
+    """The arguments of one fold's ``fit_and_score``: its own scans' features only (small to send to a worker)."""
     split = rows["subject"].map(fold.splits.set_index("subject")["split"])
-    scores = fit_and_score(
-        features, rows.loc[split == "train"], rows.loc[split == "test"], task.target, task.is_classification, seed
-    )
-    return {"fold": fold.name, **fold.counts(), **scores}
+    train, test = rows.loc[split == "train"], rows.loc[split == "test"]
+    used = features.loc[pd.concat([train["path"], test["path"]]).unique()]
+    return used, train, test, task.target, task.is_classification, seed
+
+
+def fit_all(jobs: list[tuple], workers: int) -> list[dict]:
+    """``fit_and_score`` of every job, in order, in ``workers`` single-threaded processes (0: here, one thread)."""
+    if workers == 0 or len(jobs) < 2:
+        return [_fit_single_threaded(job) for job in jobs]
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from ichor.data.workers import single_threaded
+
+    context = get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=single_threaded, initargs=(os.getpid(),)) as pool:
+        return list(pool.map(_fit_single_threaded, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+
+
+def _fit_single_threaded(job: tuple) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return fit_and_score(*job)
 
 
 def resumable_fold(run: Run, fold: Fold, folder: Path) -> dict:

@@ -1,5 +1,6 @@
 """`ichor benchmark`: methods x modes x label budgets x folds, scratch and a regional-mean baseline."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,16 @@ def pool_manifests(tmp_path_factory) -> list[Path]:
     return generate_dataset(out, 2, 4, seed=0, workers=2, progress=False, first_study=5)
 
 
-def small_benchmark(tmp_path, manifests, pool) -> dict:
+@pytest.fixture(scope="module")
+def selection_manifests(tmp_path_factory) -> list[Path]:
+    """The selection cohort beside them: studies 7-9, other people again, labelled."""
+    from ichor.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("selection") / "data"
+    return generate_dataset(out, 3, 4, seed=0, workers=2, progress=False, first_study=7)
+
+
+def small_benchmark(tmp_path, manifests, pool, selection=None) -> dict:
     """The shipped demo benchmark, test-sized: 4 studies of 4 subjects, micro ViTs, 1 epoch a stage.
 
     Its methods, modes, budgets and leave-one-study-out folds are the shipped file's; of its
@@ -54,7 +64,11 @@ def small_benchmark(tmp_path, manifests, pool) -> dict:
         "tasks": [dict(task, metric="mae") if task["head"] == "regression" else task for task in tasks],
         "budgets": [0.5, 1.0],
         "trained_budgets": [0.5],
-        "epochs": {"pretrain": 1, "finetune": 1, "scratch": 1},
+        "seeds": 2,
+        "trained_draws": 1,
+        "selection": {"manifests": list(map(str, selection))} if selection else None,
+        "pretrain_budget_minutes": 0.05,  # 3 s of pre-training each (or its 1 epoch cap, whichever first)
+        "epochs": {"pretrain": 1, "pretrain_time_cap": 1, "finetune": 1, "scratch": 1},
         "pretrain_overrides": {
             "model": {"init_args": {"backbone": {"preset": "mae_vit_micro"}}},
             "data": {"init_args": {"manifests": list(map(str, pool))}},
@@ -70,27 +84,45 @@ def small_benchmark(tmp_path, manifests, pool) -> dict:
 
 @pytest.mark.slow
 def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
-    tmp_path, monkeypatch, synthetic_manifests, pool_manifests
+    tmp_path, monkeypatch, synthetic_manifests, pool_manifests, selection_manifests
 ):
-    small = small_benchmark(tmp_path, synthetic_manifests, pool_manifests)  # read from the repository
+    small = small_benchmark(tmp_path, synthetic_manifests, pool_manifests, selection_manifests)
     monkeypatch.chdir(tmp_path)  # the shipped configs write runs/ relative to the CWD
     out = tmp_path / "bench"
     cfg = load_config(CONFIGS / "benchmark_demo.yaml", small)
+    assert cfg.compute == ["equal_time", "equal_epochs"] and len(cfg.probe) == 2  # the shipped rules
     run_benchmark(cfg, out)
 
     summary = pd.read_csv(out / "benchmark_summary.csv")
-    linear = [(method, "linear_probe") for method in ("mae", "simclr", "genesis")] + [("regional_mean", "baseline")]
-    trained = [(method, mode) for method in ("mae", "simclr", "genesis") for mode in ("attentive_probe", "finetune")]
-    trained += [("scratch", "scratch")]
+    methods = ("mae", "simclr", "genesis")
+    probes = ("linear_probe (pooling brain_mean, blocks 2)", "linear_probe (pooling region, blocks 2)")
+    linear = [(method, probe) for method in methods for probe in probes]
+    linear += [("regional_mean", "baseline"), ("oracle", "oracle")]
+    trained = [(method, "lora") for method in methods] + [("scratch", "scratch")]
     expected = {(task, *pair, budget) for task in ("AD", "quality") for budget in (0.5, 1.0) for pair in linear}
     expected |= {(task, *pair, 0.5) for task in ("AD", "quality") for pair in trained}  # trained_budgets
     keys = list(summary[["task", "method", "mode", "budget"]].itertuples(index=False, name=None))
     assert len(keys) == len(expected) and set(keys) == expected  # one row each
-    linear_rows = summary["mode"].isin(["linear_probe", "baseline"])
-    assert (summary.loc[linear_rows, "folds"] == 8).all()  # 4 held-out studies x 2 seeds (label draws)
-    assert (summary.loc[~linear_rows, "folds"] == 4).all()  # one per held-out study, the first seed
+    linear_rows = summary["mode"].str.startswith("linear_probe") | summary["mode"].isin(["baseline", "oracle"])
+    few = summary["budget"] == 0.5
+    assert (summary.loc[linear_rows & few, "folds"] == 8).all()  # 4 held-out studies x 2 label draws
+    assert (summary.loc[linear_rows & ~few, "folds"] == 4).all()  # all labels: one draw, the whole fold
+    assert (summary.loc[~linear_rows, "folds"] == 4).all()  # one per held-out study, the first draw
     assert np.isfinite(summary["mean"]).all()
     assert set(summary.loc[summary["task"] == "AD", "metric"]) == {"auroc"}
+    # Floor and ceiling: the gap closed is 0 at the floor and 1 at the ceiling.
+    ends = summary[summary["method"].isin(["regional_mean", "oracle"])].set_index(["task", "method", "budget"])
+    assert ends.xs("regional_mean", level="method")["gap_closed"].fillna(0).eq(0).all()
+    assert np.allclose(ends.xs("oracle", level="method")["gap_closed"].dropna(), 1)
+    assert set(pd.read_csv(out / "benchmark_ceiling.csv")["task"]) == {"AD", "quality"}
+
+    # Modes were chosen on the selection cohort, which ran the same protocol (scratch has nothing to choose).
+    chosen = pd.read_csv(out / "benchmark_chosen_modes.csv")
+    picked = chosen[chosen["method"].isin(methods)]
+    assert (picked["chosen_on"] == "selection cohort").all() and len(picked) == 2 * 2 * 3
+    selection = pd.read_csv(out / "benchmark_selection_folds.csv")
+    assert set(selection["fold"]) == {"study-07", "study-08", "study-09"} and "scratch" not in set(selection["method"])
+    assert (summary.groupby(["task", "method", "budget"])["chosen"].sum() == 1).all()  # one chosen mode each
 
     # Leave-one-study-out: each fold tests one whole study, and trains on none of its subjects.
     folds = pd.read_csv(out / "benchmark_folds.csv")
@@ -98,7 +130,8 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
     assert set(folds["fold"]) == studies
     rows = read_manifests(synthetic_manifests).set_index("subject")
     for fold in studies:
-        split = pd.read_csv(out / "AD/mae/finetune/budget-0.5" / fold / "split_file.csv").set_index("subject")["split"]
+        split = pd.read_csv(out / "AD/mae/lora/budget-0.5/draw-0" / fold / "split_file.csv").set_index("subject")
+        split = split["split"]
         assert set(split[split == "test"].index) == set(
             rows.index[(rows["study"] == fold) & rows["diagnosis"].isin(["CN", "AD"])]
         )
@@ -106,29 +139,45 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
         assert set(rows.loc[split.index, "diagnosis"]) == {"CN", "AD"}  # target_values keeps AD and controls only
 
     # The label budget halves the training subjects; validation and test subjects stay the same.
-    for method, mode in [("mae", "linear_probe"), ("regional_mean", "baseline")]:
+    for method, mode in [("mae", probes[0]), ("regional_mean", "baseline")]:
         runs = summary[(summary["task"] == "AD") & (summary["method"] == method) & (summary["mode"] == mode)].set_index(
             "budget"
         )
         assert runs.loc[0.5, "n_train"] == runs.loc[1.0, "n_train"] / 2
-    half = pd.read_csv(out / "AD/simclr/finetune/budget-0.5/study-02/split_file.csv")
-    used = pd.read_csv(next((out / "AD/simclr/finetune/budget-0.5/study-02").rglob("splits.csv")))
+    half = pd.read_csv(out / "AD/simclr/lora/budget-0.5/draw-0/study-02/split_file.csv")
+    used = pd.read_csv(next((out / "AD/simclr/lora/budget-0.5/draw-0/study-02").rglob("splits.csv")))
     trained = set(used.loc[used["split"] == "train", "subject"])  # what the datamodule really trained on
     assert trained == set(half.loc[half["split"] == "train", "subject"])
 
-    for method in ("mae", "simclr", "genesis"):
-        assert (out / "pretrain" / method / "encoder/encoder.json").is_file()
+    # Both compute rules pre-trained every method, and recorded what it cost and what the online probe saw.
+    pretraining = pd.read_csv(out / "benchmark_pretraining.csv").set_index("method")
+    assert set(pretraining.index) == set(methods) and (pretraining["compute"] == "equal_time").all()
+    assert (pretraining["epochs"] >= 0).all() and (pretraining["minutes"] > 0).all()
+    assert {"scans_per_s", "data_wait_fraction", "probe/auroc initial", "probe/auroc end", "probe/auroc change"} <= set(
+        pretraining.columns
+    )
+    for rule in ("pretrain", "pretrain-equal-time"):
+        for method in methods:
+            assert (out / rule / method / "encoder/encoder.json").is_file()
+            assert set(json.loads((out / rule / method / "online_probe.json").read_text())) == {"initial", "latest"}
+    assert (pd.read_csv(out / "benchmark_pretraining_equal_epochs.csv")["compute"] == "equal_epochs").all()
+    second = pd.read_csv(out / "benchmark_summary_equal_epochs.csv")
+    assert set(second["mode"]) == {*probes, "baseline", "oracle"}  # linear models only
+
     assert (out / "figures/AD.png").stat().st_size > 0 and (out / "figures/quality.png").stat().st_size > 0
+    efficiency = pd.read_csv(out / "benchmark_label_efficiency.csv")
+    assert (efficiency["low"] <= efficiency["mean"]).all() and (efficiency["mean"] <= efficiency["high"]).all()
     table = (out / "benchmark_summary.md").read_text()
-    assert "## AD (auroc, mean ± std over held-out studies x 2 seeds)" in table
+    assert "## AD (auroc, mean ± std over held-out studies x 2 draws)" in table
     assert "| regional_mean | baseline |" in table and "## Paired differences" in table
+    assert "# ICHOR benchmark: equal pre-training epochs" in table  # the second table
     paired = pd.read_csv(out / "benchmark_paired.csv")
-    assert set(paired["versus"]) >= {"scratch (scratch)", "regional_mean (baseline)", "simclr (finetune)"}
+    assert {"scratch (scratch)", "regional_mean (baseline)", "oracle (oracle)"} <= set(paired["versus"])
     assert paired["reference"].str.startswith("mae (").all() and set(paired["verdict"]) <= {"wins", "ties", "loses"}
     # Each linear model also ran on pooled subject folds (4, as many as studies): the site gap.
     gaps = pd.read_csv(out / "benchmark_site_gap.csv")
     assert set(zip(gaps["task"], gaps["method"], gaps["mode"], gaps["budget"])) == {
-        key for key in expected if key[2] in ("linear_probe", "baseline")
+        key for key in expected if key[1:3] in linear
     }
     assert np.isfinite(gaps["mean_pooled"]).all() and "## Held-out study against pooled folds" in table
 
@@ -176,52 +225,6 @@ def test_budgets_per_class_keep_that_many_subjects_of_each_class_nested_across_b
     assert picked[2] < picked[5] < picked[1.0]
     with pytest.raises(ValueError, match="whole numbers >= 2 of subjects per class"):
         load_config(CONFIGS / "benchmark_demo.yaml", {"budgets": [2.5]})
-
-
-def test_paired_differences_call_a_win_only_beyond_its_own_spread():
-    from ichor.benchmark.report import paired_differences
-
-    cfg = load_config(CONFIGS / "benchmark_demo.yaml", {"seeds": [0]})
-    base = dict(task="AD", budget=10, seed=0)
-    rows = []
-    for fold, (ours, steady, noisy) in enumerate([(0.80, 0.70, 0.60), (0.82, 0.71, 0.95), (0.81, 0.72, 0.70)]):
-        rows += [
-            dict(base, fold=fold, method="mae", mode="linear_probe", **{"test/auroc": ours}),
-            dict(base, fold=fold, method="mae", mode="finetune", **{"test/auroc": ours - 0.1}),
-            dict(base, fold=fold, method="scratch", mode="scratch", **{"test/auroc": steady}),
-            dict(base, fold=fold, method="simclr", mode="finetune", **{"test/auroc": noisy}),
-        ]
-    paired = paired_differences(pd.DataFrame(rows), cfg).set_index("versus")
-    assert (paired["reference"] == "mae (linear_probe)").all()  # the reference's best mode
-    assert paired.loc["scratch (scratch)", "verdict"] == "wins"
-    assert paired.loc["scratch (scratch)", "difference"] == pytest.approx(0.10)
-    assert paired.loc["simclr (finetune)", "verdict"] == "ties"  # ahead on average, not beyond the spread
-
-
-def test_pretraining_table_puts_each_methods_online_probe_beside_its_fewest_label_metric(tmp_path):
-    """The ablation's row: the recorded online-probe values, then per task the best mode at the fewest labels."""
-    from ichor.benchmark.report import pretraining_markdown, pretraining_table
-    from ichor.benchmark.run import ONLINE_PROBE_FILE, online_probe_values
-
-    (tmp_path / "pretrain/mae").mkdir(parents=True)
-    (tmp_path / "pretrain/mae" / ONLINE_PROBE_FILE).write_text('{"probe/auroc": 0.71, "probe/rankme": 40.5}')
-    online = online_probe_values(tmp_path, ["mae", "simclr"])  # simclr ran without the callback
-    summary = pd.DataFrame(
-        [
-            dict(task="AD", method="mae", mode="linear_probe", budget=10, metric="auroc", mean=0.70, std=0.05),
-            dict(task="AD", method="mae", mode="finetune", budget=10, metric="auroc", mean=0.75, std=0.04),
-            dict(task="AD", method="mae", mode="linear_probe", budget=1.0, metric="auroc", mean=0.90, std=0.01),
-            dict(task="quality", method="mae", mode="linear_probe", budget=10, metric="mae", mean=0.20, std=0.02),
-            dict(task="quality", method="mae", mode="finetune", budget=10, metric="mae", mean=0.30, std=0.02),
-            dict(task="AD", method="simclr", mode="linear_probe", budget=10, metric="auroc", mean=0.60, std=0.05),
-        ]
-    )
-    table = pretraining_table(summary, online).set_index("method")
-    assert table.loc["mae", "probe/auroc"] == 0.71 and pd.isna(table.loc["simclr", "probe/auroc"])
-    assert table.loc["mae", "AD auroc (10 per class)"] == "0.750 ± 0.040 (finetune)"  # not the 1.0 budget's 0.90
-    assert table.loc["mae", "quality mae (10 per class)"] == "0.200 ± 0.020 (linear probe)"  # lower is better
-    text = pretraining_markdown(table.reset_index())
-    assert "| mae | 0.710 | 40.500 | 0.750 ± 0.040 (finetune) |" in text and "| simclr |  |  |" in text
 
 
 def test_site_gap_compares_each_linear_model_with_its_pooled_folds_and_signs_lower_better_metrics():
@@ -391,7 +394,7 @@ def test_pretraining_is_reused_for_the_same_arguments_resumed_when_interrupted_a
     from types import SimpleNamespace
 
     from ichor.benchmark.config import PretrainSpec
-    from ichor.benchmark.run import pretrain
+    from ichor.benchmark.pretraining import pretrain
     from ichor.models.weights import METADATA_FILE
     from ichor.training.runs import Run
 
@@ -404,7 +407,14 @@ def test_pretraining_is_reused_for_the_same_arguments_resumed_when_interrupted_a
             (folder / "checkpoints" / "last.ckpt").write_text("weights")
             trainer.checkpoint_callback.last_model_path = str(folder / "checkpoints" / "last.ckpt")
 
-        trainer = SimpleNamespace(fit=fit, checkpoint_callback=SimpleNamespace(last_model_path=""), callback_metrics={})
+        trainer = SimpleNamespace(
+            fit=fit,
+            checkpoint_callback=SimpleNamespace(last_model_path=""),
+            callback_metrics={},
+            callbacks=[],
+            current_epoch=6,
+            global_step=12,
+        )
         return SimpleNamespace(trainer=trainer, model=None, datamodule=None)
 
     def fake_export(checkpoint, encoder, overwrite):
