@@ -230,8 +230,10 @@ def quiet_trainer(root: Path, **options) -> L.Trainer:
     return L.Trainer(**{**defaults, **options})
 
 
-DEMO_MICRO = ("fit", "--config", str(CONFIGS / "pretrain_demo.yaml"), "--model.init_args.backbone.preset=mae_vit_micro")
-"""`ichor fit` of the shipped MAE demo config with the micro backbone (add the data and the run's length)."""
+def demo_micro_args() -> list[str]:
+    """`ichor fit` of the shipped MAE demo config (with its fragments) and the micro backbone; the test adds
+    the data and the run's length."""
+    return ["fit", *config_args("pretrain_demo.yaml"), "--model.init_args.backbone.preset=mae_vit_micro"]
 
 
 def two_process_ddp(cwd: Path, *args: str) -> None:

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import (
-    DEMO_MICRO,
     KillAfter,
     StepLosses,
     assert_resumes_exactly,
+    demo_micro_args,
     quiet_trainer,
     small_data_args,
     small_datamodule,
@@ -233,7 +233,7 @@ def test_shards_are_disjoint_cover_the_split_and_have_equal_lengths():
 def test_in_memory_shards_under_two_process_ddp(tmp_path, synthetic_manifests):
     """DDP over 2 CPU processes (gloo), each holding half the training split: both ranks run the same steps."""
     data = [*small_data_args(synthetic_manifests), "--data.init_args.in_memory=host"]
-    two_process_ddp(tmp_path, *DEMO_MICRO, "--trainer.max_epochs=2", *data)
+    two_process_ddp(tmp_path, *demo_micro_args(), "--trainer.max_epochs=2", *data)
     last = tmp_path / "runs" / "pretrain_demo" / "checkpoints" / "last.ckpt"
     # Ranks with unequal step counts would hang at the first all-reduce past the shorter epoch.
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= 2

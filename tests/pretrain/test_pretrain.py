@@ -4,11 +4,10 @@ import lightning as L
 import pytest
 import torch
 from helpers import (
-    DEMO_MICRO,
-    REPO,
     KillAfter,
     StepLosses,
     assert_resumes_exactly,
+    demo_micro_args,
     small_data_args,
     small_datamodule,
     two_process_ddp,
@@ -83,11 +82,8 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
     """`ichor fit` logs the scalars and the reconstruction figure; `export-encoder` reloads it."""
     monkeypatch.chdir(tmp_path)  # the config writes runs/ and .ichor_cache/ relative to the CWD
     args = [
-        "fit",
-        "--config",
-        str(REPO / "lightning_configs" / "pretrain_demo.yaml"),
+        *demo_micro_args(),
         "--trainer.max_epochs=2",
-        "--model.init_args.backbone.preset=mae_vit_micro",
         "--model.init_args.figure_every_n_steps=1",
         *small_data_args(synthetic_manifests),
     ]
@@ -115,7 +111,7 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
 @pytest.mark.slow
 def test_two_process_ddp_without_unused_parameters(tmp_path, synthetic_manifests):
     """DDP over 2 CPU processes (gloo), the way a cluster runs `ichor fit`: no unused parameters."""
-    two_process_ddp(tmp_path, *DEMO_MICRO, "--trainer.max_epochs=2", *small_data_args(synthetic_manifests))
+    two_process_ddp(tmp_path, *demo_micro_args(), "--trainer.max_epochs=2", *small_data_args(synthetic_manifests))
     last = tmp_path / "runs" / "pretrain_demo" / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["global_step"] >= 2 and state["hyper_parameters"]["backbone"]["img_size"] == [32, 48, 32]
