@@ -7,15 +7,21 @@ import mode puts tests/ on ``sys.path`` before importing conftest.py and the tes
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from ichor.benchmark import load_config
+from ichor.data import CBFDataModule
 from ichor.models import Backbone
 from ichor.models.weights import export_encoder
 from ichor.pretrain import MAEPretrainer
@@ -160,6 +166,28 @@ class StepLosses(Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+class KillAfter(Callback):
+    """Stops training at the end of epoch ``epochs``, where a killed job's last checkpoint would be."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, module):
+        trainer.should_stop = trainer.current_epoch + 1 >= self.epochs
+
+
+def assert_resumes_exactly(run: Callable[..., list[float]], checkpoint: Path) -> None:
+    """``run(kill_after=None, ckpt_path=None)`` trains (with ``KillAfter(kill_after)``, saving ``checkpoint`` at
+    its end) and returns its step losses: killed after epoch 2 and resumed, it gives the uninterrupted losses."""
+    full = run()
+    first = run(kill_after=2)
+    resumed = run(ckpt_path=checkpoint)
+    assert len(first) + len(resumed) == len(full)
+    assert first == pytest.approx(full[: len(first)], rel=1e-6)
+    assert resumed == pytest.approx(full[len(first) :], rel=1e-5)
+    assert len(set(full)) == len(full)  # the losses move: the comparison is not trivial
+
+
 def small_data_args(manifests) -> list[str]:
     """Overrides that point a shipped config at the small synthetic data (``synthetic_manifests``), on CPU."""
     return [
@@ -170,6 +198,65 @@ def small_data_args(manifests) -> list[str]:
         "--data.init_args.batch_size=2",
         "--data.init_args.val_fraction=0.25",
         "--trainer.enable_progress_bar=false",
+    ]
+
+
+def small_datamodule(manifests, cache_dir: Path, **changes) -> CBFDataModule:
+    """A CBFDataModule for a short test run: batches of 4 read in the test's own process, no augmentation,
+    no test split, no progress bar; ``changes`` give the grid and anything else the test needs."""
+    options = {
+        "batch_size": 4,
+        "num_workers": 0,
+        "test_fraction": 0.0,
+        "augment": None,
+        "progress": False,
+        "persistent_workers": False,
+        **changes,
+    }
+    return CBFDataModule([str(m) for m in manifests], cache_dir=str(cache_dir), **options)
+
+
+def quiet_trainer(root: Path, **options) -> L.Trainer:
+    """A CPU Trainer that writes nothing outside ``root`` and prints no progress bar or model summary:
+    no logger and no checkpoints unless ``options`` (the run's length and the rest) give them."""
+    defaults = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(root),
+    }
+    return L.Trainer(**{**defaults, **options})
+
+
+def demo_micro_args() -> list[str]:
+    """`ichor fit` of the shipped MAE demo config (with its fragments) and the micro backbone; the test adds
+    the data and the run's length."""
+    return ["fit", *config_args("pretrain_demo.yaml"), "--model.init_args.backbone.preset=mae_vit_micro"]
+
+
+def two_process_ddp(cwd: Path, *args: str) -> None:
+    """Runs ``python -m ichor.cli ARGS`` under DDP over 2 CPU processes (gloo) in ``cwd``, the way a cluster
+    runs `ichor fit`; fails the test with the end of its stderr if it does not exit 0."""
+    command = [sys.executable, "-m", "ichor.cli", *args, "--trainer.strategy=ddp", "--trainer.devices=2"]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def downstream_data_args(manifests, cache: Path) -> list[str]:
+    """Overrides that point a shipped task config at ``make_dataset`` data (16^3 at 4 mm, a quarter each for
+    validation and test) read in the main process."""
+    return [
+        f"--data.init_args.manifests=[{','.join(map(str, manifests))}]",
+        f"--data.init_args.cache_dir={cache}",
+        "--data.init_args.spacing=4.0",
+        "--data.init_args.shape=[16,16,16]",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.val_fraction=0.25",
+        "--data.init_args.test_fraction=0.25",
+        "--data.init_args.progress=false",
     ]
 
 

@@ -67,8 +67,8 @@ class GenesisCorruption:
             )
             x = nonlinear_transformation(x, masks, coin(self.nonlinear_p), coin(self.invert_p), generator)
             painted, outpaint = coin(self.paint_p), coin(self.outpaint_p)
-            x = inpainting(x, masks, painted & ~outpaint, self.max_cubes, self.inpaint_size, generator)
-            return outpainting(x, masks, painted & outpaint, self.max_cubes, self.outpaint_size, generator)
+            x = painting(x, masks, painted & ~outpaint, self.max_cubes, self.inpaint_size, generator)
+            return painting(x, masks, painted & outpaint, self.max_cubes, self.outpaint_size, generator, outside=True)
 
 
 def _per_scan(values: torch.Tensor) -> torch.Tensor:
@@ -167,35 +167,21 @@ def random_cubes(
     return region[:, None]
 
 
-def _paint(
-    images: torch.Tensor, masks: torch.Tensor, region: torch.Tensor, apply: torch.Tensor, generator: torch.Generator
+def painting(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    apply: torch.Tensor,
+    count: int,
+    size: tuple[float, float],
+    generator: torch.Generator,
+    outside: bool = False,
 ) -> torch.Tensor:
-    """Replace ``region`` of the brain with uniform noise over the scan's brain range, for scans in ``apply``."""
+    """For scans in ``apply``, uniform noise over the scan's brain range inside 1 to ``count`` random cubes
+    (in-painting) or, with ``outside``, outside them (out-painting). Models Genesis's cube edges are 1/6 to 1/3
+    of the grid for in-painting and 3/7 to 4/7 for out-painting."""
+    cubes = random_cubes(images, count, size, generator)
+    region = ~cubes if outside else cubes
     low, high = brain_range(images, masks)
     noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
     noise = _per_scan(low) + noise * _per_scan(high - low)
     return torch.where(region & masks & _per_scan(apply), noise, images)
-
-
-def inpainting(
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    apply: torch.Tensor,
-    count: int,
-    size: tuple[float, float],
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Noise inside 1 to ``count`` random cubes (Models Genesis: edges 1/6 to 1/3 of the grid)."""
-    return _paint(images, masks, random_cubes(images, count, size, generator), apply, generator)
-
-
-def outpainting(
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    apply: torch.Tensor,
-    count: int,
-    size: tuple[float, float],
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Noise outside 1 to ``count`` random cubes (Models Genesis: edges 3/7 to 4/7 of the grid)."""
-    return _paint(images, masks, ~random_cubes(images, count, size, generator), apply, generator)

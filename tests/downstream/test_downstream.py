@@ -5,7 +5,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
-from helpers import DATA_ARGS, HARMONISATION
+from helpers import DATA_ARGS, HARMONISATION, downstream_data_args
 from helpers import config_args as shipped_config_args
 from lightning.pytorch import Trainer
 
@@ -112,15 +112,7 @@ def config_args(setting, tmp_path, name: str) -> list[str]:
     return [
         *shipped_config_args(name),
         f"--model.init_args.encoder={setting['encoder']}",
-        f"--data.init_args.manifests=[{','.join(setting['manifests'])}]",
-        f"--data.init_args.cache_dir={setting['cache']}",
-        "--data.init_args.spacing=4.0",
-        "--data.init_args.shape=[16,16,16]",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.val_fraction=0.25",
-        "--data.init_args.test_fraction=0.25",
-        "--data.init_args.progress=false",
+        *downstream_data_args(setting["manifests"], setting["cache"]),
         "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",

@@ -4,8 +4,7 @@ import json
 from dataclasses import replace
 
 import torch
-from helpers import DATA_ARGS, config_args
-from lightning.pytorch import Trainer
+from helpers import DATA_ARGS, config_args, downstream_data_args, quiet_trainer
 
 from ichor.cli import main
 from ichor.data import CBFDataModule
@@ -23,15 +22,7 @@ def test_lora_trains_adapters_norm_and_head_and_leaves_the_base_bit_identical(
         str(tiny_encoder), mode="lora", lora=LoRA(rank=4, alpha=8), optim=replace(TASK_OPTIM, lr=0.05)
     )
     data = CBFDataModule(downstream_manifests, cache_dir=tmp_path / "cache", **{**DATA_ARGS, "target": "diagnosis"})
-    Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(task, datamodule=data)
+    quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=1).fit(task, datamodule=data)
     assert task.global_step == 4
     reference, _ = load_encoder(tiny_encoder)
     for key, value in reference.state_dict().items():
@@ -55,15 +46,7 @@ def test_shipped_lora_config_exports_a_merged_encoder_and_its_adapters(
         *config_args("lora_diagnosis.yaml"),
         f"--model.init_args.encoder={tiny_encoder}",
         "--model.init_args.optim.lr=0.05",  # adapters far from zero, so that merging is tested on a real update
-        f"--data.init_args.manifests=[{','.join(downstream_manifests)}]",
-        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-        "--data.init_args.spacing=4.0",
-        "--data.init_args.shape=[16,16,16]",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.val_fraction=0.25",
-        "--data.init_args.test_fraction=0.25",
-        "--data.init_args.progress=false",
+        *downstream_data_args(downstream_manifests, tmp_path / "cache"),
         "--trainer.max_epochs=2",
         "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false",

@@ -2,16 +2,14 @@
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import make_dataset
+from helpers import make_dataset, quiet_trainer, small_datamodule
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ichor.data import CBFDataModule
 from ichor.evaluation.online_probe import OnlineProbe, rankme
 from ichor.models import Backbone
 from ichor.pretrain import MAEPretrainer
@@ -24,6 +22,7 @@ SCALARS = {
     "probe/site_chance",
     "probe/rankme",
 }
+GRID = {"spacing": 4.0, "shape": (16, 16, 16), "val_fraction": 0.0}  # make_dataset's maps, all for training
 
 
 def test_rankme_counts_the_effective_dimensions():
@@ -45,19 +44,7 @@ def test_probe_metric_rises_as_the_encoder_learns_and_reaches_tensorboard(tmp_pa
     """From a collapsed encoder (patch embedding zeroed: every scan has the same features, AUROC 0.5),
     a few epochs of MAE on maps whose CBF level is the label make the probe read it."""
     manifests = make_dataset(tmp_path / "data", subjects=10)  # 2 studies x 10 subjects, CN/AD by CBF level
-    data = CBFDataModule(
-        manifests,
-        cache_dir=str(tmp_path / "cache"),
-        spacing=4.0,
-        shape=(16, 16, 16),
-        batch_size=4,
-        num_workers=0,
-        val_fraction=0.0,
-        test_fraction=0.0,
-        augment=None,
-        progress=False,
-        persistent_workers=False,
-    )
+    data = small_datamodule(manifests, tmp_path / "cache", **GRID)
     torch.manual_seed(0)
     module = MAEPretrainer(
         backbone=Backbone("mae_vit_micro", patch_size=8, img_size=(16, 16, 16)),
@@ -66,15 +53,12 @@ def test_probe_metric_rises_as_the_encoder_learns_and_reaches_tensorboard(tmp_pa
     )
     torch.nn.init.zeros_(module.encoder_network().patch_embed.proj.weight)
     probe = OnlineProbe(target="diagnosis", every_n_epochs=2, folds=3)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_epochs=4,
-        accelerator="cpu",
         logger=TensorBoardLogger(str(tmp_path), name="tb"),
         callbacks=[probe],
         limit_val_batches=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, data)
     events = EventAccumulator(trainer.logger.log_dir)
@@ -124,31 +108,14 @@ def test_online_probe_works_for_every_pretrainer(tmp_path, method):
     import ichor.pretrain
 
     manifests = make_dataset(tmp_path / "data", subjects=6)
-    data = CBFDataModule(
-        manifests,
-        cache_dir=str(tmp_path / "cache"),
-        spacing=4.0,
-        shape=(16, 16, 16),
-        batch_size=4,
-        num_workers=0,
-        val_fraction=0.0,
-        test_fraction=0.0,
-        augment=None,
-        progress=False,
-        persistent_workers=False,
-    )
+    data = small_datamodule(manifests, tmp_path / "cache", **GRID)
     module = getattr(ichor.pretrain, method)(backbone=Backbone("mae_vit_micro", patch_size=8, img_size=(16, 16, 16)))
-    trainer = L.Trainer(
+    trainer = quiet_trainer(  # its root is where the datamodule writes its split table: not the CWD
+        tmp_path,
         max_epochs=1,
         limit_train_batches=1,
         limit_val_batches=0,
-        accelerator="cpu",
-        logger=False,
-        default_root_dir=tmp_path,  # where the datamodule writes its split table: not the CWD
         callbacks=[OnlineProbe(target="diagnosis", folds=2)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, data)
     assert set(trainer.callback_metrics) >= SCALARS

@@ -124,8 +124,7 @@ def test_attentive_probe_trains_on_frozen_tokens_with_the_encoder_unchanged(
     from dataclasses import replace
 
     import torch
-    from helpers import DATA_ARGS, HARMONISATION
-    from lightning.pytorch import Trainer
+    from helpers import DATA_ARGS, HARMONISATION, quiet_trainer
 
     from ichor.data import CBFDataModule
     from ichor.downstream import DownstreamTask
@@ -137,15 +136,7 @@ def test_attentive_probe_trains_on_frozen_tokens_with_the_encoder_unchanged(
         downstream_manifests, cache_dir=str(tmp_path / "cache"), **{**DATA_ARGS, "target": "diagnosis"}
     )
     modes: list[bool] = []
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=1)
     task.configure_encoder(HARMONISATION)  # as setup() would: the encoder exists before training
     task.configure_head(["CN", "AD"])
     record = lambda block, args: modes.append(task.encoder.training or block.training)  # noqa: E731

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import make_encoder
+from helpers import make_encoder, quiet_trainer
 
 from ichor.cli import main
 
@@ -77,7 +77,6 @@ def ad_dataset(root: Path, subjects: int, seed: int) -> tuple[Path, dict[str, np
 
 def train_task(tmp: Path, manifest: Path) -> Path:
     """A linear probe on a tiny random encoder, trained on ``manifest``'s diagnosis; its checkpoint."""
-    from lightning.pytorch import Trainer
 
     from ichor.data import CBFDataModule
     from ichor.downstream import DownstreamTask
@@ -101,15 +100,7 @@ def train_task(tmp: Path, manifest: Path) -> Path:
     task = DownstreamTask(
         str(encoder), mode="finetune", layer_decay=1.0, optim={"lr": 2e-3, "warmup_epochs": 0.0}, figures=False
     )
-    trainer = Trainer(
-        max_epochs=30,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(tmp, max_epochs=30, limit_val_batches=0)
     trainer.fit(task, datamodule=data)
     trainer.save_checkpoint(tmp / "task.ckpt")
     return tmp / "task.ckpt"

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import StepLosses, config_args, small_data_args
+from helpers import (
+    KillAfter,
+    StepLosses,
+    assert_resumes_exactly,
+    demo_micro_args,
+    quiet_trainer,
+    small_data_args,
+    small_datamodule,
+    two_process_ddp,
+)
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from scipy.stats import ks_2samp
@@ -116,14 +123,6 @@ def test_device_augmentation_is_a_function_of_seed_epoch_and_scans(synthetic_man
         assert batch["image"].dtype == torch.float32 and (batch["image"][~batch["mask"]] == 0).all()
 
 
-class KillAfter(Callback):
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, module):
-        trainer.should_stop = trainer.current_epoch + 1 >= self.epochs
-
-
 def test_interrupted_run_with_device_augmentation_resumes_exactly(tmp_path, synthetic_manifests):
     """With augmentation on (affine included), a run killed after epoch 2 and resumed gives the same next losses."""
     augmentation = Augmentation(affine_p=0.5, noise_p=0.5)
@@ -135,34 +134,21 @@ def test_interrupted_run_with_device_augmentation_resumes_exactly(tmp_path, synt
             optim=AdamW(lr=0.1, warmup_epochs=1),
             figure_every_n_steps=0,
         )
-        fit = L.Trainer(
-            max_epochs=3,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            default_root_dir=str(tmp_path),
-            callbacks=[losses] + ([KillAfter(kill_after)] if kill_after else []),
+        fit = quiet_trainer(
+            tmp_path, max_epochs=3, callbacks=[losses] + ([KillAfter(kill_after)] if kill_after else [])
         )
-        data = CBFDataModule(
-            [str(m) for m in synthetic_manifests],
-            cache_dir=str(tmp_path / "cache"),
-            **{**SMALL, "val_fraction": 0.25, "test_fraction": 0.0},
+        data = small_datamodule(
+            synthetic_manifests,
+            tmp_path / "cache",
+            **{**SMALL, "val_fraction": 0.25},
             augment=augmentation,
             transforms_on="device",  # a CPU trainer's "auto" is the workers, which do not resume exactly
-            persistent_workers=False,
         )
         fit.fit(module, data, ckpt_path=ckpt_path)
         fit.save_checkpoint(tmp_path / "killed.ckpt")
         return losses.losses
 
-    full = run()
-    first = run(kill_after=2)
-    resumed = run(ckpt_path=tmp_path / "killed.ckpt")
-    assert len(first) + len(resumed) == len(full)
-    assert resumed == pytest.approx(full[len(first) :], rel=1e-5)
-    assert len(set(full)) == len(full)
+    assert_resumes_exactly(run, tmp_path / "killed.ckpt")
 
 
 def test_transforms_on_auto_is_the_workers_on_a_cpu_and_the_device_on_a_gpu():
@@ -246,21 +232,8 @@ def test_shards_are_disjoint_cover_the_split_and_have_equal_lengths():
 @pytest.mark.slow
 def test_in_memory_shards_under_two_process_ddp(tmp_path, synthetic_manifests):
     """DDP over 2 CPU processes (gloo), each holding half the training split: both ranks run the same steps."""
-    command = [
-        sys.executable,
-        "-m",
-        "ichor.cli",
-        "fit",
-        *config_args("pretrain_demo.yaml"),
-        "--trainer.strategy=ddp",
-        "--trainer.devices=2",
-        "--trainer.max_epochs=2",
-        "--model.init_args.backbone.preset=mae_vit_micro",
-        *small_data_args(synthetic_manifests),
-        "--data.init_args.in_memory=host",
-    ]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    data = [*small_data_args(synthetic_manifests), "--data.init_args.in_memory=host"]
+    two_process_ddp(tmp_path, *demo_micro_args(), "--trainer.max_epochs=2", *data)
     last = tmp_path / "runs" / "pretrain_demo" / "version_0" / "checkpoints" / "last.ckpt"
     # Ranks with unequal step counts would hang at the first all-reduce past the shorter epoch.
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= 2

@@ -1,13 +1,17 @@
 """MAE pre-training end to end: learning, monitoring, exact resume, DDP, shipped configs."""
 
-import subprocess
-import sys
-
 import lightning as L
 import pytest
 import torch
-from helpers import StepLosses, config_args, small_data_args
-from lightning.pytorch.callbacks import Callback
+from helpers import (
+    KillAfter,
+    StepLosses,
+    assert_resumes_exactly,
+    demo_micro_args,
+    small_data_args,
+    small_datamodule,
+    two_process_ddp,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ichor.cli import main
@@ -21,18 +25,7 @@ SMALL = {"spacing": 6.0, "shape": (32, 48, 32)}
 
 
 def datamodule(manifests, cache_dir, **kwargs) -> CBFDataModule:
-    options = dict(
-        SMALL,
-        batch_size=4,
-        num_workers=0,
-        val_fraction=0.25,
-        test_fraction=0.0,
-        augment=None,
-        progress=False,
-        persistent_workers=False,
-    )
-    options.update(kwargs)
-    return CBFDataModule([str(m) for m in manifests], cache_dir=str(cache_dir), **options)
+    return small_datamodule(manifests, cache_dir, **{**SMALL, "val_fraction": 0.25, **kwargs})
 
 
 def trainer(tmp_path, epochs, **kwargs) -> L.Trainer:
@@ -69,13 +62,6 @@ def test_reconstruction_beats_mean_prediction(tmp_path, synthetic_manifests):
 def test_interrupted_run_resumes_exactly(tmp_path, synthetic_manifests):
     """Killed after epoch 2 and resumed from its checkpoint, a run gives the same next losses."""
 
-    class KillAfter(Callback):
-        def __init__(self, epochs):
-            self.epochs = epochs
-
-        def on_train_epoch_end(self, trainer, module):
-            trainer.should_stop = trainer.current_epoch + 1 >= self.epochs
-
     def run(kill_after=None, ckpt_path=None):
         losses = StepLosses()
         callbacks = [losses] + ([KillAfter(kill_after)] if kill_after else [])
@@ -89,23 +75,15 @@ def test_interrupted_run_resumes_exactly(tmp_path, synthetic_manifests):
         fit.save_checkpoint(tmp_path / "killed.ckpt")
         return losses.losses
 
-    full = run()
-    first = run(kill_after=2)
-    resumed = run(ckpt_path=tmp_path / "killed.ckpt")
-    assert len(first) + len(resumed) == len(full)
-    assert first == pytest.approx(full[: len(first)], rel=1e-6)
-    assert resumed == pytest.approx(full[len(first) :], rel=1e-5)
-    assert len(set(full)) == len(full)  # the losses move: the comparison is not trivial
+    assert_resumes_exactly(run, tmp_path / "killed.ckpt")
 
 
 def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_manifests):
     """`ichor fit` logs the scalars and the reconstruction figure; `export-encoder` reloads it."""
     monkeypatch.chdir(tmp_path)  # the config writes runs/ and .ichor_cache/ relative to the CWD
     args = [
-        "fit",
-        *config_args("pretrain_demo.yaml"),
+        *demo_micro_args(),
         "--trainer.max_epochs=2",
-        "--model.init_args.backbone.preset=mae_vit_micro",
         "--model.init_args.figure_every_n_steps=1",
         *small_data_args(synthetic_manifests),
     ]
@@ -133,20 +111,7 @@ def test_monitoring_and_export_through_the_cli(tmp_path, monkeypatch, synthetic_
 @pytest.mark.slow
 def test_two_process_ddp_without_unused_parameters(tmp_path, synthetic_manifests):
     """DDP over 2 CPU processes (gloo), the way a cluster runs `ichor fit`: no unused parameters."""
-    command = [
-        sys.executable,
-        "-m",
-        "ichor.cli",
-        "fit",
-        *config_args("pretrain_demo.yaml"),
-        "--trainer.strategy=ddp",
-        "--trainer.devices=2",
-        "--trainer.max_epochs=2",
-        "--model.init_args.backbone.preset=mae_vit_micro",
-        *small_data_args(synthetic_manifests),
-    ]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    two_process_ddp(tmp_path, *demo_micro_args(), "--trainer.max_epochs=2", *small_data_args(synthetic_manifests))
     last = tmp_path / "runs" / "pretrain_demo" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["global_step"] >= 2 and state["hyper_parameters"]["backbone"]["img_size"] == [32, 48, 32]
