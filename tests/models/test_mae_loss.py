@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ichor.models import MaskedAutoencoderViT3D, patchify
+from ichor.models import MAEConfig, MaskedAutoencoderViT3D, patchify
 
 IMG = (32, 40, 32)
 P = 8  # 4 x 5 x 4 = 80 patches
@@ -55,9 +55,8 @@ def reference_loss(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, n
 @pytest.mark.parametrize("brain_aware", [True, False])
 def test_training_loss_is_the_masked_mean_over_the_full_grid(brain_aware, norm_pix_loss):
     torch.manual_seed(0)
-    model = MaskedAutoencoderViT3D(
-        IMG, patch_size=P, mask_ratio=RATIO, brain_aware=brain_aware, norm_pix_loss=norm_pix_loss, **SMALL
-    )
+    config = MAEConfig(patch_size=P, mask_ratio=RATIO, brain_aware=brain_aware, norm_pix_loss=norm_pix_loss, **SMALL)
+    model = MaskedAutoencoderViT3D(config, IMG)
     imgs, brain_mask = ragged_batch()
     noise = torch.rand(3, 80, generator=torch.Generator().manual_seed(1))
     brain = model.brain_patches(imgs, brain_mask)
@@ -77,7 +76,7 @@ def test_training_loss_is_the_masked_mean_over_the_full_grid(brain_aware, norm_p
 def test_only_masked_brain_predictions_reach_the_loss_gradient():
     """Visible, padding and non-brain rows get no gradient: the loss is over masked brain patches alone."""
     torch.manual_seed(0)
-    model = MaskedAutoencoderViT3D(IMG, patch_size=P, mask_ratio=RATIO, **SMALL)
+    model = MaskedAutoencoderViT3D(MAEConfig(patch_size=P, mask_ratio=RATIO, **SMALL), IMG)
     imgs, brain_mask = ragged_batch()
     decoded = []
     model.decoder.pred.register_forward_hook(lambda module, args, out: decoded.append(out) or out.retain_grad())
