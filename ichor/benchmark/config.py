@@ -130,6 +130,8 @@ class BenchmarkConfig:
             ``{manifests: [data_manifests/probe]}``. Without it each method keeps its first mode
             in ``modes`` order (declared, not measured).
         oracle: also fit the linear model on the oracle features ``ichor synth`` records (the ceiling).
+        global_cbf: give every model (probes, floor, ceiling, Lightning heads) the same global CBF
+            scalars (log brain mean and spread) beside its features.
         compute: how pre-training methods are made comparable, the main table first: ``equal_time``
             (every method pre-trains for ``pretrain_budget_minutes`` of wall-clock time, Trainer
             ``max_time``; its schedule spans ``epochs.pretrain_time_cap`` epochs, which no method should
@@ -159,6 +161,7 @@ class BenchmarkConfig:
     probe: list[dict] | dict = field(default_factory=dict)
     selection: dict[str, Any] | None = None
     oracle: bool = False
+    global_cbf: bool = True
     compute: list[str] = field(default_factory=lambda: ["equal_epochs"])
     pretrain_budget_minutes: float | None = None
     linear_workers: int = 0

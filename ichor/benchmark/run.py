@@ -134,7 +134,7 @@ def task_run(task: TaskSpec, mode: str, encoder: Path, cfg: BenchmarkConfig, coh
     from ichor.training.runs import Run
 
     task_mode, pooling = ("linear_probe", {"pooling": "attentive"}) if mode == "attentive_probe" else (mode, {})
-    model = {"encoder": str(encoder), "mode": task_mode, **pooling, "head": task.head}
+    model = {"encoder": str(encoder), "mode": task_mode, **pooling, "head": task.head, "global_cbf": cfg.global_cbf}
     data: dict = {"target": task.target}
     if task.target_values is not None:
         data["target_values"] = [str(v) for v in task.target_values]
@@ -161,8 +161,11 @@ def task_setup(
     return rows, base
 
 
-def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: dict) -> pd.DataFrame:
-    """Frozen, pooled features of every row's scan (indexed by CBF path), harmonised as ``base``'s data.
+def encoder_features(
+    encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: dict, global_cbf: bool = False
+) -> pd.DataFrame:
+    """Frozen, pooled features of every row's scan (indexed by CBF path), harmonised as ``base``'s data;
+    with ``global_cbf``, the global CBF scalars beside them.
 
     ``probe`` chooses the features (``pooling``, ``blocks``, ``regions``: one of the config's ``probe``).
 
@@ -171,7 +174,7 @@ def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: d
     """
     import torch
 
-    from ichor.evaluation.features import embed_scans
+    from ichor.evaluation.features import embed_scans, feature_columns
 
     data = base.datamodule.hparams
     table = embed_scans(
@@ -187,7 +190,7 @@ def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: d
         device="cuda" if torch.cuda.is_available() else "cpu",
         progress=False,
     )
-    features = table.drop_duplicates("path").set_index("path").filter(regex=r"^f\d+$")
+    features = feature_columns(table.drop_duplicates("path").set_index("path"), global_cbf)
     missing = rows.loc[~rows["path"].isin(features.index)]
     if len(missing):
         first = missing.iloc[0]
@@ -300,18 +303,22 @@ def linear_features(
     cohort: Cohort, encoders: dict[str, Path], rows: pd.DataFrame, base: IchorCLI, cfg: BenchmarkConfig, memo: dict
 ) -> dict[tuple[str, str], pd.DataFrame]:
     """(method, mode) -> per-scan features of every linear model: each probe candidate of each encoder,
-    the regional-mean floor and the oracle ceiling. ``memo`` keeps them across tasks and compute rules
-    (by cohort, model and encoder): a task's scans that are not there yet are the only ones read."""
+    the regional-mean floor and the oracle ceiling, each with the same global CBF scalars when the config
+    says so. ``memo`` keeps them across tasks and compute rules (by cohort, model and encoder): a task's
+    scans that are not there yet are the only ones read."""
     wanted: dict[tuple[str, str], tuple[object, Callable[[pd.DataFrame], pd.DataFrame]]] = {}
     if "linear_probe" in cfg.modes:
         for method, encoder in encoders.items():
             for probe in cfg.probe:
-                embed = partial(_embedded, encoder=encoder, base=base, probe=probe)
+                embed = partial(encoder_features, encoder=encoder, base=base, probe=probe, global_cbf=cfg.global_cbf)
                 wanted[method, cfg.probe_mode(probe)] = (str(encoder), embed)
+    scan_models: dict[tuple[str, str], Callable[[pd.DataFrame], pd.DataFrame]] = {}
     if cfg.baseline:
-        wanted[BASELINE, "baseline"] = (None, partial(regional_features, volume=base.datamodule.hparams.volume))
+        scan_models[BASELINE, "baseline"] = partial(regional_features, volume=base.datamodule.hparams.volume)
     if cfg.oracle:
-        wanted[ORACLE, ORACLE] = (None, oracle_features)
+        scan_models[ORACLE, ORACLE] = oracle_features
+    for key, compute in scan_models.items():
+        wanted[key] = (None, partial(_with_global_cbf, compute=compute, base=base) if cfg.global_cbf else compute)
     linear = {}
     for key, (source, compute) in wanted.items():
         known = memo.get((cohort.name, key, source))
@@ -323,8 +330,16 @@ def linear_features(
     return linear
 
 
-def _embedded(rows: pd.DataFrame, encoder: Path, base: IchorCLI, probe: dict) -> pd.DataFrame:
-    return encoder_features(encoder, rows, base, probe)
+def _with_global_cbf(
+    rows: pd.DataFrame, compute: Callable[[pd.DataFrame], pd.DataFrame], base: IchorCLI
+) -> pd.DataFrame:
+    """``compute``'s per-scan features and the global CBF scalars the encoders' probes receive (same cache values)."""
+    from ichor.evaluation.features import global_cbf_table
+
+    data = base.datamodule
+    manifests = sorted(rows["manifest"].unique())
+    scalars = global_cbf_table(data.harmonisation_settings(), manifests, cache_dir=data.hparams.cache_dir)
+    return compute(rows).join(scalars.loc[rows["path"].unique()], validate="one_to_one")
 
 
 def trained_results(

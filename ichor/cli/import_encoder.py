@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import get_args
 
 from ichor.cli.export_encoder import add_sharing_arguments, report
+from ichor.data.datamodule import Normalization
 from ichor.models.weights import WeightsError
 
 
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num-heads", type=int, required=True, help="attention heads (not in the weights)")
     parser.add_argument("--spacing", type=float, nargs="+", required=True, help="voxel size in mm for scans (1 or 3)")
-    parser.add_argument("--normalization", required=True, choices=("none", "scale", "zscore"))
+    parser.add_argument("--normalization", required=True, choices=get_args(Normalization))
     parser.add_argument("--cbf-scale", type=float, default=100.0, help="the CBF that 'scale' maps to 1")
     parser.add_argument("--img-size", type=int, nargs=3, help="the source's input shape (default: from its table)")
     parser.add_argument("--shape", type=int, nargs=3, help="harmonised grid for CBF maps (default: --img-size)")

@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -46,12 +46,19 @@ from ichor.io import write_csv
 
 log = logging.getLogger(__name__)
 
-Normalization = Literal["none", "scale", "zscore"]
+Normalization = Literal["none", "scale", "relative", "zscore"]
 TransformsOn = Literal["auto", "device", "workers"]
 # Key of a raw training batch's extras: the per-scan values that normalisation and augmentation need on the device.
 RAW = "raw"
 SPLITS_FILE = "splits.csv"
 SKIPPED_FILE = "skipped_scans.csv"
+# Key of every batch's global CBF scalars (B, 2), named GLOBAL_CBF_NAMES: what a relative or z-scored
+# map no longer shows, handed to every probe and head beside the pooled features (docs/domain.md).
+GLOBAL_CBF = "global_cbf"
+GLOBAL_CBF_NAMES = ("log_brain_mean", "log_brain_std")
+# A relative map's clip: CBF from minus twice to four times the brain mean (grey matter is ~1.3x,
+# white matter ~0.5x; larger values are vessels and artefacts), as "scale" clips at +-cbf_scale.
+RELATIVE_RANGE = (-2.0, 4.0)
 
 
 def normalize_(
@@ -65,19 +72,23 @@ def normalize_(
     """Raw CBF (B, 1, D, H, W), 0 outside the brain -> model input, in place; the background stays 0.
 
     ``scale`` divides by a fixed CBF value and clips to [-1, 1] (as asl-qc does): it keeps
-    absolute CBF, which carries diagnostic information. ``zscore`` standardises each scan
-    inside its brain (``brain_mean``/``brain_std`` per scan, from the cache), removing the
-    global CBF level and with it some site/vendor offsets.
+    absolute CBF, which carries diagnostic information. ``relative`` divides each scan by its
+    brain-mean CBF (``brain_mean``/``brain_std`` per scan, from the cache) and clips to
+    ``RELATIVE_RANGE``: site and vendor differences in ASL are mostly global, and the global
+    level stays available beside the features as the ``GLOBAL_CBF`` scalars. ``zscore`` also
+    divides by each scan's spread inside its brain.
     """
     if mode == "scale":
         return images.mul_(1.0 / cbf_scale).clamp_(-1.0, 1.0)
+    shape = (-1,) + (1,) * (images.ndim - 1)
+    if mode == "relative":
+        return images.div_(brain_mean.clamp_min(1e-6).view(shape)).clamp_(*RELATIVE_RANGE)
     if mode == "zscore":
-        shape = (-1,) + (1,) * (images.ndim - 1)
         images.sub_(brain_mean.view(shape)).div_(brain_std.clamp_min(1e-6).view(shape))
         return images.masked_fill_(~masks, 0.0)
     if mode == "none":
         return images
-    raise ValueError(f"normalization must be 'none', 'scale' or 'zscore', got {mode!r}")
+    raise ValueError(f"normalization must be one of {', '.join(get_args(Normalization))}, got {mode!r}")
 
 
 class CachedScans(Dataset):
@@ -107,6 +118,7 @@ class CachedScans(Dataset):
         self.fields = {column: _field_values(rows[column]) for column in rows.columns}
         self.brain_mean = torch.tensor([entry.brain_mean for entry in self.entries], dtype=torch.float32)
         self.brain_std = torch.tensor([entry.brain_std for entry in self.entries], dtype=torch.float32)
+        self.global_cbf = global_cbf(self.brain_mean, self.brain_std)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -120,6 +132,7 @@ class CachedScans(Dataset):
         """A batch of per-scan fields and image (B, 1, D, H, W): float32 with a bool mask, or raw float16."""
         rows = torch.as_tensor(indices)
         fields = {column: _gather(values, indices) for column, values in self.fields.items()}
+        fields[GLOBAL_CBF] = self.global_cbf[rows]
         images = self._read(indices, torch.float16 if self.raw else torch.float32)
         if self.raw:
             extras = {"brain_mean": self.brain_mean[rows], "brain_std": self.brain_std[rows], "index": list(indices)}
@@ -165,13 +178,22 @@ def prepare_(
     normalize_(images, masks, normalization, cbf_scale, brain_mean, brain_std)
     if augmentation is None:
         return images, masks
-    return augmentation(images, masks, noise_levels(normalization, cbf_scale, brain_std), generator)
+    return augmentation(images, masks, noise_levels(normalization, cbf_scale, brain_mean, brain_std), generator)
 
 
-def noise_levels(normalization: Normalization, cbf_scale: float, brain_std: torch.Tensor) -> torch.Tensor:
+def global_cbf(brain_mean: torch.Tensor, brain_std: torch.Tensor) -> torch.Tensor:
+    """The GLOBAL_CBF scalars (N, 2) of scans with these brain means and spreads (mL/100g/min)."""
+    return torch.stack([brain_mean, brain_std], dim=1).clamp_min(1e-3).log()
+
+
+def noise_levels(
+    normalization: Normalization, cbf_scale: float, brain_mean: torch.Tensor, brain_std: torch.Tensor
+) -> torch.Tensor:
     """Each scan's brain standard deviation in the units of the normalized image (sets the noise level)."""
     if normalization == "scale":
         return brain_std / cbf_scale
+    if normalization == "relative":
+        return brain_std / brain_mean.clamp_min(1e-6)
     return torch.ones_like(brain_std) if normalization == "zscore" else brain_std
 
 
@@ -248,8 +270,10 @@ class CBFDataModule(LightningDataModule):
             cache_dir: where harmonised scans are cached (one sub-folder per harmonisation settings).
             spacing: output voxel size in mm (one number, or x, y, z).
             shape: output grid (x, y, z) in voxels; a multiple of the model's patch size.
-            normalization: "scale" (CBF / cbf_scale, clipped to [-1, 1]), "zscore" (per scan,
-                inside the brain) or "none" (mL/100g/min).
+            normalization: "scale" (CBF / cbf_scale, clipped to [-1, 1]), "relative" (CBF / the
+                scan's brain mean, clipped to RELATIVE_RANGE), "zscore" (per scan, inside the
+                brain) or "none" (mL/100g/min). Every batch also carries the scan's GLOBAL_CBF
+                scalars (log brain mean and spread), whatever the normalization.
             cbf_scale: the CBF value (mL/100g/min) that "scale" maps to 1.
             volume: for 4D files: a volume index or "mean"; None refuses 4D series.
             batch_size: scans per batch.
@@ -288,8 +312,10 @@ class CBFDataModule(LightningDataModule):
         self.save_hyperparameters()
         if not manifests:
             raise ValueError("CBFDataModule needs at least one manifest (data.manifests)")
-        if normalization not in ("none", "scale", "zscore"):
-            raise ValueError(f"normalization must be 'none', 'scale' or 'zscore', got {normalization!r}")
+        if normalization not in get_args(Normalization):
+            raise ValueError(
+                f"normalization must be one of {', '.join(get_args(Normalization))}, got {normalization!r}"
+            )
         if transforms_on not in ("auto", "device", "workers"):
             raise ValueError(f"transforms_on must be 'auto', 'device' or 'workers', got {transforms_on!r}")
         if in_memory not in (None, "host", "device"):

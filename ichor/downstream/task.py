@@ -16,6 +16,10 @@ Four modes answer the questions a paper's results table asks:
 ``pooling: attentive`` replaces the fixed pooling by a learned one
 (:class:`ichor.evaluation.attentive.AttentivePooler`); with ``linear_probe`` it is the
 attentive probe: the encoder frozen and in eval mode, the pooler and the linear head trained.
+
+With ``global_cbf`` (the default) the head also reads the scan's global CBF scalars (log brain
+mean and spread, standardised by a ``BatchNorm1d(affine=False)``) beside the pooled features:
+under a relative or z-scored input they are the only trace of a global hypoperfusion.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from ichor.data.datamodule import GLOBAL_CBF, GLOBAL_CBF_NAMES
 from ichor.data.schema import ID_COLUMNS, SPLIT_COLUMN
 from ichor.downstream.plugins import resolve_head
 from ichor.evaluation.attentive import AttentivePooler
@@ -104,6 +109,7 @@ class DownstreamTask(LightningModule):
         lora: the adapters of ``mode: lora`` (:class:`ichor.models.lora.LoRA`: ``rank``, ``alpha``,
             ``dropout``, ``targets``); the paper's settings by default.
         figures: log a confusion matrix / scatter plot to TensorBoard at each validation epoch end.
+        global_cbf: the head also reads the batch's global CBF scalars (see the module docstring).
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class DownstreamTask(LightningModule):
         grad_checkpointing: bool = False,
         lora: LoRA = TASK_LORA,
         figures: bool = True,
+        global_cbf: bool = True,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -135,6 +142,7 @@ class DownstreamTask(LightningModule):
         self.encoder: ViTEncoder3D | None = None
         self.head: nn.Module | None = None
         self.feature_norm: nn.Module = nn.Identity()
+        self.scalar_norm = nn.BatchNorm1d(len(GLOBAL_CBF_NAMES), affine=False, eps=1e-6) if global_cbf else None
         self.pooler: AttentivePooler | None = None
         self._base_metadata: dict[str, Any] = {}  # the encoder's record, for a LoRA checkpoint's export
         self._harmonisation: dict[str, Any] = {}
@@ -187,7 +195,8 @@ class DownstreamTask(LightningModule):
     def configure_head(self, train_targets: list) -> None:
         hp = self.hparams
         args = self.head_class.complete_args(dict(hp.head_args or {}), train_targets)
-        self.head = self.head_class(feature_width(self.encoder.embed_dim, hp.pooling), **args)
+        width = feature_width(self.encoder.embed_dim, hp.pooling) + (len(GLOBAL_CBF_NAMES) if hp.global_cbf else 0)
+        self.head = self.head_class(width, **args)
         hp.head_args = args  # saved in the checkpoint: prediction rebuilds the same head
         self.train_metrics = self.head.metrics().clone(prefix="train/")
         self.val_metrics = self.head.metrics().clone(prefix="val/")
@@ -223,7 +232,16 @@ class DownstreamTask(LightningModule):
         return self.pooler(tokens, token_mask)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.head(self.feature_norm(self.features(batch)))
+        return self.read_out(self.features(batch), batch.get(GLOBAL_CBF))
+
+    def read_out(self, pooled: torch.Tensor, global_cbf: torch.Tensor | None) -> torch.Tensor:
+        """Head outputs of pooled features (B, width), beside the scans' global CBF scalars (B, 2) if the task reads them."""
+        features = self.feature_norm(pooled)
+        if self.scalar_norm is not None:
+            if global_cbf is None:
+                raise ValueError(f"the task reads the global CBF scalars, but the batch has no {GLOBAL_CBF!r}")
+            features = torch.cat([features, self.scalar_norm(global_cbf.to(features))], dim=1)
+        return self.head(features)
 
     def _targets(self, batch: dict[str, Any]) -> torch.Tensor:
         target = self.target

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ichor.data import CBFDataModule
+from ichor.data.datamodule import GLOBAL_CBF, GLOBAL_CBF_NAMES
 from ichor.data.schema import ID_COLUMNS
 from ichor.evaluation.pooling import REGIONS, Pooling, encode
 from ichor.io import atomic_path, write_csv
@@ -73,7 +74,8 @@ def embed_scans(
     regions: int = REGIONS,
     loaded: tuple[ViTEncoder3D, dict] | None = None,
 ) -> pd.DataFrame:
-    """One row per usable scan, in manifest order: identity columns, then features f000, f001, ...
+    """One row per usable scan, in manifest order: identity columns, the global CBF scalars
+    (``log_brain_mean``, ``log_brain_std``), then features f000, f001, ...
 
     ``pooling``, ``blocks`` and ``regions`` are those of :func:`ichor.evaluation.pooling.encode`.
     With ``on_bad_scan="skip"``, the scans left out are listed (manifest, row, path, reason) in
@@ -109,7 +111,8 @@ def embed_loader(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Features of an encoder in memory over ``batches`` (a CBFDataModule loader): identity columns, f000, ...
+    """Features of an encoder in memory over ``batches`` (a CBFDataModule loader): identity columns,
+    the global CBF scalars, f000, ...
 
     The encoder runs in eval mode (dropout off, as for every frozen read-out) and is left in
     the mode it came in, so a pre-training run can call this between its epochs.
@@ -117,13 +120,14 @@ def embed_loader(
     was_training = encoder.training
     encoder.eval()
     identity: dict[str, list] = {}
-    features = []
+    features, scalars = [], []
     try:
         for batch in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
             mask = batch.get("mask")
             images = batch["image"].to(device)
             pooled = encode(encoder, images, None if mask is None else mask.to(device), pooling, blocks, regions)
             features.append(pooled.float().cpu())
+            scalars.append(batch[GLOBAL_CBF].float().cpu())
             for column in ID_COLUMNS:
                 if column in batch:
                     value = batch[column]
@@ -131,7 +135,33 @@ def embed_loader(
     finally:
         encoder.train(was_training)
     matrix = torch.cat(features).numpy()
-    return pd.concat([pd.DataFrame(identity), pd.DataFrame(matrix, columns=feature_names(matrix.shape[1]))], axis=1)
+    columns = [
+        pd.DataFrame(identity),
+        pd.DataFrame(torch.cat(scalars).numpy(), columns=list(GLOBAL_CBF_NAMES)),
+        pd.DataFrame(matrix, columns=feature_names(matrix.shape[1])),
+    ]
+    return pd.concat(columns, axis=1)
+
+
+def global_cbf_table(harmonisation: dict, manifests: list[str], **kwargs) -> pd.DataFrame:
+    """The global CBF scalars of every scan of ``manifests`` (indexed by CBF path), from the cache a
+    datamodule with these harmonisation settings builds: the values its batches carry."""
+    datamodule = predict_datamodule(
+        {"harmonisation": harmonisation}, manifests, "the data", num_workers=0, progress=False, **kwargs
+    )
+    scalars = datamodule.datasets["predict"].global_cbf.numpy()
+    table = pd.DataFrame(scalars, index=datamodule.rows["path"].to_numpy(), columns=list(GLOBAL_CBF_NAMES))
+    return table.loc[~table.index.duplicated()]
+
+
+def feature_columns(table: pd.DataFrame, global_cbf: bool) -> pd.DataFrame:
+    """The columns a probe reads from an embedding table: f000, ..., and the global CBF scalars with ``global_cbf``.
+
+    The scalars are what a relative or z-scored map no longer shows; every method receives the
+    same ones, so that a comparison stays one of the encoders.
+    """
+    features = table.filter(regex=r"^f\d+$")
+    return pd.concat([features, table[list(GLOBAL_CBF_NAMES)]], axis=1) if global_cbf else features
 
 
 def feature_names(width: int) -> list[str]:

@@ -11,7 +11,7 @@ logger (TensorBoard: the ``probe/`` scalars, at the training step):
   for a number;
 - ``probe/site_balanced_accuracy`` and ``probe/site_chance``: how well the same probe tells
   the study from the features (lower is more site-invariant), and its chance level, 1 / studies;
-- ``probe/rankme``: the effective rank of the centred feature matrix (Garrido et al., ICML
+- ``probe/rankme``: the effective rank of the centred encoder features (Garrido et al., ICML
   2023); a collapsing representation (every scan alike) drives it towards 1. Centred: a mean
   vector that every scan shares is one large singular value, and would pass for collapse.
 
@@ -46,6 +46,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
+from ichor.data.datamodule import GLOBAL_CBF_NAMES
 from ichor.data.schema import labelled_rows
 from ichor.evaluation.linear import INNER_FOLDS, cross_validated_scores
 from ichor.evaluation.pooling import REGIONS, Pooling, check_pooling
@@ -71,12 +72,18 @@ def probe_scores(
     studies: np.ndarray,
     folds: int = INNER_FOLDS,
     seed: int = 0,
+    scalars: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The callback's scalars (without ``probe/``) for one feature matrix: label probe, site probe, RankMe."""
-    scores = cross_validated_scores(features, labels, classification, subjects, folds, seed)
+    """The callback's scalars (without ``probe/``) for one feature matrix: label probe, site probe, RankMe.
+
+    ``scalars`` (N, k), the global CBF scalars, join the features of both probes; RankMe is the
+    encoder's own (the features alone).
+    """
+    probed = features if scalars is None else np.concatenate([features, scalars], axis=1)
+    scores = cross_validated_scores(probed, labels, classification, subjects, folds, seed)
     sites = np.unique(studies)
     if len(sites) > 1:
-        site = cross_validated_scores(features, studies, True, subjects, folds, seed)
+        site = cross_validated_scores(probed, studies, True, subjects, folds, seed)
         scores.update(site_balanced_accuracy=site["balanced_accuracy"], site_chance=1.0 / len(sites))
     scores["rankme"] = rankme(features)
     return scores
@@ -92,6 +99,8 @@ class OnlineProbe(Callback):
         target_values: the label values to keep (e.g. ``[CN, AD]``); None keeps every labelled scan.
         every_n_epochs: probe after every this many epochs (and once before training).
         pooling, blocks, regions: the frozen features (:func:`ichor.evaluation.pooling.encode`).
+        global_cbf: give both probes the scans' global CBF scalars beside the features (as the
+            benchmark does), which a relative or z-scored input no longer shows.
         folds: outer and inner cross-validation folds (grouped by subject).
         batch_size: scans per embedding batch.
         seed: seed of the folds.
@@ -107,6 +116,7 @@ class OnlineProbe(Callback):
         pooling: Pooling = "brain_mean",
         blocks: int = 1,
         regions: int = REGIONS,
+        global_cbf: bool = True,
         folds: int = INNER_FOLDS,
         batch_size: int = 8,
         seed: int = 0,
@@ -124,6 +134,7 @@ class OnlineProbe(Callback):
         self.pooling: Pooling = pooling
         self.blocks = blocks
         self.regions = regions
+        self.global_cbf = global_cbf
         self.folds = folds
         self.batch_size = batch_size
         self.seed = seed
@@ -158,6 +169,7 @@ class OnlineProbe(Callback):
         table = embed_loader(encoder, loader, self.pooling, self.blocks, self.regions, pl_module.device)
         table = table.merge(rows[["path", self.target]], on="path", how="inner", validate="many_to_one")
         features = table.filter(regex=r"^f\d+$").to_numpy()
+        scalars = table[list(GLOBAL_CBF_NAMES)].to_numpy() if self.global_cbf else None
         labels = table[self.target].astype(str if self.classification else float).to_numpy()
         scores = probe_scores(
             features,
@@ -167,6 +179,7 @@ class OnlineProbe(Callback):
             table["study"].astype(str).to_numpy(),
             self.folds,
             self.seed,
+            scalars,
         )
         metrics = {f"{PREFIX}{name}": float(value) for name, value in scores.items()}
         for logger in trainer.loggers:

@@ -37,20 +37,34 @@ def class_score(outputs: torch.Tensor, class_index: int | None) -> torch.Tensor:
     return outputs[:, class_index] - others.logsumexp(dim=1)
 
 
-def task_score(task: DownstreamTask, images: torch.Tensor, keep: torch.Tensor, class_index: int | None) -> torch.Tensor:
-    """(B,) scores of a batch whose tokens are the patches that hold a ``keep`` voxel, pooled as the task pools."""
+def task_score(
+    task: DownstreamTask,
+    images: torch.Tensor,
+    keep: torch.Tensor,
+    class_index: int | None,
+    global_cbf: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,) scores of a batch whose tokens are the patches that hold a ``keep`` voxel, pooled as the task pools;
+    ``global_cbf`` (2,): the scan's global CBF scalars, for a task that reads them."""
     tokens, token_mask = task.encoder.forward_features(images, keep)
     pooled = pool_tokens(tokens, token_mask, task.hparams.pooling)
-    return class_score(task.head(task.feature_norm(pooled)), class_index)
+    scalars = None if global_cbf is None else global_cbf.expand(len(images), -1)
+    return class_score(task.read_out(pooled, scalars), class_index)
 
 
 @torch.inference_mode()
 def occlusion(
-    task: DownstreamTask, image: torch.Tensor, brain: torch.Tensor, class_index: int | None, batch_size: int = 16
+    task: DownstreamTask,
+    image: torch.Tensor,
+    brain: torch.Tensor,
+    class_index: int | None,
+    batch_size: int = 16,
+    global_cbf: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Attribution of every patch of one scan, (L,) in grid order (0 for patches the task never sees), and its score.
 
-    ``image`` and ``brain`` are one scan's (1, D, H, W) model input and brain mask, on ``task``'s device.
+    ``image`` and ``brain`` are one scan's (1, D, H, W) model input and brain mask, on ``task``'s device;
+    ``global_cbf`` (2,) its global CBF scalars (the same for every occluded copy).
     """
     encoder = task.encoder
     p = encoder.patch_size
@@ -60,7 +74,7 @@ def occlusion(
     ids = tokens.nonzero().squeeze(1).tolist()
     if len(ids) < 2:
         raise ValueError(f"the scan has {len(ids)} brain patch(es): occlusion needs at least 2")
-    full = float(task_score(task, image[None], keep[None], class_index)[0])
+    full = float(task_score(task, image[None], keep[None], class_index, global_cbf)[0])
     attribution = torch.zeros(encoder.num_patches, device=image.device)
     grid = encoder.grid
     for start in range(0, len(ids), batch_size):
@@ -71,5 +85,5 @@ def occlusion(
             h, w = divmod(rest, grid[2])
             masks[slot, :, d * p : (d + 1) * p, h * p : (h + 1) * p, w * p : (w + 1) * p] = False
         images = image[None].expand(len(chunk), *image.shape)
-        attribution[chunk] = full - task_score(task, images, masks, class_index)
+        attribution[chunk] = full - task_score(task, images, masks, class_index, global_cbf)
     return attribution, full

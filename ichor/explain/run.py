@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ichor.data.datamodule import GLOBAL_CBF
 from ichor.data.manifest import read_manifests
 from ichor.data.scans import ScanError, load_cbf
 from ichor.downstream.task import DownstreamTask
@@ -128,7 +129,7 @@ def explain(
             if index is None and classes is not None:
                 with torch.inference_mode():
                     index = int(task(scan_batch(scan, device)).argmax(-1)[0])
-            attribution, score = occlusion(task, image, brain, index, batch_size)
+            attribution, score = occlusion(task, image, brain, index, batch_size, scan[GLOBAL_CBF].to(device))
             source = load_cbf(row.path, volume=settings.get("volume"))
         except (ValueError, RuntimeError, OSError) as error:
             raise ValueError(f"{where}: {error}") from error
@@ -179,7 +180,7 @@ def check_scans(datamodule, rows: pd.DataFrame) -> None:
 
 def scan_batch(scan: dict, device: str) -> dict:
     """One dataset item as a batch of one, for the task's forward."""
-    return {"image": scan["image"][None].to(device), "mask": scan["mask"][None].to(device)}
+    return {key: scan[key][None].to(device) for key in ("image", "mask", GLOBAL_CBF)}
 
 
 def save_nifti(data: np.ndarray, like, path: Path) -> None:

@@ -90,9 +90,20 @@ def test_normalizations(manifests, cache_dir):
     raw = all_scans(datamodule(manifests, cache_dir, normalization="none"))
     scaled = all_scans(datamodule(manifests, cache_dir, normalization="scale", cbf_scale=100.0))
     zscored = all_scans(datamodule(manifests, cache_dir, normalization="zscore"))
+    relative = all_scans(datamodule(manifests, cache_dir, normalization="relative"))
     brain = raw["mask"]
     assert raw["image"][brain].median() > 10  # mL/100g/min
     torch.testing.assert_close(scaled["image"], (raw["image"] / 100).clamp(-1, 1))
+    for batch in (raw, scaled, zscored, relative):  # the global level, whatever the input shows
+        torch.testing.assert_close(batch["global_cbf"], raw["global_cbf"])
+    for image, mask, relative_image, (log_mean, log_std) in zip(
+        raw["image"], brain, relative["image"], raw["global_cbf"]
+    ):
+        mean = image[mask].mean()
+        torch.testing.assert_close(log_mean.exp(), mean, rtol=2e-3, atol=0)  # log brain-mean CBF
+        torch.testing.assert_close(log_std.exp(), image[mask].std(), rtol=2e-2, atol=0)
+        torch.testing.assert_close(relative_image, (image / mean).clamp(-2, 4), rtol=2e-3, atol=2e-3)
+        assert abs(relative_image[mask].mean() - 1) < 0.02  # 1 = the scan's brain mean
     for image, mask in zip(zscored["image"], zscored["mask"]):
         assert abs(image[mask].mean()) < 0.02 and abs(image[mask].std() - 1) < 0.02
         assert (image[~mask] == 0).all()

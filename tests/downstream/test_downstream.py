@@ -65,7 +65,23 @@ def test_linear_probe_keeps_the_encoder_frozen_and_in_eval_mode(setting, tmp_pat
     assert isinstance(task.feature_norm, torch.nn.BatchNorm1d) and not task.feature_norm.affine
     assert task.hparams.head_args["classes"] == ["AD", "CN"]  # inferred from the training labels, saved
     features = torch.randn(4, task.encoder.embed_dim)
-    assert task.head(task.feature_norm(features)).shape == (4, 2)
+    assert task.read_out(features, torch.randn(4, 2)).shape == (4, 2)
+
+
+def test_the_head_reads_the_global_cbf_scalars_beside_the_features(setting):
+    """A relative map hides a global hypoperfusion: the head gets the log brain mean and spread beside the features."""
+    data = datamodule(setting)
+    data.setup("predict")
+    batch = next(iter(data.predict_dataloader()))
+    lower = {**batch, "global_cbf": batch["global_cbf"] - 0.5}  # the same maps, 40 % less CBF
+    task = built_task(setting).eval()
+    assert task.head.fc.in_features == task.encoder.embed_dim + 2
+    assert not torch.allclose(task(batch), task(lower))
+    with pytest.raises(ValueError, match="global_cbf"):
+        task({key: value for key, value in batch.items() if key != "global_cbf"})
+    without = built_task(setting, global_cbf=False).eval()
+    assert without.head.fc.in_features == without.encoder.embed_dim
+    torch.testing.assert_close(without(batch), without(lower))
 
 
 def test_finetune_layer_decay_groups(setting):

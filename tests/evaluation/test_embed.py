@@ -40,13 +40,29 @@ def embed(setting, out, *extra) -> int:
     )
 
 
+def test_every_model_gets_the_same_global_cbf_scalars_as_the_embedding(setting, tmp_path):
+    """The benchmark's floor and ceiling read the scalars from the cache the encoders' probes read them from."""
+    from ichor.evaluation.features import global_cbf_table
+    from ichor.models.weights import load_encoder
+
+    assert embed(setting, tmp_path / "f.csv") == 0
+    table = pd.read_csv(tmp_path / "f.csv").set_index("path")
+    _, metadata = load_encoder(setting["encoder"])
+    scalars = global_cbf_table(metadata["harmonisation"], setting["manifests"], cache_dir=setting["cache"])
+    assert sorted(scalars.index) == sorted(table.index)
+    np.testing.assert_allclose(scalars.loc[table.index].to_numpy(), table[list(scalars.columns)].to_numpy(), rtol=1e-6)
+
+
 def test_one_row_per_scan_in_manifest_order(setting, tmp_path):
     assert embed(setting, tmp_path / "f.csv", "--batch-size", "4") == 0
     table = pd.read_csv(tmp_path / "f.csv")
     manifest = pd.concat([pd.read_csv(m) for m in setting["manifests"]], ignore_index=True)
     features = [c for c in table.columns if c.startswith("f")]
     assert list(table.columns[:4]) == ["subject", "session", "study", "path"]
-    assert features == [f"f{i:03d}" for i in range(96)] and table.shape == (6, 4 + 96)
+    assert features == [f"f{i:03d}" for i in range(96)] and table.shape == (6, 4 + 2 + 96)
+    # the global CBF scalars a relative map no longer shows: log brain mean and spread, in mL/100g/min
+    assert list(table.columns[4:6]) == ["log_brain_mean", "log_brain_std"]
+    assert np.exp(table["log_brain_mean"]).between(15, 120).all() and np.exp(table["log_brain_std"]).between(1, 80).all()
     assert table["subject"].tolist() == manifest["subject"].tolist()
     assert [p.rsplit("/", 1)[-1] for p in table["path"]] == manifest["path"].tolist()
     assert np.isfinite(table[features].to_numpy()).all()

@@ -148,4 +148,4 @@ def test_attentive_probe_trains_on_frozen_tokens_with_the_encoder_unchanged(
         assert torch.equal(task.encoder.state_dict()[key], value), key  # frozen: weights unchanged by training
     assert modes and not any(modes)  # every forward pass of the encoder ran in eval mode
     assert any(not torch.equal(before[k], v) for k, v in task.pooler.state_dict().items())  # the pooler learned
-    assert task.head.fc.in_features == task.encoder.embed_dim
+    assert task.head.fc.in_features == task.encoder.embed_dim + 2  # the pooled tokens and the global CBF scalars
