@@ -15,9 +15,12 @@ logger (TensorBoard: the ``probe/`` scalars, at the training step):
   2023); a collapsing representation (every scan alike) drives it towards 1. Centred: a mean
   vector that every scan shares is one large singular value, and would pass for collapse.
 
-``initial`` holds the first probe's scalars (the encoder as initialised; kept in the checkpoint,
-so a resumed run still knows them) and ``latest`` the last: a recipe counts only if its probe
-after pre-training beats its own initialisation.
+With ``draws`` > 1 the cross-validation is repeated with as many fold seeds (label draws): each
+scalar is their mean, ``probe/<metric>_sd`` their spread. ``initial`` holds the first probe's
+scalars (the encoder as initialised; kept in the checkpoint, so a resumed run still knows them)
+and ``latest`` the last, ``initial_draws`` and ``latest_draws`` the same per draw: a recipe counts
+only if its probe after pre-training beats its own initialisation beyond the spread of the draws
+(:func:`paired_gain`).
 
 The anchors are nidl's ``ModelProbingCallback`` and lightly's online linear classifier. Set it in
 YAML::
@@ -89,6 +92,12 @@ def probe_scores(
     return scores
 
 
+def paired_gain(initial: list[dict[str, float]], latest: list[dict[str, float]], metric: str) -> tuple[float, float]:
+    """Mean and standard deviation over label draws of ``latest - initial`` for ``metric`` (same folds at both ends)."""
+    gains = np.array([end[metric] - start[metric] for start, end in zip(initial, latest, strict=True)])
+    return float(gains.mean()), float(gains.std(ddof=1)) if len(gains) > 1 else 0.0
+
+
 class OnlineProbe(Callback):
     """Probe the encoder during pre-training (see the module docstring).
 
@@ -102,6 +111,7 @@ class OnlineProbe(Callback):
         global_cbf: give both probes the scans' global CBF scalars beside the features (as the
             benchmark does), which a relative or z-scored input no longer shows.
         folds: outer and inner cross-validation folds (grouped by subject).
+        draws: label draws: the cross-validation repeated with fold seeds ``seed``, ``seed + 1``, ...
         batch_size: scans per embedding batch.
         seed: seed of the folds.
     """
@@ -118,11 +128,14 @@ class OnlineProbe(Callback):
         regions: int = REGIONS,
         global_cbf: bool = True,
         folds: int = INNER_FOLDS,
+        draws: int = 1,
         batch_size: int = 8,
         seed: int = 0,
     ) -> None:
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        if draws < 1:
+            raise ValueError(f"draws must be at least 1, got {draws}")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be at least 1, got {every_n_epochs}")
         check_pooling(pooling)
@@ -136,18 +149,22 @@ class OnlineProbe(Callback):
         self.regions = regions
         self.global_cbf = global_cbf
         self.folds = folds
+        self.draws = draws
         self.batch_size = batch_size
         self.seed = seed
         self._loader: DataLoader | None = None
         self._rows: pd.DataFrame | None = None
         self.initial: dict[str, float] = {}
         self.latest: dict[str, float] = {}
+        self.initial_draws: list[dict[str, float]] = []
+        self.latest_draws: list[dict[str, float]] = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"initial": dict(self.initial)}
+        return {"initial": dict(self.initial), "initial_draws": list(self.initial_draws)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initial = dict(state_dict.get("initial", {}))
+        self.initial_draws = list(state_dict.get("initial_draws", []))
 
     # ---------------------------------------------------------------- hooks
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -171,22 +188,25 @@ class OnlineProbe(Callback):
         features = table.filter(regex=r"^f\d+$").to_numpy()
         scalars = table[list(GLOBAL_CBF_NAMES)].to_numpy() if self.global_cbf else None
         labels = table[self.target].astype(str if self.classification else float).to_numpy()
-        scores = probe_scores(
-            features,
-            labels,
-            self.classification,
-            table["subject"].astype(str).to_numpy(),
-            table["study"].astype(str).to_numpy(),
-            self.folds,
-            self.seed,
-            scalars,
-        )
-        metrics = {f"{PREFIX}{name}": float(value) for name, value in scores.items()}
+        subjects, studies = table["subject"].astype(str).to_numpy(), table["study"].astype(str).to_numpy()
+        draws = [
+            {
+                name: float(value)
+                for name, value in probe_scores(
+                    features, labels, self.classification, subjects, studies, self.folds, seed, scalars
+                ).items()
+            }
+            for seed in range(self.seed, self.seed + self.draws)
+        ]
+        metrics = {f"{PREFIX}{name}": float(np.mean([d[name] for d in draws])) for name in draws[0]}
+        if self.draws > 1:
+            spread = {name: float(np.std([d[name] for d in draws], ddof=1)) for name in draws[0] if name != "rankme"}
+            metrics |= {f"{PREFIX}{name}_sd": value for name, value in spread.items() if name != "site_chance"}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
-        self.initial = self.initial or metrics
-        self.latest = metrics
+        self.initial, self.initial_draws = self.initial or metrics, self.initial_draws or draws
+        self.latest, self.latest_draws = metrics, draws
         return metrics
 
     def probe_set(self, trainer: Trainer) -> tuple[DataLoader, pd.DataFrame]:

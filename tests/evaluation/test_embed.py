@@ -62,7 +62,9 @@ def test_one_row_per_scan_in_manifest_order(setting, tmp_path):
     assert features == [f"f{i:03d}" for i in range(96)] and table.shape == (6, 4 + 2 + 96)
     # the global CBF scalars a relative map no longer shows: log brain mean and spread, in mL/100g/min
     assert list(table.columns[4:6]) == ["log_brain_mean", "log_brain_std"]
-    assert np.exp(table["log_brain_mean"]).between(15, 120).all() and np.exp(table["log_brain_std"]).between(1, 80).all()
+    assert (
+        np.exp(table["log_brain_mean"]).between(15, 120).all() and np.exp(table["log_brain_std"]).between(1, 80).all()
+    )
     assert table["subject"].tolist() == manifest["subject"].tolist()
     assert [p.rsplit("/", 1)[-1] for p in table["path"]] == manifest["path"].tolist()
     assert np.isfinite(table[features].to_numpy()).all()

@@ -10,7 +10,7 @@ from helpers import make_dataset, quiet_trainer, small_datamodule
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ichor.evaluation.online_probe import OnlineProbe, rankme
+from ichor.evaluation.online_probe import OnlineProbe, paired_gain, probe_scores, rankme
 from ichor.models import Backbone
 from ichor.pretrain import MAEPretrainer
 from ichor.training.optim import AdamW
@@ -39,6 +39,26 @@ def test_rankme_does_not_read_a_shared_mean_as_collapse():
     assert rankme(features) > 6
 
 
+def test_the_global_cbf_scalars_give_the_probe_a_global_level_the_features_do_not_show():
+    """A global hypoperfusion hidden from relative features is read from the scalars beside them."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["CN", "SVD"], 30)
+    features = rng.standard_normal((60, 8))  # the same distribution in both classes
+    scalars = np.stack([np.log(np.where(labels == "SVD", 35.0, 50.0)) + 0.05 * rng.standard_normal(60)], axis=1)
+    subjects, studies = np.arange(60).astype(str), np.tile(["a", "b"], 30)
+    blind = probe_scores(features, labels, True, subjects, studies, folds=3)
+    told = probe_scores(features, labels, True, subjects, studies, folds=3, scalars=scalars)
+    assert blind["auroc"] < 0.7 < 0.95 < told["auroc"]
+    assert told["rankme"] == blind["rankme"]  # the encoder's own rank: the scalars are not features of it
+
+
+def test_paired_gain_is_the_mean_and_spread_of_per_draw_differences():
+    initial = [{"auroc": 0.5}, {"auroc": 0.6}, {"auroc": 0.55}]
+    latest = [{"auroc": 0.7}, {"auroc": 0.7}, {"auroc": 0.75}]
+    gain, spread = paired_gain(initial, latest, "auroc")
+    assert gain == pytest.approx(np.mean([0.2, 0.1, 0.2])) and spread == pytest.approx(np.std([0.2, 0.1, 0.2], ddof=1))
+
+
 @pytest.mark.slow
 def test_probe_metric_rises_as_the_encoder_learns_and_reaches_tensorboard(tmp_path):
     """From a collapsed encoder (patch embedding zeroed: every scan has the same features, AUROC 0.5),
@@ -52,7 +72,8 @@ def test_probe_metric_rises_as_the_encoder_learns_and_reaches_tensorboard(tmp_pa
         figure_every_n_steps=0,
     )
     torch.nn.init.zeros_(module.encoder_network().patch_embed.proj.weight)
-    probe = OnlineProbe(target="diagnosis", every_n_epochs=2, folds=3)
+    # the encoder's own features only (the label is the CBF level, which the global scalars would give away)
+    probe = OnlineProbe(target="diagnosis", every_n_epochs=2, folds=3, global_cbf=False, draws=2)
     trainer = quiet_trainer(
         tmp_path,
         max_epochs=4,
@@ -63,7 +84,7 @@ def test_probe_metric_rises_as_the_encoder_learns_and_reaches_tensorboard(tmp_pa
     trainer.fit(module, data)
     events = EventAccumulator(trainer.logger.log_dir)
     events.Reload()
-    assert set(events.Tags()["scalars"]) >= SCALARS
+    assert set(events.Tags()["scalars"]) >= SCALARS | {"probe/auroc_sd"}
     auroc = [event.value for event in events.Scalars("probe/auroc")]
     steps = [event.step for event in events.Scalars("probe/auroc")]
     assert steps == [0, 10, 20]  # before training, then every second epoch (5 batches an epoch)
@@ -73,9 +94,12 @@ def test_probe_metric_rises_as_the_encoder_learns_and_reaches_tensorboard(tmp_pa
     assert probe.initial["probe/auroc"] == pytest.approx(auroc[0]) and probe.latest["probe/auroc"] == pytest.approx(
         auroc[-1]
     )
+    assert len(probe.initial_draws) == len(probe.latest_draws) == 2  # two label draws, paired at both ends
+    gain, spread = paired_gain(probe.initial_draws, probe.latest_draws, "auroc")
+    assert gain == pytest.approx(auroc[-1] - auroc[0]) and gain > 2 * spread
     resumed = OnlineProbe(target="diagnosis")
     resumed.load_state_dict(probe.state_dict())  # what a checkpoint carries: the initial values survive a resume
-    assert resumed.initial == probe.initial
+    assert resumed.initial == probe.initial and resumed.initial_draws == probe.initial_draws
     assert module.encoder_network().training  # embedding left the encoder in the mode it found
 
 
