@@ -1,12 +1,7 @@
-"""The Python face of an exported encoder, for notebooks and scripts.
+"""The Python face of an exported encoder, for notebooks and scripts (docs/tutorials/share-encoder.md).
 
-    from ichor import Encoder
-    enc = Encoder.from_pretrained("runs/pretrain_demo/encoder")     # or "https://...tar.gz#sha256=..."
-    features = enc.embed("data_manifests/demo/study-01.csv")          # one row per scan, as `ichor embed`
-
-Features come from :func:`ichor.evaluation.features.embed_scans`, the function behind
-``ichor embed``, so scans are harmonised with the encoder's own settings and the two give the
-same numbers.
+Features come from :func:`ichor.evaluation.features.embed_scans`, the function behind ``ichor embed``, so
+the two give the same numbers.
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
 """Light augmentation of cached, harmonised scans, in batch, on whatever device holds the batch.
 
-Scans are already on one grid, so augmentation only has to add the variation that remains
-between real scans: left-right asymmetry of positioning (flip), small residual
-misregistration (affine), global CBF level (intensity scaling: CBF varies up to 2x between
-healthy people of the same age) and noise. Spatial operations move the brain mask with the
-image, and intensity ones touch only brain voxels, so the background stays exactly zero like
-a real CBF map.
-
-Batched torch operations rather than a per-scan loop, so that the same code runs on the
-training device after transfer (``CBFDataModule``'s default, where a GPU does it in
-microseconds) or in the loader workers. Every scan draws its own parameters from the
-generator it is given: an explicit, seeded one on the device (reproducible and resumable),
-or torch's default one in a worker, which the DataLoader seeds per worker.
+Only the variation left between scans on one grid (flip, small affine, CBF level, noise), touching
+brain voxels only; what and why: docs/reference/data-pipeline.md.
 """
 
 from __future__ import annotations

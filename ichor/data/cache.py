@@ -1,25 +1,7 @@
 """On-disk cache of harmonised scans, built once in parallel and read memory-mapped by the dataloaders.
 
-Layout (one folder per harmonisation-settings hash, so changing a setting never reuses
-a stale array and switching back reuses the old one)::
-
-    <cache_dir>/<settings key>/settings.json     the settings, for humans
-    <cache_dir>/<settings key>/<scan key>.npy    float16 (D, H, W) raw CBF in mL/100g/min, NaN outside the brain
-    <cache_dir>/<settings key>/<scan key>.json   source path, final RAS affine, brain mean/std
-    <cache_dir>/content-keys/                    content keys of the input files (ichor.data.identity)
-
-The scan key is a hash of the input file's content key (size + SHA-256 of its bytes, see
-:mod:`ichor.data.identity`), so a file replaced by another of the same size and modification
-time is harmonised again, while a touched, copied or moved file with the same bytes reuses its
-entry. Cost: an unchanged file costs one stat and one small read (its content key is kept in
-``content-keys/``, under the file's path and stat signature, ctime included); a new or
-rewritten file is read once more to hash it (about 0.4 GB/s on one core), before harmonising.
-Raw CBF is stored rather than the
-normalized values so that one cache serves every ``normalization`` (applied when reading);
-float16 keeps about 3 significant digits everywhere (steps of 0.03 at 60 mL/100g/min),
-far below the noise of a CBF map. The brain mask is stored as NaN, so image and mask live
-in one file that is written atomically (temp file + os.replace) and cannot disagree.
-An entry exists when its ``.json`` exists; it is written after the ``.npy``.
+One folder per settings hash, one float16 file per input's content key (CBF, NaN outside the brain),
+so a setting or file that changes is never served stale; layout and costs: docs/reference/data-pipeline.md.
 """
 
 from __future__ import annotations

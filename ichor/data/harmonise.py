@@ -1,22 +1,7 @@
 """Put every CBF map on one brain-centred RAS grid, whatever its orientation, voxel size or field of view.
 
-Studies differ in orientation (RAS/LPS/...), voxel size (1.5-4 mm, anisotropic) and field
-of view. A two-step ``Resample(spacing)`` + ``CropOrPad(mask_name=...)`` would interpolate
-onto a grid anchored at each file's own first voxel and then shift it by whole voxels, so
-two scans of the same brain end up a fraction of a voxel apart. Here each scan is
-resampled once, directly onto the output grid: RAS axes, ``spacing`` mm, ``shape`` voxels,
-centred on the centroid of the brain (the map's non-zero support) and snapped to the world
-lattice ``spacing * Z^3``. All scans therefore share voxel centres in world coordinates and
-differ only by whole-voxel translations; a copy of a map stored in another orientation
-harmonises to the same array.
-
-Interpolation of a map that is zero outside the brain drags the edge towards zero and, if
-the mask were taken as "non-zero after resampling", would grow the brain by a voxel. So the
-support (1 inside, 0 outside; negative CBF counts as brain) is resampled with the same
-weights as the map: the brain mask is where at least half of the interpolation weight came
-from brain voxels, and inside it the CBF value is the weighted mean of brain voxels only
-(normalized convolution). With down-sampling both are smoothed by the same anti-aliasing
-Gaussian first, so the ratio stays an average of brain voxels.
+One resampling straight onto a lattice shared in world coordinates, brain mask and CBF by normalized
+convolution, so scans align to whole voxels and edges keep their CBF (docs/reference/data-pipeline.md).
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """The training split held in memory as one float16 tensor, sharded by rank: a batch is an index, not file reads.
 
-Why: a paper-scale pre-training set (11,405 scans x 2 MB at 2 mm, about 23 GB) fits in one
-GPU's memory, and a GPU consumes scans far faster than workers can read and hand them over.
-Held on the device, a batch costs one gather; held in host memory, one gather and one copy.
-Under DDP each rank holds only its own shard (1/world of the scans) and shuffles within it,
-so adding GPUs adds memory as well as compute.
+Why: a paper-scale pre-training set (about 23 GB at 2 mm) fits in one GPU's memory, which consumes scans far
+faster than workers can read them; under DDP each rank holds its own shard (docs/tutorials/gpu-slurm.md).
 """
 
 from __future__ import annotations

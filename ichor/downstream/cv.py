@@ -1,17 +1,8 @@
 """Cross-validation of a downstream config: folds grouped by subject, stratified by the target.
 
-All scans of a subject fall in one fold (a model must never be tested on a brain it trained
-on). Each fold is the test set once; a stratified, subject-grouped part of the remaining
-subjects is its validation set (checkpoint selection), the rest train. With ``by_study``
-each study is held out in turn instead: the site-generalisation question.
-
-A fold is handed to the datamodule as a split file, a CSV ``subject,split`` (train/val/test)
-that replaces its random split (``data.init_args.split_file``).
-
-For a numeric quality target (e.g. expert ``rating``), ``qei_baseline`` adds what the model
-has to beat without any training: the Pearson r between the plain QEI of each fold's test
-scans (Dolui et al. 2024, from the manifest's gm/wm/csf maps) and the target, as the metric
-``test/qei_pearson`` beside the model's ``test/pearson``.
+All scans of a subject fall in one fold (a model must never be tested on a brain it trained on); each fold
+is the test set once, a stratified, subject-grouped part of the rest validates, and ``by_study`` holds out
+each study in turn. A fold reaches the datamodule as a ``subject,split`` CSV (``data.init_args.split_file``).
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
 """Attribution maps as volumes: patch values to voxels, back onto a scan's own grid, and group averages.
 
-Harmonisation (``ichor.data.harmonise``) resamples each scan onto a RAS grid of ``spacing`` mm
-centred on its brain; its inverse here resamples a map from that grid onto the input file's
-grid (its affine and shape, whatever the orientation or voxel size) with the same TorchIO
-``Resample``, so the map overlays the input CBF map in any NIfTI viewer.
-
-Group averages stay on the harmonisation lattice: every harmonised grid has the same spacing
-and an origin on ``spacing * Z^3``, so scans differ by whole-voxel shifts and can be placed on
-one common grid in world coordinates without interpolation. A voxel's average is over the
-scans whose brain covers it. It compares like with like when the maps share a space (MNI, as
-ExploreASL and ASLPrep's standard-space outputs do); maps in each scanner's native space are
-only aligned as far as their heads were.
+The inverse of harmonisation (the same TorchIO ``Resample``) puts a map on its input's grid; group averages
+stay on the harmonisation lattice, where scans differ by whole voxels and need no interpolation.
 """
 
 from __future__ import annotations

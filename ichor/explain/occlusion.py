@@ -1,20 +1,7 @@
 """Occlusion over patch tokens: how much a task's score changes when one brain patch is left out.
 
-ICHOR's encoder sees a scan as a set of patch tokens (brain patches only, with ``brain_mean``
-or ``max`` pooling), and MAE pre-training drops 75 % of them, so a scan with one token left out
-is an input the encoder knows. Occluding a patch is therefore leaving its token out: no fill
-value (zero, the mean, a blur) has to be invented, as pixel occlusion of a CNN must, and the
-fill value cannot itself look like disease (a zero-filled patch is "no flow").
-
-The attribution of patch i is ``score(all patches) - score(all but patch i)``: positive where
-the patch pushes the prediction towards the explained class. The score is the class's
-log-odds for a classifier (``logit_c - logsumexp(other logits)``, which does not saturate as a
-probability does) and the output itself for a one-output head (regression).
-
-Cost: one pass of encoder and head per brain patch, plus one, each with one token fewer: a scan
-with N brain patches costs what N + 1 scans cost through ``ichor predict`` (N is at most the
-grid's 252 patches for 96 x 112 x 96 voxels with patch 16; about 220 in the tests' 6 mm grid
-with patch 4, where 8 scans take about 4 s on 2 CPU cores with a 2-block micro encoder).
+MAE pre-training drops 75 % of the tokens, so a scan with one token left out is an input the encoder knows,
+and no fill value (which could itself look like "no flow") has to be invented (docs/tutorials/explain.md).
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """``ichor explain`` as a library call: attribution maps of a trained task for every scan of some manifests.
 
-Outputs, under one folder (every file written atomically; existing files are refused before any
-work unless ``overwrite``, and no output may be an input)::
-
-    <out>/<study>/sub-<subject>[_ses-<session>]_attribution.nii.gz   on the input file's grid
-    <out>/<study>/sub-<subject>[_ses-<session>]_attribution.png      slices on the harmonised grid
-    <out>/group/<group>_attribution.nii.gz (and .png)                mean per group, harmonisation lattice
-    <out>/explanations.csv                                           one row per scan: score, group, files
+What it writes (atomically; existing files refused unless ``overwrite``, no output may be an input):
+docs/tutorials/explain.md.
 """
 
 from __future__ import annotations
@@ -85,7 +80,7 @@ def explain(
     overwrite: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Write per-scan and per-group attribution maps (module docstring); returns the summary table.
+    """Write per-scan and per-group attribution maps (docs/tutorials/explain.md); returns the summary table.
 
     ``class_name`` is the class explained in every scan (default: each scan's predicted class);
     ``group_by`` the manifest column whose values form the groups (default: the task's label

@@ -1,16 +1,7 @@
 """Encoders people can share: packed export folders, fetched once from a pinned URL into a cache.
 
-A packed encoder is a ``.tar.gz`` of an export folder's two files (``encoder.json``,
-``encoder.safetensors``) written reproducibly (fixed owner and times), so the same export always
-packs to the same sha256. A source is an export folder, or a ``https://`` or ``file://`` URL of a
-packed encoder pinned by its checksum, ``URL#sha256=<hex>``: the archive is downloaded once into
-the cache, verified before anything is unpacked, and unpacked under its checksum. A checksum
-that differs is refused, and nothing of that download is left behind. The unpacked files' own
-checksums are recorded beside them and checked at every load: a cached copy changed later is
-fetched again, never trusted.
-
-The cache is ``$ICHOR_CACHE_DIR/encoders``, by default the user cache folder
-(``$XDG_CACHE_HOME/ichor`` or ``~/.cache/ichor``; ``%LOCALAPPDATA%\\ichor`` on Windows).
+A packed encoder is a reproducible ``.tar.gz`` pinned by its sha256 (``URL#sha256=<hex>``), verified before
+it is unpacked and at every load (docs/tutorials/share-encoder.md).
 """
 
 from __future__ import annotations

@@ -1,23 +1,8 @@
 """Existing brain encoders as ICHOR encoders: MONAI ``ViT`` and ``MaskedAutoEncoderViT`` state dicts.
 
-The key map is here and only here (:data:`BLOCK_KEYS`, :func:`map_monai_state`). Every key of
-the source is either mapped, or dropped because it belongs to a part ICHOR's encoder does not
-keep (listed in :data:`DROPPED`, recorded in ``encoder.json``); anything else is refused by name,
-and the result loads with ``strict=True``. What is handled, and how:
-
-- patch embedding: MONAI's ``Conv3d(kernel=stride=p)`` is ICHOR's ``Linear`` on patchified
-  voxels (same voxel order: the kernel reshaped); non-cubic patches are refused;
-- position embeddings: MONAI's table (learned; fixed sin-cos, or zeros for ``"none"``, stored
-  as a parameter all the same) is carried as a learned table (``pos_embed="learned"``),
-  interpolated when the grid differs;
-- ``cls_token`` (MAE; ViT with ``classification=True``): kept, prepended as in MONAI;
-- ``qkv_bias=False`` (MONAI's default): a zero bias, the same map;
-- LayerNorm epsilon: MONAI's PyTorch default, 1e-5 (``norm_eps``);
-- MLP width: ``mlp_dim / hidden_size`` as ``mlp_ratio``.
-
-Not visible in weights, and assumed as MONAI's defaults (recorded under ``source.assumed``):
-exact GELU, no dropout at inference. The number of heads is not in the weights either: it is
-an argument.
+The key map is here and only here (:data:`BLOCK_KEYS`, :func:`map_monai_state`): every source key is mapped,
+or dropped by name (:data:`DROPPED`), or refused, and the result loads with ``strict=True``. How each part
+maps: docs/tutorials/share-encoder.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """LoRA (low-rank adaptation) of a frozen :class:`~ichor.models.vit.ViTEncoder3D`'s attention.
 
-A targeted projection ``W`` (out x in) gains a trainable update ``(alpha / rank) * B @ A``, with
-``A`` (rank x in) random and ``B`` (out x rank) zero, so that training starts from the frozen
-encoder exactly (Hu et al. 2021, as huggingface PEFT implements it). The ICHOR paper adapts the
-query, key, value and output projections of every block at rank 8, alpha 16.
-
-ICHOR's attention holds query, key and value in one fused ``qkv`` Linear (as timm and MAE do).
-One rank-8 adapter on that Linear (what PEFT does with ``target_modules=["qkv"]``) would share
-one rank among the three projections and train 442,368 parameters on ViT-B; the paper's 589,824
-are four separate 768 x 768 projections. So each targeted slice of the fused output (query,
-key, value) gets its own adapter, and ``proj`` (the output projection) one more: on ViT-B at
-rank 8, 12 blocks x 4 x 8 x (768 + 768) = 589,824.
-
-:class:`LoRALinear` is an ``nn.Linear`` whose ``weight`` and ``bias`` keep their names, so an
-adapted encoder's state dict holds the frozen weights under their usual keys plus the adapters
-(``...qkv.lora_A.query``); :func:`merge_lora` folds the updates into the weights and leaves a
-plain encoder again. The adapters alone are saved as ``lora.safetensors`` with ``lora.json``
-(settings, and the fingerprint of the base encoder they belong to).
+A targeted projection ``W`` gains a trainable ``(alpha / rank) * B @ A`` with ``B`` zero, so training starts
+from the frozen encoder exactly (Hu et al. 2021). Each slice of the fused ``qkv`` (query, key, value) and
+``proj`` gets its own adapter, which gives the paper's 589,824 on ViT-B at rank 8 where one adapter on ``qkv``
+(PEFT's way) gives 442,368; why not PEFT: docs/tutorials/probes-finetuning.md.
 """
 
 from __future__ import annotations

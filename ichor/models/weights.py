@@ -1,22 +1,8 @@
 """Encoder weights with their metadata: export from a pre-training checkpoint, load for downstream use.
 
-An export is a folder with ``encoder.safetensors`` (encoder weights only) and ``encoder.json``,
-the adaptation record: everything needed to rebuild and use the encoder elsewhere, as nnssl's
-``adaptation_plan.json`` and TorchGeo's weight metadata do:
-
-- ``architecture`` (patch size, widths, position-embedding kind, cls token) and ``img_size``;
-- ``harmonisation``: grid (``shape``), ``spacing``, ``orientation``, intensity ``normalization``;
-- ``pooling``: how tokens become one vector per scan;
-- ``data_summary`` (studies, scans) and ``pretraining`` (method, epochs, optimiser);
-- ``software`` versions, ``licence``, ``citation``; and ``source`` for imported encoders.
-
-Loading checks the record against this installation and the weights against the record, and
-says everything that differs at once (:func:`check_compatibility`). The decoder is stripped in
-exactly one place, :func:`encoder_state_from_checkpoint`.
-
-The checkpoint of a downstream task trained with LoRA exports too: its adapters are merged
-into the base weights (:mod:`ichor.models.lora`), so the folder holds a plain encoder whose
-record says so under ``adaptation``, and the adapters alone are written beside it.
+An export is ``encoder.safetensors`` plus ``encoder.json``, the adaptation record that loading checks (all
+differences at once); the decoder is stripped in one place, :func:`encoder_state_from_checkpoint`. What the
+record holds: docs/tutorials/share-encoder.md.
 """
 
 from __future__ import annotations
@@ -113,7 +99,7 @@ def encoder_metadata(
     citation: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The adaptation record of an encoder of ``config`` at ``img_size`` (see the module docstring).
+    """The adaptation record of an encoder of ``config`` at ``img_size`` (docs/tutorials/share-encoder.md).
 
     ``extra`` adds keys such as ``source``.
     """

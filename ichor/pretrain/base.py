@@ -1,25 +1,7 @@
 """``Pretrainer``: what every self-supervised pre-training method of ICHOR shares.
 
-MAE, SimCLR and Models Genesis differ only in their pretext task; everything else is one
-implementation, so that a comparison between methods compares pretext tasks and nothing else:
-- the same encoder (``backbone``: :class:`ichor.models.Backbone`, a named preset at a patch
-  size), built with weights that depend on ``seed`` only;
-- input shape and harmonisation settings taken from the datamodule at setup, and recorded in
-  the checkpoint (``DATA_RECORD_KEY``) so that exports need no datamodule;
-- an encoder record (``ENCODER_RECORD_KEY``): where the encoder sits in the state dict and how
-  to rebuild it, so that :mod:`ichor.models.weights` exports any method's encoder the same way;
-- randomness (masks, views, corruptions) as a pure function of (seed, stream, epoch, batch,
-  rank), so that a resumed run draws what an uninterrupted one would have;
-- the optimiser recipe (``optim``: :class:`ichor.training.optim.AdamW`, batch-scaled lr,
-  warm-up + cosine), the checkpoint monitor (``val/loss``, lower is better) and the same scalars:
-  ``train/loss``, ``val/loss``, ``train/scans_per_s``, ``train/data_wait_fraction``,
-  ``train/grad_norm`` (lr by the ``LearningRateMonitor`` that ``ichor fit`` adds), and for a
-  method that counts its FLOPs (``step_flops_per_scan``) ``train/tflops`` and ``train/mfu``
-  (:mod:`ichor.training.throughput`).
-
-A method subclasses :class:`Pretrainer`, lists the shared arguments (``backbone``, ``optim``,
-``seed``) in its own ``__init__`` (so that they are config keys), calls ``super().__init__()``
-and implements ``build_networks``, ``encoder_network`` and ``step``.
+One encoder, data record, seeding, optimiser recipe and set of scalars for all methods, so that a
+comparison between methods compares pretext tasks and nothing else (docs/reference/pretraining.md).
 """
 
 from __future__ import annotations
@@ -49,7 +31,7 @@ def brain_mask_of(batch: dict[str, Any]) -> torch.Tensor:
 
 
 class Pretrainer(LightningModule):
-    """Base class of the pre-training methods (see the module docstring).
+    """Base class of the pre-training methods (docs/reference/pretraining.md).
 
     Shared arguments, which every subclass lists in its own signature:
         backbone: the encoder (:class:`ichor.models.Backbone`: preset, patch size, input shape, ...).

@@ -1,17 +1,7 @@
 """Models Genesis corruptions (Zhou et al., MedIA 2021) of CBF maps, as batched torch ops.
 
-A restoration network learns anatomy by undoing four corruptions, each drawn per scan:
-- local pixel shuffling: voxels permuted inside small cells (texture, not shape, is lost);
-- non-linear intensity transformation: a random monotone Bezier curve on the scan's brain
-  intensity range (optionally reversed), so that absolute values must be inferred from context;
-- in-painting: a few cubes replaced by noise (to be filled from their surroundings);
-- out-painting: everything but a few cubes replaced by noise (to be extrapolated).
-In-painting and out-painting exclude each other, as in the original recipe.
-
-Adapted to CBF maps: every corruption acts inside the brain only, so the background stays
-exactly zero and the brain outline (which the encoder also gets as its mask) is unchanged;
-noise is uniform over the scan's own brain intensity range rather than [0, 1]; shuffling
-cells are whole-brain cells of a fixed grid, so no voxel moves across the brain edge.
+Shuffling, intensity curves, in- and out-painting, each inside the brain only so that the background
+and the brain outline stay as they are (docs/reference/pretraining.md).
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
 """Random views of a batch of CBF maps for contrastive learning, as batched torch ops.
 
-The datamodule's augmentation draws one view per scan in the CPU workers; SimCLR needs two
-strong views of every scan per step, so they are drawn here, on the accelerator, for the
-whole batch at once, with per-scan parameters from an explicit generator (reproducible and
-resumable). The transformations are the variation a CBF encoder should ignore:
-- position and field of view: rotation, random resized crop (zoom in, shift), left-right flip;
-- global CBF level (up to 2x between healthy people of the same age and sex): scaling;
-- effective resolution, which differs per vendor and readout (GE 3D spiral blurs about 2.3x
-  more through-plane than in-plane): Gaussian blur with a separate width per axis;
-- SNR: Gaussian noise relative to the scan's brain standard deviation.
-Spatial operations move the brain mask with the image; everything else touches brain voxels
-only, so the background stays exactly zero like a real CBF map.
+SimCLR needs two strong views per scan per step, so they are drawn here on the accelerator for the whole
+batch, from an explicit generator; which transformations and why: docs/reference/pretraining.md.
 """
 
 from __future__ import annotations

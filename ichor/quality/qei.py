@@ -1,19 +1,8 @@
 """The automated CBF quality evaluation index (QEI) of Dolui et al. (JMRI 2024, 60(6):2497-2508).
 
-Computed as ASLPrep computes it (``aslprep.utils.confounds.compute_qei``), so that a value
-from ``ichor qei`` can be compared with the ``qei_cbf`` column of ASLPrep's QC tables:
-
-1. smooth the CBF map with a 5 mm FWHM Gaussian in world units;
-2. tissue masks = tissue probability > ``thresh``;
-3. rho_ss: correlation of the smoothed map with a pseudo-CBF map built from the tissue
-   probabilities (structure that CBF should follow);
-4. DI: pooled within-tissue variance relative to mean GM CBF (noise and artefacts);
-5. negGM: fraction of GM voxels with negative CBF (failed labelling, vascular artefacts);
-6. QEI: the geometric mean of one factor per term, in [0, 1], higher is better.
-
-Each term has its own function so that it can be checked against a closed-form answer.
-Unlike ASLPrep, problems that would silently give NaN there (an empty tissue mask, grids
-that do not match) raise ``QEIError`` with what is wrong.
+Computed as ASLPrep computes it, so a value compares with the ``qei_cbf`` column of its QC tables (steps and
+formula: docs/domain.md); each term has its own function, checked against a closed-form answer, and what
+would silently give NaN there (an empty tissue mask, grids that differ) raises ``QEIError`` here.
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
 """Artefacts of real CBF maps, each with a severity in [0, 1] recorded per scan (0 = absent).
 
-- arterial transit (att): label still in arteries at the PLD -> bright curvilinear
-  intravascular signal, low tissue CBF in distal / watershed territories; likelier at
-  short PLD, in older subjects and in small-vessel disease;
-- labelling failure (labelfail): globally low CBF, uneven between arterial territories;
-  the label/control pairs are unstable too, so the noise grows with severity while the
-  signal shrinks (SNR falls steeply), and from moderate severity on the worst-labelled
-  territories go negative (a label/control subtraction error, e.g. magnetisation-transfer
-  imbalance, larger than what little perfusion signal is left);
-- motion (motion): label/control mismatch at the brain boundary -> bright/dark rims and
-  ringing, plus extra noise;
-- susceptibility dropout (dropout): signal loss in orbitofrontal and inferior temporal
-  cortex, strongest for 2D EPI.
-Most scans are clean or mildly affected; severities come from Beta(1.3, 3), so a
-minority are severe.
+Arterial transit, labelling failure, motion and susceptibility dropout, as they look in a CBF map
+(docs/reference/synthetic-data.md).
 """
 
 from __future__ import annotations
@@ -27,7 +15,6 @@ from ichor.synth.anatomy import base_anatomy, edge_distance_mm, region_map
 from ichor.synth.physiology import Subject
 from ichor.synth.protocols import DROPOUT_SENSITIVITY, Protocol
 
-ARTEFACTS = ("att", "labelfail", "motion", "dropout")
 # Probability that a scan shows each artefact before protocol/subject modifiers. (unverified)
 BASE_RATE = {"att": 0.2, "labelfail": 0.06, "motion": 0.18, "dropout": 0.3}
 VASCULAR_PEAK = 400.0  # mL/100g/min of (unblurred) intravascular signal at full severity

@@ -1,12 +1,7 @@
 """Write a synthetic dataset: per-scan NIfTI maps and sidecars, per-study manifests, dataset description.
 
-Layout (shared with the rest of ICHOR):
-    OUT/dataset_description.json
-    OUT/<study>/manifest.csv
-    OUT/<study>/sub-<label>/sub-<label>_cbf.nii.gz, sub-<label>_cbf.json,
-                            sub-<label>_label-{GM,WM,CSF}_probseg.nii.gz
-Volumes are rendered by worker processes; each scan depends only on its plan, so the
-bytes written do not depend on ``workers``.
+Each scan depends only on its plan, so the bytes written do not depend on ``workers``; the layout is in
+docs/reference/synthetic-data.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,7 @@
 """Simulated expert quality ratings: the target of the CBF-quality task, drawn the way raters score maps.
 
-Raters grade each CBF map on four levels, unacceptable / poor / average / excellent; ICHOR
-stores them scaled to 0-1 (0, 1/3, 2/3, 1), so that a regression head and QEI are on
-the same footing. The simulated rater sees what the generator put in the map:
-
-    latent quality  q = 1 - sum_k w_k * severity_k - w_snr * low_snr + rater_noise * e
-    low_snr         = clip(1 - snr / SNR_GOOD, 0, 1)   (snr: the protocol's, times --snr-scale)
-    e ~ N(0, 1), one draw per scan from the scan's own seed
-    rating          = unacceptable if q < 0.35, poor if q < 0.6, average if q < 0.82, else excellent
-
-Weights say how much each artefact spoils a map for a rater: a failed label makes it
-useless, motion rims and ringing are next, transit artefacts leave tissue CBF readable
-outside the watershed, and susceptibility dropout is regional and expected in EPI.
-(unverified: chosen so that the demo data has every level, most scans rated average or
-excellent.) Rater noise stands for the disagreement between raters (inter-rater r about
-0.8; docs/domain.md), so no model, and not QEI, can predict the rating exactly.
+A latent quality falls with each artefact's severity and low SNR, plus rater noise, and is cut into four
+levels scaled to 0-1; the model and why its weights: docs/reference/synthetic-data.md.
 """
 
 from __future__ import annotations
@@ -37,7 +24,7 @@ def severity_burden(artefacts: Artefacts) -> float:
 
 
 def latent_quality(artefacts: Artefacts, snr: float, rater_error: float) -> float:
-    """q of the module docstring; ``rater_error`` is rater_noise * e."""
+    """The latent quality q (docs/reference/synthetic-data.md); ``rater_error`` is rater_noise * e."""
     low_snr = float(np.clip(1 - snr / SNR_GOOD, 0, 1))
     return 1 - severity_burden(artefacts) - SNR_WEIGHT * low_snr + rater_error
 

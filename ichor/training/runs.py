@@ -1,46 +1,7 @@
 """``IchorCLI``: the Lightning configuration of every ICHOR run, shared by ``ichor fit`` and the library.
 
-``ichor fit/validate/test/predict``, cross-validation, the benchmark and ``ichor preprocess`` all
-parse their configs through this class, so a config means the same thing everywhere. Library code
-composes a run as a :class:`Run`: config files applied in order (as ``--config a --config b``),
-then overrides as nested mappings (``{"trainer": {"max_epochs": 5}}``), merged by jsonargparse
-exactly as ``ichor fit`` merges its command line. Beyond
-``LightningCLI`` it owns the defaults a config would otherwise repeat:
-
-- a TensorBoard logger under ``runs/<name>`` (or ``<trainer.default_root_dir>/<name>``), ``<name>``
-  being the config file's stem;
-- a ``LearningRateMonitor`` (key ``lr_monitor``), logging every step;
-- a ``ModelCheckpoint`` (key ``checkpoint``) keeping ``best.ckpt`` and ``last.ckpt``, monitoring what
-  the model class says it should (``checkpoint_monitor``: ``val/loss`` for pre-training, the head's
-  metric for a task);
-- ``early_stopping_patience: N`` (off by default): stop when that monitored metric has not
-  improved for N validation epochs (Lightning's ``EarlyStopping`` on the checkpoint's monitor);
-- one seed: ``seed_everything`` (Lightning's key, default 0; ``true`` draws one) also sets the
-  ``seed`` of the model and of the datamodule (initial weights, masks, split, shuffle) unless
-  the config or the command line sets them itself, so that ``--seed_everything 1, 2, 3`` are
-  replicates that differ in everything random.
-
-Run folders: each ``ichor fit`` writes into a version folder of its own,
-``runs/<name>/version_<N>/`` (TensorBoard logs, ``config.yaml``, ``splits.csv`` and
-``checkpoints/{best,last}.ckpt``), so no run replaces an earlier run's weights. ``N`` is one more
-than the highest version there, and the folder is claimed with an atomic ``mkdir`` before anything
-is built: two runs started at once get two folders (under DDP only global rank 0 claims; the
-checkpoint folder reaches the other ranks by Lightning's broadcast). A resumed run is a new
-version too. ``--ckpt_path last`` (or ``best``) means the ``last.ckpt`` (``best.ckpt``) of the
-highest-numbered version of that run name that has one; a fit with ``--ckpt_path last`` and no
-earlier checkpoint starts from scratch, with a warning. Runs built in Python name their own
-folders (:func:`build_run`: ``<folder>/checkpoints``, as ``ichor cv`` and ``ichor benchmark`` do);
-an ``IchorCLI(run=False)`` trained by hand claims nothing, and Lightning checkpoints into its
-logger's next version folder.
-
-Each default can still be overridden in a config or on the command line
-(e.g. ``--checkpoint.monitor val/f1 --checkpoint.mode max``, ``--trainer.logger.init_args.name my_run``;
-an explicit ``--checkpoint.dirpath`` or logger ``version`` is used as given, and Lightning warns when
-it holds checkpoints already); a model class without ``checkpoint_monitor`` gets no monitor
-(``best.ckpt`` is then the latest epoch). ``trainer.logger: false`` drops the LR monitor,
-``trainer.enable_checkpointing: false`` the checkpoint. ``ichor predict`` and ``ichor test`` need
-``--ckpt_path``. An accelerator that this machine lacks (``accelerator: gpu`` without a GPU) is
-refused in one line before anything is built.
+Every command that trains or parses a config goes through this class (library code as a :class:`Run`), so a
+config means the same thing everywhere. What it adds to ``LightningCLI`` is listed in docs/getting-started.md.
 """
 
 from __future__ import annotations
@@ -118,7 +79,7 @@ class Run:
 
 
 class IchorCLI(LightningCLI):
-    """LightningCLI with ICHOR's defaults (see the module docstring); any LightningModule / LightningDataModule by class path.
+    """LightningCLI with ICHOR's defaults (docs/getting-started.md); any LightningModule / LightningDataModule by class path.
 
     The pre-training methods of the ``ichor.pretrainers`` entry-point group (ICHOR's own and
     any installed package's) are imported first, so a config may name them by class name
