@@ -130,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         if len(done) and ((done["recipe"] == name) & (done["epochs"] == args.epochs)).any():
             continue
         row = train_recipe(name, out, args.epochs, args.draws, args.probe_manifests)
-        print(f"{name}: AUROC {row['auroc_initial']:.3f} -> {row['auroc_final']:.3f}, RankMe "
-              f"{row['rankme_initial']:.1f} -> {row['rankme_final']:.1f}, {row['minutes']} min", flush=True)
+        print(
+            f"{name}: AUROC {row['auroc_initial']:.3f} -> {row['auroc_final']:.3f}, RankMe "
+            f"{row['rankme_initial']:.1f} -> {row['rankme_final']:.1f}, {row['minutes']} min",
+            flush=True,
+        )
         done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
         write_csv(done, results)
     table = with_verdicts(done[done["recipe"].isin(names) & (done["epochs"] == args.epochs)].reset_index(drop=True))

@@ -79,8 +79,22 @@ def test_results_hook_refuses_a_folder_without_its_command(tmp_path):
     (folder / "command.txt").write_text("ichor benchmark ...\n")
     for table in folder.glob("*.csv"):
         table.unlink()
-    with pytest.raises(ValueError, match="none of the benchmark's CSV files"):
+    with pytest.raises(ValueError, match="no CSV file there"):
         results.render(folder, tmp_path)
+
+
+def test_results_hook_shows_a_benchmark_scripts_own_table(tmp_path):
+    """benchmarks/recipe_grid.py writes results.csv: the page shows it as written, beside its command."""
+    results = hook("results")
+    folder = tmp_path / "grid"
+    folder.mkdir()
+    (folder / "command.txt").write_text("python benchmarks/recipe_grid.py --out runs/recipe_grid\n")
+    pd.DataFrame({"recipe": ["shipped", "paper"], "auroc_final": [0.5123, 0.6]}).to_csv(
+        folder / "results.csv", index=False
+    )
+    page = results.render(folder, tmp_path)
+    assert "python benchmarks/recipe_grid.py" in page
+    assert "| recipe | auroc_final |" in page and "| shipped | 0.512 |" in page and "| paper | 0.600 |" in page
 
 
 def test_reference_hook_lists_every_command_and_every_shipped_config():

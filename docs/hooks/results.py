@@ -41,7 +41,18 @@ def _tables(folder: Path) -> list[str]:
         path = folder / name
         if path.is_file() and path.stat().st_size > 1:  # an empty table is written as a bare newline
             sections.append(render(pd.read_csv(path)))
+    known = {name for name, _ in renderers}
+    for path in sorted(folder.glob("*.csv")):  # a benchmarks/ script's own table, shown as it wrote it
+        if path.name not in known:
+            sections.append(_plain_table(pd.read_csv(path)))
     return sections
+
+
+def _plain_table(table: pd.DataFrame) -> str:
+    """A CSV as a Markdown table, numbers to three decimals."""
+    cells = table.map(lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + " --- |" * len(table.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)])
 
 
 def _demoted(markdown: str) -> str:
@@ -57,7 +68,7 @@ def render(folder: Path, page_dir: Path) -> str:
         raise ValueError(f"results {folder}: no {COMMAND_FILE} (the command that wrote these files, and its date)")
     sections = _tables(folder)
     if not sections:
-        raise ValueError(f"results {folder}: none of the benchmark's CSV files is there")
+        raise ValueError(f"results {folder}: no CSV file there")
     parts = [f"```bash\n{command.read_text().strip()}\n```", *(_demoted(s) for s in sections)]
     for figure in sorted((folder / "figures").glob("*.png")):
         parts.append(f"![{figure.stem}]({Path(os.path.relpath(figure, page_dir)).as_posix()})")
