@@ -227,9 +227,8 @@ class MaskedAutoencoderViT3D(nn.Module):
         rows = masking.ids_restore  # grid position -> its decoder row
         if masking.token_padding is None and masking.length == self.num_patches:  # every patch decoded
             return gather_tokens(pred, rows)
-        # The others read a zero row appended after the last one.
-        rows = torch.where(rows < masking.num_tokens[:, None], rows, masking.length)
-        return gather_tokens(F.pad(pred, (0, 0, 0, 1)), rows)
+        decoded = rows < masking.num_tokens[:, None]
+        return gather_tokens(pred, rows.clamp(max=masking.length - 1)).mul_(decoded.unsqueeze(-1))
 
     def forward_loss(
         self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None
