@@ -45,8 +45,8 @@ class TransformerDecoder(nn.Module):
 
     def positions(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Position embeddings for the rows of ``x`` (B, K, D) sitting at grid positions ``ids`` (B, K); all if None."""
-        table = self.pos_embed.to(x.dtype).expand(x.shape[0], -1, -1)
-        return table if ids is None else gather_tokens(table, ids)
+        table = self.pos_embed.to(x.dtype)
+        return table.expand(x.shape[0], -1, -1) if ids is None else gather_tokens(table, ids)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder-width tokens with positions (B, K, D) -> voxel predictions (B, K, in_chans * p^3)."""

@@ -31,7 +31,8 @@ from ichor.models.vit import ViTEncoder3D, check_has_brain, gather_tokens, init_
 class Masking(NamedTuple):
     """One draw of ``random_masking``.
 
-    ``ids_shuffle`` orders each scan's patches as: visible, masked brain, then non-brain.
+    ``ids_shuffle`` orders each scan's patches as: visible, masked brain (the targets), then
+    the rest (masked non-brain patches when every patch is eligible, then non-eligible ones).
     ``mask`` is 1 for masked brain patches (hidden and reconstructed; the loss weight), 0 for
     visible and non-brain patches. Paddings are None when every scan has the same count.
     """
@@ -44,6 +45,7 @@ class Masking(NamedTuple):
     keep: int  # encoder sequence length = max(len_keep)
     first_masked: int  # min(len_keep): decoder rows before it are visible in every scan
     length: int  # decoder sequence length = max(num_tokens)
+    targets_end: int  # decoder rows from it on are targets in no scan (max over scans of keep + targets)
     keep_padding: torch.Tensor | None  # (B, keep) bool, True = real token
     token_padding: torch.Tensor | None  # (B, length) bool
 
@@ -113,6 +115,7 @@ class MaskedAutoencoderViT3D(nn.Module):
         mask_ratio: float,
         noise: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Masking]:
         """Per-scan random masking by sorting noise: the lowest-noise patches stay visible.
 
@@ -122,6 +125,9 @@ class MaskedAutoencoderViT3D(nn.Module):
             noise: (B, L) values in [0, 1); drawn with ``torch.rand`` if None. Injecting it
                 makes masks reproducible (e.g. a pure function of seed, epoch and batch).
             token_mask: (B, L) bool, patches eligible at all (brain); None = all.
+            targets: (B, L) bool, patches that are reconstruction targets when masked (brain);
+                None = every eligible one. Masked non-targets weigh 0 in ``mask`` and follow
+                the targets in ``ids_shuffle``, so that the targets are a short run of rows.
 
         Returns:
             ``x_masked`` (B, keep, D): the visible rows, padded to the longest, and the
@@ -143,12 +149,21 @@ class MaskedAutoencoderViT3D(nn.Module):
         len_keep = (num_tokens.double() * (1.0 - mask_ratio)).floor().long().clamp(min=1)
 
         ids_shuffle = torch.argsort(noise, dim=1)
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
         rank = torch.arange(length, device=x.device)[None, :]
-        shuffled_mask = (rank >= len_keep[:, None]) & (rank < num_tokens[:, None])
+        masked = (rank >= len_keep[:, None]) & (rank < num_tokens[:, None])
+        if targets is None:
+            targets_end = num_tokens
+        else:
+            hit = masked & targets.gather(1, ids_shuffle)
+            # Visible and target rows first, then the rest; stable: each group keeps its order.
+            rest = (rank >= len_keep[:, None]) & ~hit
+            ids_shuffle = ids_shuffle.gather(1, torch.argsort(rest.to(torch.uint8), dim=1, stable=True))
+            targets_end = len_keep + hit.sum(dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        shuffled_mask = (rank >= len_keep[:, None]) & (rank < targets_end[:, None])
         mask = torch.gather(shuffled_mask.float(), 1, ids_restore)
 
-        keeps, sizes = torch.stack([len_keep, num_tokens]).tolist()  # one host sync
+        keeps, sizes, ends = torch.stack([len_keep, num_tokens, targets_end]).tolist()  # one host sync
         check_has_brain(sizes)
         keep, longest = max(keeps), max(sizes)
         masking = Masking(
@@ -160,6 +175,7 @@ class MaskedAutoencoderViT3D(nn.Module):
             keep=keep,
             first_masked=min(keeps),
             length=longest,
+            targets_end=max(ends),
             keep_padding=None if min(keeps) == keep else padding_mask(len_keep, keep),
             token_padding=None if min(sizes) == longest else padding_mask(num_tokens, longest),
         )
@@ -181,9 +197,10 @@ class MaskedAutoencoderViT3D(nn.Module):
         """
         brain = self.brain_patches(imgs, brain_mask)
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        visible, masking = self.random_masking(self.patchify(imgs), ratio, noise, brain if self.brain_aware else None)
-        if not self.brain_aware:
-            masking = masking._replace(mask=masking.mask * brain.float())
+        if self.brain_aware:
+            visible, masking = self.random_masking(self.patchify(imgs), ratio, noise, token_mask=brain)
+        else:
+            visible, masking = self.random_masking(self.patchify(imgs), ratio, noise, targets=brain)
         x = self.encoder.embed(visible, masking.ids_shuffle[:, : masking.keep])
         return self.encoder.forward_blocks(x, masking.keep_padding), masking
 
@@ -203,11 +220,15 @@ class MaskedAutoencoderViT3D(nn.Module):
         return self.decoder(x, masking.token_padding)
 
     def to_grid(self, pred: torch.Tensor, masking: Masking) -> torch.Tensor:
-        """Decoder rows (B, length, C*p^3) -> (B, L, C*p^3) in grid order; rows of patches outside the brain are zero."""
-        if masking.token_padding is not None:
-            pred = torch.where(masking.token_padding.unsqueeze(-1), pred, 0.0)
-        ids = masking.ids_shuffle[:, : masking.length, None].expand_as(pred)
-        return pred.new_zeros(pred.shape[0], self.num_patches, pred.shape[-1]).scatter_(1, ids, pred)
+        """Decoder rows (B, length, C*p^3) -> (B, L, C*p^3) in grid order; rows of patches not decoded (non-brain) are zero.
+
+        A gather of whole rows (each grid position reads its decoder row), not a scatter.
+        """
+        rows = masking.ids_restore  # grid position -> its decoder row
+        if masking.token_padding is None and masking.length == self.num_patches:  # every patch decoded
+            return gather_tokens(pred, rows)
+        decoded = rows < masking.num_tokens[:, None]
+        return gather_tokens(pred, rows.clamp(max=masking.length - 1)).mul_(decoded.unsqueeze(-1))
 
     def forward_loss(
         self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None
@@ -223,9 +244,9 @@ class MaskedAutoencoderViT3D(nn.Module):
         target = (self.patchify(imgs) if ids is None else patchify(imgs, self.patch_size, ids)).float()
         if self.norm_pix_loss:  # two passes: as exact as var_mean, and several times faster on a CPU
             target = target - target.mean(dim=-1, keepdim=True)
-            var = target.pow(2).sum(dim=-1, keepdim=True) / (target.shape[-1] - 1)
+            var = torch.linalg.vector_norm(target, dim=-1, keepdim=True).square() / (target.shape[-1] - 1)
             target = target / (var + 1e-6).sqrt()
-        per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+        per_patch = F.mse_loss(pred.float(), target, reduction="none").mean(dim=-1)
         weight = mask.float()
         return (per_patch * weight).sum() / weight.sum().clamp(min=1.0)
 
@@ -238,15 +259,16 @@ class MaskedAutoencoderViT3D(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, pred, mask)``: fp32 scalar, (B, L, C*p^3), (B, L) with 1 = masked brain patch.
 
-        The loss reads the decoder rows that are masked in some scan (from ``first_masked``
-        on; fixed shapes, no host sync): targets are cut from the image for those patches
-        only, and visible, padding and non-brain rows weigh 0. It equals
-        ``forward_loss(imgs, pred, mask)`` on the returned full-grid ``pred``.
+        The loss reads the decoder rows that hold a target in some scan (``first_masked`` to
+        ``targets_end``; bounds from the masking's one host sync): targets are cut from the
+        image for those patches only, and visible, padding and non-brain rows among them weigh
+        0. It equals ``forward_loss(imgs, pred, mask)`` on the returned full-grid ``pred``.
         """
         latent, masking = self.forward_encoder(imgs, brain_mask, mask_ratio, noise)
         pred = self.forward_decoder(latent, masking)
-        ids = masking.ids_shuffle[:, masking.first_masked : masking.length]
-        loss = self.forward_loss(imgs, pred[:, masking.first_masked :], masking.mask.gather(1, ids), ids)
+        rows = slice(masking.first_masked, masking.targets_end)
+        ids = masking.ids_shuffle[:, rows]
+        loss = self.forward_loss(imgs, pred[:, rows], masking.mask.gather(1, ids), ids)
         return loss, self.to_grid(pred, masking), masking.mask
 
 

@@ -41,8 +41,14 @@ def init_weights(module: nn.Module) -> None:
 
 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Rows ``ids`` (B, K) of each sample of ``x`` (B, L, C) -> (B, K, C)."""
-    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """Rows ``ids`` (B, K) of each sample of ``x`` (B, L, C), or of one table ``x`` (1, L, C) -> (B, K, C).
+
+    One ``index_select`` of whole rows: on a CPU several times faster than ``torch.gather``
+    with an index expanded over the channels.
+    """
+    b, k = ids.shape
+    rows = ids if x.shape[0] == 1 else ids + x.shape[1] * torch.arange(b, device=ids.device)[:, None]
+    return x.reshape(-1, x.shape[-1]).index_select(0, rows.reshape(-1)).view(b, k, x.shape[-1])
 
 
 def padding_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
@@ -200,7 +206,7 @@ class ViTEncoder3D(nn.Module):
         pos = self.pos_embed.to(x.dtype)
         if ids is None:
             return x + pos
-        return x + gather_tokens(pos.expand(x.shape[0], -1, -1), ids)
+        return x + gather_tokens(pos, ids)
 
     def forward_blocks(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Transformer blocks and the final LayerNorm (with the ``cls`` token in front, if any, dropped after)."""

@@ -102,6 +102,30 @@ def test_non_brain_and_visible_patches_do_not_count_in_the_loss():
         assert pred[non_brain].abs().sum() == 0
 
 
+def test_all_patches_masking_puts_the_targets_right_after_the_visible_patches():
+    """brain_aware=False: the masked brain patches are one run of rows, so the loss reads no others."""
+    model = make_mae(brain_aware=False)
+    imgs, brain = brain_batch()
+    targets = model.brain_patches(imgs, brain)
+    _, masking = model.random_masking(model.patchify(imgs), 0.75, targets=targets)
+    keep = 64 - int(64 * 0.75)
+    ends = []
+    for i in range(2):
+        order = masking.ids_shuffle[i]
+        assert sorted(order.tolist()) == list(range(64))
+        n_targets = int(masking.mask[i].sum())
+        assert targets[i, order[keep : keep + n_targets]].all()  # the masked brain patches...
+        assert not targets[i, order[keep + n_targets :]].any()  # ...then the masked non-brain ones
+        assert masking.mask[i, order[keep : keep + n_targets]].eq(1).all()
+        assert torch.equal(masking.ids_restore[i, order], torch.arange(64))
+        ends.append(keep + n_targets)
+    assert masking.targets_end == max(ends) < 64  # the loss stops there
+    # Visible patches are still the lowest-noise ones among all patches.
+    noise = torch.rand(2, 64)
+    _, again = model.random_masking(model.patchify(imgs), 0.75, noise=noise, targets=targets)
+    assert torch.equal(again.ids_shuffle[:, :keep].sort(1).values, noise.argsort(1)[:, :keep].sort(1).values)
+
+
 def test_brain_mask_falls_back_to_nonzero_voxels():
     model = make_mae()
     imgs, brain = brain_batch()
