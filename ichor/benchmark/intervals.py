@@ -25,12 +25,10 @@ def bootstrap_interval(values: pd.Series, seed: int = 0, resamples: int = RESAMP
     folds = rng.integers(0, grid.shape[0], (resamples, grid.shape[0]))
     draws = rng.integers(0, grid.shape[1], (resamples, grid.shape[1]))
     # Grid cells missing for a (study, draw) pair stay missing; a resample of only missing cells is skipped.
-    means = np.array(
-        [
-            np.nanmean(grid[np.ix_(f, d)]) if np.isfinite(grid[np.ix_(f, d)]).any() else np.nan
-            for f, d in zip(folds, draws)
-        ]
-    )
+    resampled = grid[folds[:, :, None], draws[:, None, :]]  # (resamples, studies, draws), all at once
+    counts = np.isfinite(resampled).sum(axis=(1, 2))
+    sums = np.where(np.isfinite(resampled), resampled, 0.0).sum(axis=(1, 2))
+    means = np.divide(sums, counts, out=np.full(resamples, np.nan), where=counts > 0)
     tail = (1 - LEVEL) / 2 * 100
     low, high = np.nanpercentile(means, [tail, 100 - tail])
     return float(low), float(high)

@@ -7,6 +7,13 @@ regularisation (C or alpha) is chosen by inner cross-validation over a fixed gri
 training scans only and grouped by subject. A fixed C is not a probe result: the best strength
 depends on the feature width, the number of labelled scans and the signal, so a fixed one
 favours whichever features happen to suit it.
+
+The inner cross-validation is GridSearchCV's (same folds, scores, tie rule and refit), computed
+without its per-fit overhead, which is most of a small probe's cost and the benchmark fits tens of
+thousands: each inner fold is standardised once, ridge's whole alpha grid comes from one SVD,
+and binary logistic regression is solved exactly by Newton's method in the row space of the fold's
+scans (where an L2-penalised optimum lies: at most as many dimensions as scans). The refit on all
+training scans at the chosen strength is scikit-learn's own.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from scipy.stats import pearsonr, spearmanr
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (
     average_precision_score,
@@ -27,7 +35,7 @@ from sklearn.metrics import (
     r2_score,
     roc_auc_score,
 )
-from sklearn.model_selection import GridSearchCV, GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -89,16 +97,119 @@ def fit_probe(
         log.warning("linear probe: too few scans or subjects for inner cross-validation; strength fixed at 1")
         model.set_params(**{name: DEFAULT_REGULARISATION}).fit(x, y)
         return LinearProbe(model, DEFAULT_REGULARISATION, 0, classification)
-    search = GridSearchCV(
-        model,
-        {name: grid},
-        scoring="neg_log_loss" if classification else "neg_mean_squared_error",
-        cv=splitter,
-    )
-    search.fit(x, y, groups=None if groups is None else np.asarray(groups))
-    return LinearProbe(
-        search.best_estimator_, float(search.best_params_[name]), splitter.get_n_splits(), classification
-    )
+    best = first_best(inner_scores(x, y, groups, splitter, model, grid).mean(axis=0))
+    model.set_params(**{name: grid[best]}).fit(x, y)
+    return LinearProbe(model, float(grid[best]), splitter.get_n_splits(), classification)
+
+
+def inner_scores(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence | np.ndarray | None,
+    splitter: StratifiedGroupKFold | StratifiedKFold | GroupKFold | KFold,
+    model: Pipeline,
+    grid: Sequence[float],
+) -> np.ndarray:
+    """(folds, grid) inner scores of ``model`` (``_pipeline``'s) at every grid value: GridSearchCV's ``split<i>_test_score``."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y)
+    split = splitter.split(x, y, None if groups is None else np.asarray(groups))
+    return np.array([_fold_scores(x, y, train, test, model[-1], list(grid)) for train, test in split])
+
+
+def first_best(means: np.ndarray) -> int:
+    """GridSearchCV's choice among mean inner scores: the highest, the first on ties, NaN as the worst (0 if all are)."""
+    return int(np.argmax(np.where(np.isnan(means), -np.inf, means)))
+
+
+def _fold_scores(
+    x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, estimator: BaseEstimator, grid: list[float]
+) -> np.ndarray:
+    """One inner fold's score at every grid value: GridSearchCV's neg log loss or neg mean squared error."""
+    scaler = StandardScaler().fit(x[train])
+    x_train, x_test = scaler.transform(x[train]), scaler.transform(x[test])
+    if isinstance(estimator, Ridge):
+        predicted = ridge_path(x_train, y[train], x_test, grid)
+        return -np.mean((y[test][:, None] - predicted) ** 2, axis=0)
+    classes = np.unique(y[train])
+    if len(classes) == 2:
+        positive = logistic_path(x_train, y[train] == classes[1], x_test, grid)
+        probabilities = np.stack([1 - positive, positive], axis=-1)
+    else:  # several classes: scikit-learn's multinomial fit, value by value
+        probabilities = np.stack(
+            [clone(estimator).set_params(C=c).fit(x_train, y[train]).predict_proba(x_test) for c in grid], axis=1
+        )
+    return np.array([log_likelihood(y[test], probabilities[:, i], classes) for i in range(len(grid))])
+
+
+def log_likelihood(y: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) -> float:
+    """Minus the log loss (probabilities clipped as scikit-learn does); NaN unless ``y`` holds every class,
+    as the neg_log_loss scorer, which passes no labels, fails then."""
+    if not np.array_equal(np.unique(y), classes):
+        return float("nan")
+    eps = np.finfo(probabilities.dtype).eps
+    chosen = probabilities[np.arange(len(y)), np.searchsorted(classes, y)]
+    return float(np.mean(np.log(np.clip(chosen, eps, 1 - eps))))
+
+
+def ridge_path(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
+    """(N_test, alphas) predictions of ridge regression with an intercept, for every alpha from one SVD."""
+    offset, mean = x.mean(axis=0), y.mean()
+    u, s, vt = np.linalg.svd(x - offset, full_matrices=False)
+    shrink = s[:, None] / (s[:, None] ** 2 + np.asarray(alphas)[None, :])  # (rank, alphas)
+    coefs = vt.T @ (shrink * (u.T @ (y - mean))[:, None])  # (D, alphas)
+    return (x_test - offset) @ coefs + mean
+
+
+def logistic_path(x: np.ndarray, positive: np.ndarray, x_test: np.ndarray, cs: Sequence[float]) -> np.ndarray:
+    """(N_test, cs) P(positive) of class-balanced L2 logistic regression with an unpenalised intercept, per C.
+
+    scikit-learn's objective, sum_i w_i logloss_i + |coef|^2 / (2C) with balanced weights w, minimised
+    exactly: the optimal coef lies in the span of the training scans, so the problem is solved in
+    the coordinates of their SVD (rank <= N) by Newton's method, each C starting from the previous solution.
+    """
+    positive = positive.astype(float)
+    counts = np.array([np.sum(positive == 0), np.sum(positive == 1)])
+    weights = len(positive) / (2 * counts[positive.astype(int)])
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    keep = s > s[0] * max(x.shape) * np.finfo(float).eps
+    design = np.hstack([u[:, keep] * s[keep], np.ones((len(x), 1))])
+    theta = np.zeros(design.shape[1])
+    predicted = np.empty((len(x_test), len(cs)))
+    for i, c in enumerate(cs):
+        penalty = np.full(design.shape[1], 1 / c)
+        penalty[-1] = 0.0  # the intercept is not penalised
+        theta = _newton(design, positive, weights, penalty, theta)
+        predicted[:, i] = expit(x_test @ (vt[keep].T @ theta[:-1]) + theta[-1])
+    return predicted
+
+
+def _newton(
+    design: np.ndarray, y: np.ndarray, weights: np.ndarray, penalty: np.ndarray, theta: np.ndarray, max_iter: int = 100
+) -> np.ndarray:
+    """Minimise sum_i w_i logloss_i + sum_j penalty_j theta_j^2 / 2 by Newton steps with backtracking."""
+
+    def objective(t: np.ndarray) -> float:
+        z = design @ t
+        return float(weights @ (np.logaddexp(0, z) - y * z) + 0.5 * penalty @ t**2)
+
+    value = objective(theta)
+    for _ in range(max_iter):
+        p = expit(design @ theta)
+        gradient = design.T @ (weights * (p - y)) + penalty * theta
+        if np.max(np.abs(gradient)) <= 1e-10 * len(y):
+            break
+        hessian = (design.T * (weights * p * (1 - p))) @ design + np.diag(penalty)
+        try:
+            step = np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:  # saturated probabilities leave the intercept's curvature at 0
+            step = np.linalg.lstsq(hessian, gradient, rcond=None)[0]
+        decrease, size = gradient @ step, 1.0
+        while (new := objective(theta - size * step)) > value - 1e-4 * size * decrease and size > 1e-12:
+            size /= 2
+        if new >= value:  # no further decrease at machine precision
+            break
+        theta, value = theta - size * step, new
+    return theta
 
 
 def inner_splitter(
