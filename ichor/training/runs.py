@@ -6,6 +6,7 @@ config means the same thing everywhere. What it adds to ``LightningCLI`` is list
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import re
@@ -65,8 +66,8 @@ class Run:
         (without ``defaults``: only the values they give)."""
         files = [item for path in self.configs for item in ("--config", path)]
         config = parser.parse_args([*files, *self.command_line], defaults=defaults)
-        for overrides in self.overrides:
-            config = parser.parse_object(dict(overrides), namespace=config, defaults=defaults)
+        for overrides in self.overrides:  # a deep copy: jsonargparse turns nested mappings into Namespaces in place
+            config = parser.parse_object(copy.deepcopy(dict(overrides)), namespace=config, defaults=defaults)
         return config
 
     def record(self) -> dict[str, Any]:

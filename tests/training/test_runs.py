@@ -105,3 +105,22 @@ def test_seed_everything_is_the_seed_of_the_model_and_the_data(tmp_path, monkeyp
     assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     own = built("--seed_everything=3", "--data.init_args.seed=0")  # a seed set explicitly is kept
     assert own.datamodule.hparams.seed == 0 and own.model.hparams.seed == 3
+
+
+def test_parsing_a_run_leaves_its_overrides_plain_data(tmp_path):
+    """A benchmark parses a run (its data) before training it and records it as JSON: parsing must not
+    turn the overrides' nested mappings (a callback's init_args) into Namespaces."""
+    import json
+
+    from helpers import CONFIGS
+
+    from ichor.training.runs import Run, parse_run
+
+    callback = {"class_path": "ichor.evaluation.online_probe.OnlineProbe", "init_args": {"target": "diagnosis"}}
+    run = Run.of(
+        [CONFIGS / "common" / "demo.yaml", CONFIGS / "pretrain_demo.yaml"],
+        {"trainer": {"callbacks": [callback], "logger": False}},
+    )
+    before = json.dumps(run.record())
+    parse_run(run)
+    assert json.dumps(run.record()) == before
