@@ -18,10 +18,11 @@ method's mode and probe features are chosen, then on the benchmark's cohorts, wh
 choose anything. With a second compute rule (``compute``), every method is pre-trained again and
 its linear models run on both cohorts (the second table).
 
-Everything finished is kept under OUT: an encoder exported with the same pre-training run
-is reused (an interrupted pre-training resumes from its last checkpoint), and so is a fine-tuning
-run whose ``result.json`` records the same run (configs and overrides) and split, so an interrupted benchmark
-restarts where it stopped.
+Everything finished is kept under OUT: an encoder exported by the same pre-training run is reused
+(an interrupted pre-training resumes from its last checkpoint), and so is a fine-tuning run whose
+``result.json`` records the same run and split; "the same" is by content (``reuse.run_key``: the
+composed config's values, the manifests' rows, the data files' content keys, never their paths), so
+an interrupted benchmark restarts where it stopped and a changed config or manifest runs again.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import pandas as pd
 from ichor.benchmark.baseline import oracle_features, regional_features
 from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
 from ichor.benchmark.pretraining import pretrain, pretrain_run, pretraining_records
+from ichor.benchmark.reuse import changed_keys, run_key
 from ichor.data.schema import label_strata, labelled_rows
 from ichor.downstream.cv import Fold, run_fold, subject_folds
 from ichor.evaluation.linear import fit_and_score
@@ -410,14 +412,22 @@ def _fit_single_threaded(job: tuple) -> dict:
 
 
 def resumable_fold(run: Run, fold: Fold, folder: Path) -> dict:
-    """``run_fold``, or the result it recorded before for the same run and split."""
+    """``run_fold``, or the result it recorded before for the same run, by content (``reuse.run_key``), and split."""
     record = folder / fold.name / RESULT_FILE
-    key = {"run": run.record(), "splits": fold.splits.to_dict("records")}
+    key = {"key": run_key(run), "splits": fold.splits.to_dict("records")}
     if record.is_file():
         saved = json.loads(record.read_text())
         if {k: saved.get(k) for k in key} == key:
-            log.info("benchmark: reusing %s", record)
+            log.info("benchmark: reusing %s (same config, manifests, data and split)", record)
             return saved["result"]
+        log.info("benchmark: %s changed since %s: running it again", _fold_changes(saved, key), record)
     result = run_fold(run, fold, folder)
-    write_text(record, json.dumps({**key, "result": result}, indent=1))
+    write_text(record, json.dumps({"run": run.record(), **key, "result": result}, indent=1))
     return result
+
+
+def _fold_changes(saved: dict, key: dict) -> str:
+    if saved.get("key") is None:
+        return "the record (paths only, an earlier ICHOR)"
+    names = changed_keys(saved["key"], key["key"]) + (["the split"] if saved.get("splits") != key["splits"] else [])
+    return ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
