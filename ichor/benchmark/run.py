@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 
 from ichor.benchmark.baseline import oracle_features, regional_features
-from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
-from ichor.benchmark.pretraining import pretrain, pretrain_run, pretraining_records
+from ichor.benchmark.config import BenchmarkConfig, TaskSpec
+from ichor.benchmark.preflight import check_before_pretraining, unmet_budget
+from ichor.benchmark.pretraining import pretrain, pretraining_records
 from ichor.benchmark.reuse import changed_keys, run_key
 from ichor.data.schema import label_strata, labelled_rows
 from ichor.downstream.cv import Fold, run_fold, subject_folds
@@ -102,26 +103,6 @@ def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed
         kept += list(rng.permutation(subjects.index.to_numpy())[:count])
     keep = (splits["split"] != "train") | splits["subject"].isin(kept)
     return Fold(fold.name, splits.loc[keep].reset_index(drop=True))
-
-
-def pool_subjects(spec: PretrainSpec, cfg: BenchmarkConfig) -> set[str]:
-    """Subjects of the scans a pre-training config reads (its manifests after the benchmark's overrides)."""
-    from ichor.data.manifest import read_manifests
-    from ichor.training.runs import parse_run
-
-    manifests = parse_run(pretrain_run(spec, cfg)).data.init_args.manifests
-    return set(read_manifests(manifests)["subject"].astype(str))
-
-
-def check_pool(pool: set[str], task: TaskSpec, rows: pd.DataFrame) -> None:
-    """The paper's regime: the unlabelled pre-training pool and a labelled cohort share no subject."""
-    shared = sorted(set(rows["subject"].astype(str)) & pool)
-    if shared:
-        raise ValueError(
-            f"task {task.name}: {len(shared)} labelled subject(s) are also in the pre-training pool "
-            f"({', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''}); pre-train on other people "
-            "(e.g. `ichor synth --first-study`), or the benchmark measures memory, not transfer"
-        )
 
 
 def _epochs(cfg: BenchmarkConfig, stage: str) -> dict:
@@ -219,13 +200,13 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
     from ichor.benchmark.report import Outcome, write_report
 
     out = Path(out)
-    pool = set().union(*(pool_subjects(spec, cfg) for spec in cfg.pretrain.values()))
+    check_before_pretraining(cfg, cohorts(cfg, out))
     outcomes, features = {}, {}  # per-scan features, shared by the compute rules (keyed by encoder)
     for index, compute in enumerate(cfg.compute):
         encoders = pretrained_encoders(cfg, out, compute)
         # A second compute rule runs the linear models only, at the Lightning runs' draws, into its own folder.
         second = replace(cfg, seeds=cfg.seeds[: cfg.trained_draws])
-        args = (cfg, out, encoders, pool, True) if index == 0 else (second, out / compute, encoders, pool, False)
+        args = (cfg, out, encoders, True) if index == 0 else (second, out / compute, encoders, False)
         outcomes[compute] = Outcome(
             *evaluate_all(*args, features), pretraining_records(out, list(cfg.pretrain), compute)
         )
@@ -242,7 +223,7 @@ def pretrained_encoders(cfg: BenchmarkConfig, out: Path, compute: str) -> dict[s
 
 
 def evaluate_all(
-    cfg: BenchmarkConfig, out: Path, encoders: dict[str, Path], pool: set[str], trained: bool, features: dict
+    cfg: BenchmarkConfig, out: Path, encoders: dict[str, Path], trained: bool, features: dict
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every task on every cohort: (held-out results, selection results, pooled-fold results).
 
@@ -251,7 +232,7 @@ def evaluate_all(
     tables: dict[str, list[dict]] = {"held_out": [], "selection": [], "pooled": []}
     for task in cfg.tasks:
         for cohort in cohorts(cfg, out):
-            results, pooled = evaluate(task, cohort, encoders, cfg, pool, features, trained)
+            results, pooled = evaluate(task, cohort, encoders, cfg, features, trained)
             tables[cohort.name] += results
             tables["pooled"] += pooled
     return pd.DataFrame(tables["held_out"]), pd.DataFrame(tables["selection"]), pd.DataFrame(tables["pooled"])
@@ -262,7 +243,6 @@ def evaluate(
     cohort: Cohort,
     encoders: dict[str, Path],
     cfg: BenchmarkConfig,
-    pool: set[str],
     features: dict,
     trained: bool = True,
 ) -> tuple[list[dict], list[dict]]:
@@ -270,7 +250,6 @@ def evaluate(
     ``trained_draws``; and, on held-out studies, the linear models on pooled subject folds."""
     architecture = next(iter(encoders.values()))  # scratch only borrows its architecture
     rows, base = task_setup(task, architecture, cfg, cohort.overrides)
-    check_pool(pool, task, rows)
     linear = linear_features(cohort, encoders, rows, base, cfg, features)
     # Scratch has no mode to choose: it runs on the benchmark's cohorts only.
     runs = trained_runs(encoders, cfg, cfg.scratch and cohort.name == "held_out") if trained else []
@@ -282,7 +261,7 @@ def evaluate(
         drawn = {budget: folds for budget, folds in budgets.items() if draw == 0 or budget != 1}
         results += linear_results(linear, rows, drawn, task, seed, cfg.linear_workers)
         if draw < cfg.trained_draws:
-            results += trained_results(task, runs, budgets, cfg, cohort, seed)
+            results += trained_results(task, runs, rows, budgets, cfg, cohort, seed)
         if cfg.by_study and cohort.name == "held_out" and draw < cfg.trained_draws:  # the site gap: pooled folds
             pooled += linear_results(
                 linear, rows, plan(cfg, task, rows, seed, pooled=True), task, seed, cfg.linear_workers
@@ -330,7 +309,13 @@ def _embedded(rows: pd.DataFrame, encoder: Path, base: IchorCLI, probe: dict) ->
 
 
 def trained_results(
-    task: TaskSpec, trained: list, budgets: dict[float, list[Fold]], cfg: BenchmarkConfig, cohort: Cohort, seed: int
+    task: TaskSpec,
+    trained: list,
+    rows: pd.DataFrame,
+    budgets: dict[float, list[Fold]],
+    cfg: BenchmarkConfig,
+    cohort: Cohort,
+    seed: int,
 ) -> list[dict]:
     """The Lightning runs (attentive probe, fine-tuning, LoRA, scratch) of one task and draw at the trained budgets."""
     results = []
@@ -354,7 +339,7 @@ def trained_results(
                 )
                 result = resumable_fold(task_run(task, mode, encoder, cfg, cohort.overrides), fold, folder)
                 row = {"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed}
-                results.append({**row, **result})
+                results.append({**row, **result, "budget_met": not unmet_budget(fold, rows, task.target, budget)})
     return results
 
 
@@ -377,6 +362,7 @@ def linear_results(
             for fold in folds:
                 keys.append({"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed})
                 keys[-1] |= {"fold": fold.name, **fold.counts()}
+                keys[-1]["budget_met"] = not unmet_budget(fold, rows, task.target, budget)
                 jobs.append(linear_job(features, rows, fold, task, seed))
     return [key | scores for key, scores in zip(keys, fit_all(jobs, workers))]
 

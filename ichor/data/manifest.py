@@ -436,5 +436,8 @@ def _resolve(folder: Path, value: str) -> str:
 
 
 def _format(problems: list[Problem]) -> str:
+    """One problem in one line (it names its manifest and row); several under a count."""
+    if len(problems) == 1:
+        return str(problems[0])
     count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
     return f"{count} in manifests:\n" + "\n".join(f"  {problem}" for problem in problems)

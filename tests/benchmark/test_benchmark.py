@@ -192,21 +192,6 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
     pd.testing.assert_frame_equal(again, folds, check_dtype=False)
 
 
-def test_pool_and_labelled_cohorts_never_share_a_subject(tmp_path, synthetic_manifests, pool_manifests):
-    """The paper's regime: pre-training on the labelled subjects themselves is refused, naming them."""
-    from ichor.benchmark.run import check_pool, pool_subjects
-
-    cfg = load_config(CONFIGS / "benchmark_demo.yaml", small_benchmark(tmp_path, synthetic_manifests, pool_manifests))
-    task, rows = cfg.tasks[0], read_manifests(synthetic_manifests)
-    pool = set().union(*(pool_subjects(spec, cfg) for spec in cfg.pretrain.values()))
-    assert pool == set(read_manifests(pool_manifests)["subject"]) and len(pool) == 8
-    check_pool(pool, task, rows)  # other people: fine
-    with pytest.raises(
-        ValueError, match=r"task AD: 1 labelled subject\(s\) are also in the pre-training pool \(S01P001\)"
-    ):
-        check_pool(pool | {"S01P001"}, task, rows)
-
-
 def test_budgets_per_class_keep_that_many_subjects_of_each_class_nested_across_budgets():
     from ichor.benchmark.run import budget_fold
     from ichor.downstream.cv import Fold
