@@ -58,6 +58,12 @@ def run_key(run: Run) -> dict[str, Any]:
     return json.loads(json.dumps(_by_content(config, store), default=str))  # as it reads back from a record
 
 
+def features_key(encoder: str | os.PathLike, settings: dict) -> str:
+    """The name of a store of per-scan encoder features: a digest of the encoder's files and the probe ``settings``."""
+    text = json.dumps({"encoder": path_key(encoder), "settings": settings}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
 def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
     """Dotted names of the settings that differ between two keys (``data.init_args.manifests``)."""
     if isinstance(before, dict) and isinstance(after, dict):

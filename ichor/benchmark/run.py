@@ -43,11 +43,11 @@ from ichor.benchmark.baseline import oracle_features, regional_features
 from ichor.benchmark.config import BenchmarkConfig, TaskSpec
 from ichor.benchmark.preflight import check_before_pretraining, unmet_budget
 from ichor.benchmark.pretraining import pretrain, pretraining_records
-from ichor.benchmark.reuse import changed_keys, run_key
+from ichor.benchmark.reuse import changed_keys, features_key, path_key, run_key
 from ichor.data.schema import label_strata, labelled_rows
 from ichor.downstream.cv import Fold, run_fold, subject_folds
 from ichor.evaluation.linear import fit_and_score
-from ichor.io import write_text
+from ichor.io import write_csv, write_text
 
 if TYPE_CHECKING:
     from ichor.training.runs import IchorCLI, Run
@@ -58,6 +58,7 @@ SCRATCH = "scratch"
 BASELINE = "regional_mean"
 ORACLE = "oracle"
 RESULT_FILE = "result.json"
+FEATURES_DIR = "features"  # per-scan encoder features, by content (``stored_features``)
 
 
 @dataclass(frozen=True)
@@ -144,10 +145,20 @@ def task_setup(
     return rows, base
 
 
-def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: dict) -> pd.DataFrame:
-    """Frozen, pooled features of every row's scan (indexed by CBF path), harmonised as ``base``'s data.
+def probe_settings(probe: dict, base: IchorCLI) -> dict:
+    """What one of the config's ``probe`` candidates reads: ``pooling`` (the task config's by default), ``blocks``, ``regions``."""
+    default = base.model.hparams.pooling
+    return {
+        "pooling": probe.get("pooling", default),
+        "blocks": probe.get("blocks", 1),
+        "regions": probe.get("regions", 2),
+    }
 
-    ``probe`` chooses the features (``pooling``, ``blocks``, ``regions``: one of the config's ``probe``).
+
+def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: dict) -> pd.DataFrame:
+    """Frozen, pooled features of every scan of ``base``'s manifests (indexed by CBF path), harmonised as its data.
+
+    ``probe`` chooses the features (``probe_settings``: one of the config's ``probe``).
 
     Every row must have its features: the methods are compared on identical scans, so a scan
     the datamodule could not use stops the benchmark with its manifest row and file named.
@@ -161,9 +172,7 @@ def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: d
         str(encoder),
         list(data.manifests),
         batch_size=data.batch_size,
-        pooling=probe.get("pooling", base.model.hparams.pooling),
-        blocks=probe.get("blocks", 1),
-        regions=probe.get("regions", 2),
+        **probe_settings(probe, base),
         cache_dir=data.cache_dir,
         num_workers=data.num_workers,
         on_bad_scan=data.on_bad_scan,
@@ -287,7 +296,7 @@ def linear_features(
     if "linear_probe" in cfg.modes:
         for method, encoder in encoders.items():
             for probe in cfg.probe:
-                embed = partial(_embedded, encoder=encoder, base=base, probe=probe)
+                embed = partial(stored_features, encoder=encoder, base=base, probe=probe, folder=cohort.folder)
                 wanted[method, cfg.probe_mode(probe)] = (str(encoder), embed)
     if cfg.baseline:
         wanted[BASELINE, "baseline"] = (None, partial(regional_features, volume=base.datamodule.hparams.volume))
@@ -304,8 +313,27 @@ def linear_features(
     return linear
 
 
-def _embedded(rows: pd.DataFrame, encoder: Path, base: IchorCLI, probe: dict) -> pd.DataFrame:
-    return encoder_features(encoder, rows, base, probe)
+def stored_features(rows: pd.DataFrame, encoder: Path, base: IchorCLI, probe: dict, folder: Path) -> pd.DataFrame:
+    """``encoder_features`` of ``rows`` (indexed by path), kept in ``folder/features/`` by content and reused.
+
+    The file is named by the encoder's files and the probe settings (``reuse.features_key``), its rows
+    by each scan's content key: a later run with the same encoder and probe reads the scans it holds,
+    wherever they now live, and embeds again only when a scan is not there.
+    """
+    settings = probe_settings(probe, base)
+    content = Path(base.datamodule.hparams.cache_dir) / "content-keys"
+    store = folder / FEATURES_DIR / f"{features_key(encoder, settings)}.csv"
+    keys = [str(path_key(path, content)) for path in rows["path"]]
+    saved = pd.read_csv(store, index_col=0) if store.is_file() else pd.DataFrame()
+    if not set(keys) <= set(saved.index):
+        embedded = encoder_features(encoder, rows, base, probe)
+        embedded.index = [str(path_key(path, content)) for path in embedded.index]
+        saved = pd.concat([saved, embedded])
+        saved = saved.loc[~saved.index.duplicated(keep="last")]
+        write_csv(saved.rename_axis("content_key"), store, index=True)
+    else:
+        log.info("benchmark: reusing the features of %d scans in %s", len(keys), store)
+    return saved.loc[keys].set_axis(rows["path"].to_numpy())
 
 
 def trained_results(

@@ -168,3 +168,45 @@ def test_pretraining_is_reused_by_content_resumed_when_interrupted_and_redone_wh
     assert len(fits) == 4 and "data.init_args.manifests changed since" in caplog.text
     pretrain("mae", masked, benchmark(dataset), tmp_path)
     assert len(fits) == 4  # unchanged: reused
+
+
+def test_encoder_features_are_kept_by_content_and_reused(tmp_path, dataset, monkeypatch, caplog):
+    from ichor.benchmark.run import stored_features
+    from ichor.data.manifest import read_manifests
+
+    calls = []
+
+    def fake_features(encoder, rows, base, probe):
+        calls.append(len(rows))
+        weights = (Path(encoder) / "model.safetensors").read_bytes()
+        return pd.DataFrame({"f000": [len(weights) + i for i in range(len(rows))]}, index=rows["path"].to_numpy())
+
+    monkeypatch.setattr("ichor.benchmark.run.encoder_features", fake_features)
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "model.safetensors").write_bytes(b"weights")
+    hparams = SimpleNamespace(cache_dir=str(tmp_path / "cache"))
+    base = SimpleNamespace(
+        datamodule=SimpleNamespace(hparams=hparams),
+        model=SimpleNamespace(hparams=SimpleNamespace(pooling="brain_mean")),
+    )
+    rows = read_manifests(sorted(dataset.glob("study-*/manifest.csv")))
+    out = tmp_path / "out"
+
+    first = stored_features(rows, encoder, base, {}, out)
+    assert calls == [4] and list(first.index) == list(rows["path"])
+    caplog.set_level(logging.INFO, logger="ichor.benchmark.run")
+    moved = read_manifests(sorted(shutil.copytree(dataset, tmp_path / "moved").glob("study-*/manifest.csv")))
+    again = stored_features(moved, encoder, base, {}, out)  # the same scans elsewhere: read back
+    assert calls == [4] and again.to_numpy().tolist() == first.to_numpy().tolist()
+    assert "reusing the features of 4 scans" in caplog.text
+
+    stored_features(rows, encoder, base, {"pooling": "region"}, out)  # another probe: embedded again
+    assert calls == [4, 4]
+    (encoder / "model.safetensors").write_bytes(b"retrained weights")
+    assert stored_features(rows, encoder, base, {}, out)["f000"].iloc[0] == len(b"retrained weights")
+    assert calls == [4, 4, 4]
+    scan = Path(rows["path"].iloc[0])
+    scan.write_bytes(scan.read_bytes() + b"\0")  # a scan's bytes changed: embedded again
+    stored_features(rows.iloc[[0]], encoder, base, {}, out)
+    assert calls == [4, 4, 4, 1]
