@@ -207,7 +207,7 @@ def map_case(data_or_path, expect: str, names=("row",), aff=None, tolerance=0.1,
     return run
 
 
-def cli(args: list[str], cwd: Path, timeout: float = 60, expect_rc: int = 1, names=()) -> Result:
+def cli(args: list[str], cwd: Path, timeout: float = 240, expect_rc: int = 1, names=()) -> Result:
     """``ichor ARGS`` in a subprocess: a refusal (``expect_rc`` 1) must be one line naming one of ``names``."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     try:
