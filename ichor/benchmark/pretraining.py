@@ -26,6 +26,7 @@ import pandas as pd
 from lightning.pytorch import Callback
 
 from ichor.benchmark.config import BenchmarkConfig, PretrainSpec
+from ichor.benchmark.reuse import changed_keys, run_key
 from ichor.io import write_text
 
 if TYPE_CHECKING:
@@ -102,8 +103,9 @@ def pretrain_run(spec: PretrainSpec, cfg: BenchmarkConfig, compute: str = "equal
 def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path, compute: str = "equal_epochs") -> Path:
     """Pre-train ``method`` under ``compute`` and export its encoder; returns the export folder.
 
-    An export made with the same arguments is reused, and an interrupted pre-training with the same
-    arguments resumes from its last checkpoint; changed arguments pre-train again.
+    An export made by the same run, by content (``reuse.run_key``: config values, manifests' rows,
+    data files), is reused, and an interrupted pre-training of it resumes from its last checkpoint;
+    a changed config value, manifest row or file pre-trains again, saying what changed.
     """
     from ichor.models.weights import METADATA_FILE, export_encoder
     from ichor.training.runs import build_run
@@ -111,21 +113,23 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path, c
     folder = pretrain_folder(out, compute, method)
     encoder = folder / "encoder"
     run = pretrain_run(spec, cfg, compute)
+    key = run_key(run)
     record = folder / PRETRAIN_RECORD
-    recorded = json.loads(record.read_text()).get("run") if record.is_file() else None
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    recorded = saved.get("key")
     if (encoder / METADATA_FILE).is_file():
-        if recorded == run.record():
-            log.info("benchmark: reusing the %s encoder in %s", method, encoder)
+        if recorded == key:
+            log.info("benchmark: reusing the %s encoder in %s (same config, manifests and data)", method, encoder)
             return encoder
-        if recorded is None:
+        if not saved:
             message = "benchmark: reusing the %s encoder in %s (made by an earlier ICHOR: no arguments recorded)"
             log.warning(message + "; delete %s to pre-train it again", method, encoder, folder)
             return encoder
-        log.warning("benchmark: the %s pre-training arguments changed since %s: pre-training again", method, encoder)
+        log.warning("benchmark: %s: pre-training %s again", _changes(recorded, key, encoder), method)
     last = folder / "checkpoints" / "last.ckpt"
-    resume = last if recorded == run.record() and last.is_file() else None
+    resume = last if recorded == key and last.is_file() else None
     log.info("benchmark: pre-training %s (%s, %s)%s", method, spec.config[-1], compute, ", resuming" if resume else "")
-    write_text(record, json.dumps({"run": run.record()}, indent=1))
+    write_text(record, json.dumps({"run": run.record(), "key": key}, indent=1))
     cli = build_run(run, folder)
     trainer, recorder = cli.trainer, ThroughputRecorder()
     trainer.callbacks.append(recorder)
@@ -138,6 +142,14 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path, c
     write_text(folder / ONLINE_PROBE_FILE, json.dumps(online_probe_record(trainer), indent=1))
     write_text(folder / COMPUTE_FILE, json.dumps(recorder.record(trainer), indent=1))
     return export_encoder(checkpoint, encoder, overwrite=True)
+
+
+def _changes(recorded: dict | None, key: dict, where: Path) -> str:
+    """One line saying what changed since ``where`` was made (a record of paths only: an earlier ICHOR)."""
+    if recorded is None:
+        return f"{where} was recorded by its config paths only (an earlier ICHOR), not by content"
+    names = changed_keys(recorded, key)
+    return f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''} changed since {where}"
 
 
 def online_probe_record(trainer: Any) -> dict[str, dict[str, float]]:

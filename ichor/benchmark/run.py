@@ -18,10 +18,11 @@ method's mode and probe features are chosen, then on the benchmark's cohorts, wh
 choose anything. With a second compute rule (``compute``), every method is pre-trained again and
 its linear models run on both cohorts (the second table).
 
-Everything finished is kept under OUT: an encoder exported with the same pre-training run
-is reused (an interrupted pre-training resumes from its last checkpoint), and so is a fine-tuning
-run whose ``result.json`` records the same run (configs and overrides) and split, so an interrupted benchmark
-restarts where it stopped.
+Everything finished is kept under OUT: an encoder exported by the same pre-training run is reused
+(an interrupted pre-training resumes from its last checkpoint), and so is a fine-tuning run whose
+``result.json`` records the same run and split; "the same" is by content (``reuse.run_key``: the
+composed config's values, the manifests' rows, the data files' content keys, never their paths), so
+an interrupted benchmark restarts where it stopped and a changed config or manifest runs again.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ import numpy as np
 import pandas as pd
 
 from ichor.benchmark.baseline import oracle_features, regional_features
-from ichor.benchmark.config import BenchmarkConfig, PretrainSpec, TaskSpec
-from ichor.benchmark.pretraining import pretrain, pretrain_run, pretraining_records
+from ichor.benchmark.config import BenchmarkConfig, TaskSpec
+from ichor.benchmark.preflight import check_before_pretraining, unmet_budget
+from ichor.benchmark.pretraining import pretrain, pretraining_records
+from ichor.benchmark.reuse import changed_keys, features_key, path_key, run_key
 from ichor.data.schema import label_strata, labelled_rows
 from ichor.downstream.cv import Fold, run_fold, subject_folds
 from ichor.evaluation.linear import fit_and_score
-from ichor.io import write_text
+from ichor.io import write_csv, write_text
 
 if TYPE_CHECKING:
     from ichor.training.runs import IchorCLI, Run
@@ -55,6 +58,7 @@ SCRATCH = "scratch"
 BASELINE = "regional_mean"
 ORACLE = "oracle"
 RESULT_FILE = "result.json"
+FEATURES_DIR = "features"  # per-scan encoder features, by content (``stored_features``)
 
 
 @dataclass(frozen=True)
@@ -102,26 +106,6 @@ def budget_fold(fold: Fold, rows: pd.DataFrame, target: str, budget: float, seed
     return Fold(fold.name, splits.loc[keep].reset_index(drop=True))
 
 
-def pool_subjects(spec: PretrainSpec, cfg: BenchmarkConfig) -> set[str]:
-    """Subjects of the scans a pre-training config reads (its manifests after the benchmark's overrides)."""
-    from ichor.data.manifest import read_manifests
-    from ichor.training.runs import parse_run
-
-    manifests = parse_run(pretrain_run(spec, cfg)).data.init_args.manifests
-    return set(read_manifests(manifests)["subject"].astype(str))
-
-
-def check_pool(pool: set[str], task: TaskSpec, rows: pd.DataFrame) -> None:
-    """The paper's regime: the unlabelled pre-training pool and a labelled cohort share no subject."""
-    shared = sorted(set(rows["subject"].astype(str)) & pool)
-    if shared:
-        raise ValueError(
-            f"task {task.name}: {len(shared)} labelled subject(s) are also in the pre-training pool "
-            f"({', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''}); pre-train on other people "
-            "(e.g. `ichor synth --first-study`), or the benchmark measures memory, not transfer"
-        )
-
-
 def _epochs(cfg: BenchmarkConfig, stage: str) -> dict:
     return {"trainer": {"max_epochs": cfg.epochs[stage]}} if stage in cfg.epochs else {}
 
@@ -161,13 +145,21 @@ def task_setup(
     return rows, base
 
 
-def encoder_features(
-    encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: dict, global_cbf: bool = False
-) -> pd.DataFrame:
-    """Frozen, pooled features of every row's scan (indexed by CBF path), harmonised as ``base``'s data;
-    with ``global_cbf``, the global CBF scalars beside them.
+def probe_settings(probe: dict, base: IchorCLI) -> dict:
+    """What one of the config's ``probe`` candidates reads: ``pooling`` (the task config's by default), ``blocks``, ``regions``."""
+    default = base.model.hparams.pooling
+    return {
+        "pooling": probe.get("pooling", default),
+        "blocks": probe.get("blocks", 1),
+        "regions": probe.get("regions", 2),
+    }
 
-    ``probe`` chooses the features (``pooling``, ``blocks``, ``regions``: one of the config's ``probe``).
+
+def encoder_features(encoder: Path, rows: pd.DataFrame, base: IchorCLI, probe: dict) -> pd.DataFrame:
+    """Frozen, pooled features of every scan of ``base``'s manifests (indexed by CBF path), harmonised as its
+    data, and the scans' global CBF scalars (a linear model reads them or not: ``feature_columns``).
+
+    ``probe`` chooses the features (``probe_settings``: one of the config's ``probe``).
 
     Every row must have its features: the methods are compared on identical scans, so a scan
     the datamodule could not use stops the benchmark with its manifest row and file named.
@@ -181,16 +173,14 @@ def encoder_features(
         str(encoder),
         list(data.manifests),
         batch_size=data.batch_size,
-        pooling=probe.get("pooling", base.model.hparams.pooling),
-        blocks=probe.get("blocks", 1),
-        regions=probe.get("regions", 2),
+        **probe_settings(probe, base),
         cache_dir=data.cache_dir,
         num_workers=data.num_workers,
         on_bad_scan=data.on_bad_scan,
         device="cuda" if torch.cuda.is_available() else "cpu",
         progress=False,
     )
-    features = feature_columns(table.drop_duplicates("path").set_index("path"), global_cbf)
+    features = feature_columns(table.drop_duplicates("path").set_index("path"), global_cbf=True)
     missing = rows.loc[~rows["path"].isin(features.index)]
     if len(missing):
         first = missing.iloc[0]
@@ -220,13 +210,13 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | os.PathLike) -> pd.DataFrame:
     from ichor.benchmark.report import Outcome, write_report
 
     out = Path(out)
-    pool = set().union(*(pool_subjects(spec, cfg) for spec in cfg.pretrain.values()))
+    check_before_pretraining(cfg, cohorts(cfg, out))
     outcomes, features = {}, {}  # per-scan features, shared by the compute rules (keyed by encoder)
     for index, compute in enumerate(cfg.compute):
         encoders = pretrained_encoders(cfg, out, compute)
         # A second compute rule runs the linear models only, at the Lightning runs' draws, into its own folder.
         second = replace(cfg, seeds=cfg.seeds[: cfg.trained_draws])
-        args = (cfg, out, encoders, pool, True) if index == 0 else (second, out / compute, encoders, pool, False)
+        args = (cfg, out, encoders, True) if index == 0 else (second, out / compute, encoders, False)
         outcomes[compute] = Outcome(
             *evaluate_all(*args, features), pretraining_records(out, list(cfg.pretrain), compute)
         )
@@ -243,7 +233,7 @@ def pretrained_encoders(cfg: BenchmarkConfig, out: Path, compute: str) -> dict[s
 
 
 def evaluate_all(
-    cfg: BenchmarkConfig, out: Path, encoders: dict[str, Path], pool: set[str], trained: bool, features: dict
+    cfg: BenchmarkConfig, out: Path, encoders: dict[str, Path], trained: bool, features: dict
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every task on every cohort: (held-out results, selection results, pooled-fold results).
 
@@ -252,7 +242,7 @@ def evaluate_all(
     tables: dict[str, list[dict]] = {"held_out": [], "selection": [], "pooled": []}
     for task in cfg.tasks:
         for cohort in cohorts(cfg, out):
-            results, pooled = evaluate(task, cohort, encoders, cfg, pool, features, trained)
+            results, pooled = evaluate(task, cohort, encoders, cfg, features, trained)
             tables[cohort.name] += results
             tables["pooled"] += pooled
     return pd.DataFrame(tables["held_out"]), pd.DataFrame(tables["selection"]), pd.DataFrame(tables["pooled"])
@@ -263,7 +253,6 @@ def evaluate(
     cohort: Cohort,
     encoders: dict[str, Path],
     cfg: BenchmarkConfig,
-    pool: set[str],
     features: dict,
     trained: bool = True,
 ) -> tuple[list[dict], list[dict]]:
@@ -271,7 +260,6 @@ def evaluate(
     ``trained_draws``; and, on held-out studies, the linear models on pooled subject folds."""
     architecture = next(iter(encoders.values()))  # scratch only borrows its architecture
     rows, base = task_setup(task, architecture, cfg, cohort.overrides)
-    check_pool(pool, task, rows)
     linear = linear_features(cohort, encoders, rows, base, cfg, features)
     # Scratch has no mode to choose: it runs on the benchmark's cohorts only.
     runs = trained_runs(encoders, cfg, cfg.scratch and cohort.name == "held_out") if trained else []
@@ -283,7 +271,7 @@ def evaluate(
         drawn = {budget: folds for budget, folds in budgets.items() if draw == 0 or budget != 1}
         results += linear_results(linear, rows, drawn, task, seed, cfg.linear_workers)
         if draw < cfg.trained_draws:
-            results += trained_results(task, runs, budgets, cfg, cohort, seed)
+            results += trained_results(task, runs, rows, budgets, cfg, cohort, seed)
         if cfg.by_study and cohort.name == "held_out" and draw < cfg.trained_draws:  # the site gap: pooled folds
             pooled += linear_results(
                 linear, rows, plan(cfg, task, rows, seed, pooled=True), task, seed, cfg.linear_workers
@@ -310,7 +298,8 @@ def linear_features(
     if "linear_probe" in cfg.modes:
         for method, encoder in encoders.items():
             for probe in cfg.probe:
-                embed = partial(encoder_features, encoder=encoder, base=base, probe=probe, global_cbf=cfg.global_cbf)
+                stored = partial(stored_features, encoder=encoder, base=base, probe=probe, folder=cohort.folder)
+                embed = partial(_read_by_probe, features=stored, global_cbf=cfg.global_cbf)
                 wanted[method, cfg.probe_mode(probe)] = (str(encoder), embed)
     scan_models: dict[tuple[str, str], Callable[[pd.DataFrame], pd.DataFrame]] = {}
     if cfg.baseline:
@@ -342,8 +331,46 @@ def _with_global_cbf(
     return compute(rows).join(scalars.loc[rows["path"].unique()], validate="one_to_one")
 
 
+def stored_features(rows: pd.DataFrame, encoder: Path, base: IchorCLI, probe: dict, folder: Path) -> pd.DataFrame:
+    """``encoder_features`` of ``rows`` (indexed by path), kept in ``folder/features/`` by content and reused.
+
+    The file is named by the encoder's files and the probe settings (``reuse.features_key``), its rows
+    by each scan's content key: a later run with the same encoder and probe reads the scans it holds,
+    wherever they now live, and embeds again only when a scan is not there.
+    """
+    settings = probe_settings(probe, base)
+    content = Path(base.datamodule.hparams.cache_dir) / "content-keys"
+    store = folder / FEATURES_DIR / f"{features_key(encoder, settings)}.csv"
+    keys = [str(path_key(path, content)) for path in rows["path"]]
+    saved = pd.read_csv(store, index_col=0) if store.is_file() else pd.DataFrame()
+    if not set(keys) <= set(saved.index):
+        embedded = encoder_features(encoder, rows, base, probe)
+        embedded.index = [str(path_key(path, content)) for path in embedded.index]
+        saved = pd.concat([saved, embedded])
+        saved = saved.loc[~saved.index.duplicated(keep="last")]
+        write_csv(saved.rename_axis("content_key"), store, index=True)
+    else:
+        log.info("benchmark: reusing the features of %d scans in %s", len(keys), store)
+    return saved.loc[keys].set_axis(rows["path"].to_numpy())
+
+
+def _read_by_probe(
+    rows: pd.DataFrame, features: Callable[[pd.DataFrame], pd.DataFrame], global_cbf: bool
+) -> pd.DataFrame:
+    """The columns a linear probe reads of an encoder's stored features: with or without the global CBF scalars."""
+    from ichor.evaluation.features import feature_columns
+
+    return feature_columns(features(rows), global_cbf)
+
+
 def trained_results(
-    task: TaskSpec, trained: list, budgets: dict[float, list[Fold]], cfg: BenchmarkConfig, cohort: Cohort, seed: int
+    task: TaskSpec,
+    trained: list,
+    rows: pd.DataFrame,
+    budgets: dict[float, list[Fold]],
+    cfg: BenchmarkConfig,
+    cohort: Cohort,
+    seed: int,
 ) -> list[dict]:
     """The Lightning runs (attentive probe, fine-tuning, LoRA, scratch) of one task and draw at the trained budgets."""
     results = []
@@ -367,7 +394,7 @@ def trained_results(
                 )
                 result = resumable_fold(task_run(task, mode, encoder, cfg, cohort.overrides), fold, folder)
                 row = {"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed}
-                results.append({**row, **result})
+                results.append({**row, **result, "budget_met": not unmet_budget(fold, rows, task.target, budget)})
     return results
 
 
@@ -390,6 +417,7 @@ def linear_results(
             for fold in folds:
                 keys.append({"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed})
                 keys[-1] |= {"fold": fold.name, **fold.counts()}
+                keys[-1]["budget_met"] = not unmet_budget(fold, rows, task.target, budget)
                 jobs.append(linear_job(features, rows, fold, task, seed))
     return [key | scores for key, scores in zip(keys, fit_all(jobs, workers))]
 
@@ -425,14 +453,22 @@ def _fit_single_threaded(job: tuple) -> dict:
 
 
 def resumable_fold(run: Run, fold: Fold, folder: Path) -> dict:
-    """``run_fold``, or the result it recorded before for the same run and split."""
+    """``run_fold``, or the result it recorded before for the same run, by content (``reuse.run_key``), and split."""
     record = folder / fold.name / RESULT_FILE
-    key = {"run": run.record(), "splits": fold.splits.to_dict("records")}
+    key = {"key": run_key(run), "splits": fold.splits.to_dict("records")}
     if record.is_file():
         saved = json.loads(record.read_text())
         if {k: saved.get(k) for k in key} == key:
-            log.info("benchmark: reusing %s", record)
+            log.info("benchmark: reusing %s (same config, manifests, data and split)", record)
             return saved["result"]
+        log.info("benchmark: %s changed since %s: running it again", _fold_changes(saved, key), record)
     result = run_fold(run, fold, folder)
-    write_text(record, json.dumps({**key, "result": result}, indent=1))
+    write_text(record, json.dumps({"run": run.record(), **key, "result": result}, indent=1))
     return result
+
+
+def _fold_changes(saved: dict, key: dict) -> str:
+    if saved.get("key") is None:
+        return "the record (paths only, an earlier ICHOR)"
+    names = changed_keys(saved["key"], key["key"]) + (["the split"] if saved.get("splits") != key["splits"] else [])
+    return ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")

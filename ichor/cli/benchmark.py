@@ -4,8 +4,9 @@ label budget and fold, beside training from scratch and a regional-mean-CBF line
   ichor benchmark --config lightning_configs/benchmark_demo.yaml --out runs/benchmark_demo
 
 OUT gets pretrain/<method>/encoder and <task>/<method>/<mode>/budget-<b>/<fold>/ (split file,
-logs, checkpoints, result.json); both are reused when present, so a stopped benchmark restarts
-where it stopped (delete a folder to run that part again). The results are
+logs, checkpoints, result.json); both are reused when they were made from the same config values,
+manifests and data (by content, not paths), so a stopped benchmark restarts where it stopped and a
+changed part runs again. Every task is checked before anything is pre-trained. The results are
 benchmark_folds.csv, benchmark_summary.csv, benchmark_summary.md (mean ± std over folds or
 held-out studies) and figures/<task>.png (metric vs label budget).
 """

@@ -95,6 +95,8 @@ def build_manifest(
     ``study`` defaults to the dataset's folder name.
     """
     root, out = Path(root), Path(out)
+    if out.suffix.lower() != ".csv":
+        raise DerivativesError(f"{out}: a manifest is a .csv file (it is never written over another kind of file)")
     if out.exists() and not overwrite:
         raise DerivativesError(f"{out} exists; pass --overwrite to replace it")
     layout, source = detect_layout(root)

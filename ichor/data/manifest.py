@@ -43,6 +43,9 @@ from ichor.data.workers import single_threaded
 ManifestPath = str | PathLike
 # Below this many maps to open, ``check_manifests`` opens them in this process (starting a pool costs more).
 MIN_MAPS_FOR_WORKERS = 16
+# How tables write a missing value (BIDS' participants.tsv writes n/a): read as empty in every optional column,
+# so that "n/a" is never a diagnosis class or a number that fails to parse.
+MISSING_MARKERS = frozenset({"n/a", "N/A", "NA", "NaN", "nan"})
 
 
 class ManifestError(ValueError):
@@ -209,6 +212,8 @@ def _read_all(
 def _read_table(path: ManifestPath) -> tuple[pd.DataFrame | None, list[Problem]]:
     """One manifest's table with its own problems; None when it cannot be used at all."""
     name = str(path)
+    if _is_binary(path):
+        return None, [Problem(name, None, None, "a binary file, not a CSV text table (save it as CSV, UTF-8)")]
     try:
         # utf-8-sig: spreadsheets often save a byte-order mark that would hide the first column name
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
@@ -218,6 +223,8 @@ def _read_table(path: ManifestPath) -> tuple[pd.DataFrame | None, list[Problem]]
         return None, [Problem(name, None, None, f"unreadable CSV ({str(error).strip()})")]
     table.columns = [str(column).strip() for column in table.columns]
     table = table.apply(lambda column: column.str.strip())
+    optional = [column for column in table.columns if column not in REQUIRED_COLUMNS]
+    table[optional] = table[optional].mask(table[optional].isin(MISSING_MARKERS), "")
 
     problems = []
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
@@ -254,6 +261,15 @@ def _read_table(path: ManifestPath) -> tuple[pd.DataFrame | None, list[Problem]]
     if "session" not in table.columns:
         table["session"] = ""
     return table, problems
+
+
+def _is_binary(path: ManifestPath) -> bool:
+    """A NUL byte in the first 8 KiB: a spreadsheet, a compressed or a UTF-16 file, not a CSV table."""
+    try:
+        with open(path, "rb") as stream:
+            return b"\0" in stream.read(8192)
+    except OSError:
+        return False  # missing or unreadable: pandas says which
 
 
 def _header(path: ManifestPath) -> list[str]:
@@ -436,5 +452,8 @@ def _resolve(folder: Path, value: str) -> str:
 
 
 def _format(problems: list[Problem]) -> str:
+    """One problem in one line (it names its manifest and row); several under a count."""
+    if len(problems) == 1:
+        return str(problems[0])
     count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
     return f"{count} in manifests:\n" + "\n".join(f"  {problem}" for problem in problems)

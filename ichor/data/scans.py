@@ -35,6 +35,9 @@ PROBABILITY_TOLERANCE = 0.01
 AFFINE_ATOL_MM = 1e-3
 # Harmonisation resamples and smooths: a map needs at least this many voxels along every axis.
 MIN_VOXELS_PER_AXIS = 4
+# A human brain's map holds at least this much tissue (mL), even a neonate's slab; less is a header whose
+# voxel sizes are wrong (millimetres written as metres or tenths) or not a brain map.
+MIN_BRAIN_ML = 5.0
 
 # What nibabel and the decompressors raise on damaged or foreign files.
 _READ_ERRORS = (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError)
@@ -56,10 +59,12 @@ def load_cbf(path: str | PathLike, volume: int | str | None = None, notes: list[
     """
     img, data = _read(path)
     data = _select_volume(data, volume)
+    _check_orientation(img)
     _check_affine(img.affine)
     _check_thickness(data.shape)
+    voxel_ml = float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000
     try:
-        data, found = brain_background_as_zero(data, voxel_ml=float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000)
+        data, found = brain_background_as_zero(data, voxel_ml=voxel_ml)
     except SupportError as error:
         raise ScanError(str(error)) from error
     if notes is not None:
@@ -67,6 +72,12 @@ def load_cbf(path: str | PathLike, volume: int | str | None = None, notes: list[
     nonzero = data[data != 0]
     if nonzero.size == 0:
         raise ScanError("all voxels are zero (empty map)")
+    if nonzero.size * voxel_ml < MIN_BRAIN_ML:
+        sizes = ", ".join(f"{size:.4g}" for size in np.linalg.norm(img.affine[:3, :3], axis=0))
+        raise ScanError(
+            f"its brain holds {nonzero.size * voxel_ml:.3g} mL (voxels of {sizes} mm), less than any human brain's "
+            f"{MIN_BRAIN_ML:g} mL: are the header's voxel sizes wrong (metres, or a factor of 10)?"
+        )
     median = float(np.median(nonzero))
     if not CBF_MEDIAN_MIN <= median <= CBF_MEDIAN_MAX:
         raise ScanError(
@@ -115,6 +126,8 @@ def _read(path: str | PathLike) -> tuple[nib.spatialimages.SpatialImage, np.ndar
         data = np.asanyarray(img.dataobj)
     except _READ_ERRORS as error:
         raise ScanError(f"corrupt or truncated file ({error})") from error
+    if data.dtype.kind not in "biuf":
+        raise ScanError(f"voxels of type {img.get_data_dtype()} (RGB or complex?): a map holds one real value a voxel")
     return img, _scaling_zero_as_zero(img, data)
 
 
@@ -149,6 +162,35 @@ def _select_volume(data: np.ndarray, volume: int | str | None) -> np.ndarray:
     if isinstance(volume, (int, np.integer)) and not isinstance(volume, bool) and -count <= volume < count:
         return data[..., volume]
     raise ScanError(f'volume must be an index in 0..{count - 1} or "mean", got {volume!r}')
+
+
+def _check_orientation(img: nib.spatialimages.SpatialImage) -> None:
+    """A NIfTI header must place its voxels once: a qform or an sform, and the two agreeing when both are set.
+
+    With neither (both codes 0) the orientation is unknown (the NIfTI standard's "method 1"), so left
+    and right could be swapped; two that disagree by more than a voxel make the map's place a guess
+    (nibabel takes the sform, other tools the qform).
+    """
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        return
+    qform, q_code = img.get_qform(coded=True)
+    sform, s_code = img.get_sform(coded=True)
+    if not q_code and not s_code:
+        raise ScanError(
+            "no orientation in the header (qform_code and sform_code are 0): left and right are unknown; "
+            "write the map with its orientation (e.g. the pipeline's own output, or fslorient)"
+        )
+    if q_code and s_code and np.all(np.isfinite(sform)):
+        corners = np.array(
+            [[i, j, k, 1] for i in (0, img.shape[0]) for j in (0, img.shape[1]) for k in (0, img.shape[2])]
+        )
+        apart = float(np.max(np.linalg.norm((corners @ (qform - sform).T)[:, :3], axis=1)))
+        voxel = float(np.max(np.linalg.norm(sform[:3, :3], axis=0)))
+        if apart > voxel:
+            raise ScanError(
+                f"the header's qform and sform disagree by up to {apart:.1f} mm (codes {int(q_code)} and "
+                f"{int(s_code)}): where the map lies is ambiguous; keep one (e.g. fslorient -copysform2qform)"
+            )
 
 
 def _check_affine(affine: np.ndarray) -> None:

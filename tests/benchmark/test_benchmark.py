@@ -192,21 +192,6 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
     pd.testing.assert_frame_equal(again, folds, check_dtype=False)
 
 
-def test_pool_and_labelled_cohorts_never_share_a_subject(tmp_path, synthetic_manifests, pool_manifests):
-    """The paper's regime: pre-training on the labelled subjects themselves is refused, naming them."""
-    from ichor.benchmark.run import check_pool, pool_subjects
-
-    cfg = load_config(CONFIGS / "benchmark_demo.yaml", small_benchmark(tmp_path, synthetic_manifests, pool_manifests))
-    task, rows = cfg.tasks[0], read_manifests(synthetic_manifests)
-    pool = set().union(*(pool_subjects(spec, cfg) for spec in cfg.pretrain.values()))
-    assert pool == set(read_manifests(pool_manifests)["subject"]) and len(pool) == 8
-    check_pool(pool, task, rows)  # other people: fine
-    with pytest.raises(
-        ValueError, match=r"task AD: 1 labelled subject\(s\) are also in the pre-training pool \(S01P001\)"
-    ):
-        check_pool(pool | {"S01P001"}, task, rows)
-
-
 def test_budgets_per_class_keep_that_many_subjects_of_each_class_nested_across_budgets():
     from ichor.benchmark.run import budget_fold
     from ichor.downstream.cv import Fold
@@ -256,29 +241,6 @@ def test_budget_labels_read_as_subjects_per_class_or_a_share_of_the_labels():
     from ichor.benchmark.report import budget_label
 
     assert [budget_label(b) for b in (10, 0.25, 1.0)] == ["10 per class", "25 % of labels", "all labels"]
-
-
-def test_a_finished_run_is_reused_only_for_the_same_run_and_split(tmp_path, monkeypatch):
-    from ichor.benchmark.run import resumable_fold
-    from ichor.downstream.cv import Fold
-    from ichor.training.runs import Run
-
-    calls = []
-
-    def fake_run_fold(run, fold, folder):
-        calls.append(run)
-        return {"fold": fold.name, "test/auroc": 0.5 + len(calls)}
-
-    monkeypatch.setattr("ichor.benchmark.run.run_fold", fake_run_fold)
-    fold = Fold("study-01", pd.DataFrame({"subject": ["a", "b", "c"], "split": ["train", "val", "test"]}))
-    run = Run.of("task.yaml", {"trainer": {"max_epochs": 2}})
-    first = resumable_fold(run, fold, tmp_path)
-    assert resumable_fold(run, fold, tmp_path) == first and len(calls) == 1
-    longer = run.override({"trainer": {"max_epochs": 3}})
-    assert resumable_fold(longer, fold, tmp_path)["test/auroc"] == 2.5  # other settings: run again
-    other = Fold("study-01", fold.splits.assign(split=["train", "train", "test"]))
-    resumable_fold(longer, other, tmp_path)
-    assert len(calls) == 3  # another split: run again
 
 
 def test_probe_features_must_cover_every_scan(monkeypatch):
@@ -386,55 +348,3 @@ def test_shipped_benchmark_configs_load_and_point_at_shipped_configs(name):
 
     tests/cli/test_configs.py runs the same check on every benchmark config it finds."""
     check_benchmark_config(CONFIGS / name)
-
-
-def test_pretraining_is_reused_for_the_same_arguments_resumed_when_interrupted_and_redone_when_changed(
-    tmp_path, monkeypatch
-):
-    from types import SimpleNamespace
-
-    from ichor.benchmark.config import PretrainSpec
-    from ichor.benchmark.pretraining import pretrain
-    from ichor.models.weights import METADATA_FILE
-    from ichor.training.runs import Run
-
-    fits = []
-
-    def fake_build_run(run, folder):
-        def fit(model, datamodule, ckpt_path):
-            fits.append((run, ckpt_path))
-            (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (folder / "checkpoints" / "last.ckpt").write_text("weights")
-            trainer.checkpoint_callback.last_model_path = str(folder / "checkpoints" / "last.ckpt")
-
-        trainer = SimpleNamespace(
-            fit=fit,
-            checkpoint_callback=SimpleNamespace(last_model_path=""),
-            callback_metrics={},
-            callbacks=[],
-            current_epoch=6,
-            global_step=12,
-        )
-        return SimpleNamespace(trainer=trainer, model=None, datamodule=None)
-
-    def fake_export(checkpoint, encoder, overwrite):
-        encoder.mkdir(parents=True, exist_ok=True)
-        (encoder / METADATA_FILE).write_text("{}")
-        return encoder
-
-    monkeypatch.setattr("ichor.training.runs.build_run", fake_build_run)
-    monkeypatch.setattr("ichor.models.weights.export_encoder", fake_export)
-    cfg = SimpleNamespace(overrides={}, pretrain_overrides={}, epochs={"pretrain": 6})
-    spec = PretrainSpec("pretrain_demo.yaml")
-    encoder = pretrain("mae", spec, cfg, tmp_path)
-    six = {"trainer": {"max_epochs": 6}}
-    assert fits == [(Run(("pretrain_demo.yaml",), (six,)), None)]
-    assert pretrain("mae", spec, cfg, tmp_path) == encoder and len(fits) == 1  # the same arguments: reused
-
-    (encoder / METADATA_FILE).unlink()  # interrupted after its last checkpoint, before the export
-    pretrain("mae", spec, cfg, tmp_path)
-    assert fits[-1][1] == tmp_path / "pretrain" / "mae" / "checkpoints" / "last.ckpt" and len(fits) == 2
-
-    longer = PretrainSpec("pretrain_demo.yaml", {"trainer": {"max_epochs": 15}})
-    pretrain("mae", longer, cfg, tmp_path)  # changed arguments: pre-trained again, from the start
-    assert fits[-1] == (Run(("pretrain_demo.yaml",), (six, {"trainer": {"max_epochs": 15}})), None)

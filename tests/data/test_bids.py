@@ -369,6 +369,20 @@ def test_existing_manifest_is_kept_unless_overwrite(aslprep, tmp_path, capsys):
     assert os.access(out, os.R_OK)
 
 
+@pytest.mark.parametrize(
+    "target", [f"sub-01/ses-1/perf/sub-01_ses-1_space-{MNI}_cbf.nii.gz", "../participants.tsv", "notes.txt"]
+)
+def test_out_is_a_csv_never_an_input_even_with_overwrite(aslprep, tmp_path, capsys, target):
+    out = aslprep / target
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        out.write_text("mine\n")
+    before = snapshot(tmp_path / "ds001")
+    assert main(["manifest", "from-bids", str(aslprep), "--out", str(out), "--overwrite"]) == 1
+    assert f"{out}: a manifest is a .csv file" in capsys.readouterr().err
+    assert snapshot(tmp_path / "ds001") == before
+
+
 def test_sessions_tsv_is_merged_per_session(aslprep, tmp_path):
     """Raw BIDS sub-X/sub-X_sessions.tsv: per-visit values (age) win over participants.tsv."""
     (tmp_path / "ds001" / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t70\tF\nsub-02\t61\tM\n")

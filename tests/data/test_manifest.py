@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -424,3 +425,33 @@ def test_parallel_check_finds_what_the_serial_one_finds(study, tmp_path):
     parallel = check_manifests([study], workers=2, notes=parallel_notes)
     assert serial == parallel and len(serial) == 1 and serial[0].row == 2
     assert serial_notes == parallel_notes and [n.row for n in serial_notes] == sorted(n.row for n in serial_notes)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"PK\x03\x04\x14\x00\x06\x00" + b"\x00" * 40,  # a spreadsheet (xlsx) named .csv
+        "subject,path,study\n01,a.nii.gz,s\n".encode("utf-16"),  # Excel's "Unicode text"
+        __import__("gzip").compress(b"subject,path,study\n01,a.nii.gz,s\n"),  # a compressed table
+        b"subject,path,study\n0\x001,a.nii.gz,s\n",  # a NUL inside a label
+    ],
+)
+def test_a_binary_file_is_refused_in_one_line_naming_it(tmp_path, content):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(content)
+    assert (
+        str(only_problem([str(manifest)])) == f"{manifest}: a binary file, not a CSV text table (save it as CSV, UTF-8)"
+    )
+
+
+@pytest.mark.parametrize("marker", ["n/a", "N/A", "NA", "NaN", "nan"])
+def test_missing_value_markers_are_empty_in_optional_columns(study, marker, tmp_path):
+    """BIDS writes n/a: never a diagnosis class, never a number that fails to parse."""
+    lines = Path(study).read_text().splitlines()
+    lines[1] = lines[1].replace(",71,", f",{marker},").replace(",AD,", f",{marker},")
+    manifest = write_csv(tmp_path / "m" / "marked.csv", *lines)
+    rows = read_manifest(manifest)
+    assert np.isnan(rows.loc[0, "age"]) and rows.loc[0, "diagnosis"] == ""
+    assert check_manifests([manifest], workers=0) == []
+    lines[1] = lines[1].replace("01,", f"{marker},", 1)  # a required column keeps the text
+    assert read_manifest(write_csv(tmp_path / "m" / "subject.csv", *lines)).loc[0, "subject"] == marker

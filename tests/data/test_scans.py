@@ -185,3 +185,63 @@ def test_a_lost_nan_slab_cuts_the_brain(tmp_path, width):
     data[14 : 14 + width] = np.nan  # a lost slab through the middle of the brain
     with pytest.raises(ScanError, match=rf"^{width} lost slice\(s\) along x \(index 14, 15, 16"):
         load_cbf(save(tmp_path / "cbf.nii.gz", data))
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.complex64, np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])], ids=["complex", "rgb"]
+)
+def test_voxels_that_are_not_one_real_value_are_refused(tmp_path, dtype):
+    import nibabel as nib
+
+    data = brain().astype(np.complex64) if dtype == np.complex64 else np.zeros((16, 16, 16), dtype=dtype)
+    nib.save(nib.Nifti1Image(data, AFFINE), tmp_path / "cbf.nii.gz")
+    with pytest.raises(ScanError, match="one real value a voxel"):
+        load_cbf(tmp_path / "cbf.nii.gz")
+
+
+def _with_forms(tmp_path, qform, sform):
+    import nibabel as nib
+
+    image = nib.Nifti1Image(brain(), AFFINE)
+    image.set_qform(qform, code=0 if qform is None else 1)
+    image.set_sform(sform, code=0 if sform is None else 1)
+    nib.save(image, tmp_path / "cbf.nii.gz")
+    return tmp_path / "cbf.nii.gz"
+
+
+def _moved(millimetres=0.0, turn=False):
+    affine = AFFINE.copy()
+    affine[0, 3] += millimetres
+    return affine[[1, 0, 2, 3]] if turn else affine
+
+
+@pytest.mark.parametrize(
+    ("qform", "sform", "refused"),
+    [
+        (AFFINE, AFFINE, None),
+        (AFFINE, None, None),  # qform only
+        (None, AFFINE, None),  # sform only
+        (_moved(1.0), AFFINE, None),  # within a voxel: header rounding, a shear the qform cannot hold
+        (_moved(10.0), AFFINE, "qform and sform disagree by up to 10.0 mm"),
+        (_moved(turn=True), AFFINE, "qform and sform disagree"),
+        (None, None, "no orientation in the header"),
+    ],
+)
+def test_a_header_places_its_voxels_once(tmp_path, qform, sform, refused):
+    path = _with_forms(tmp_path, qform, sform)
+    if refused is None:
+        assert load_cbf(path).shape == (16, 16, 16)
+    else:
+        with pytest.raises(ScanError, match=refused):
+            load_cbf(path)
+
+
+@pytest.mark.parametrize(("scale", "refused"), [(1.0, False), (0.3, True), (0.1, True), (0.001, True)])
+def test_voxel_sizes_that_make_the_brain_too_small_are_refused(tmp_path, scale, refused):
+    """The 16^3 sphere on 3 x 3 x 4 mm voxels is 40 mL; written in tenths or metres it is under 5 mL."""
+    path = save(tmp_path / "cbf.nii.gz", brain(), affine=np.diag([*(np.diag(AFFINE)[:3] * scale), 1.0]))
+    if refused:
+        with pytest.raises(ScanError, match=r"less than any human brain's 5 mL: are the header's voxel sizes wrong"):
+            load_cbf(path)
+    else:
+        load_cbf(path)
