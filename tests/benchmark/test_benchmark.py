@@ -249,7 +249,10 @@ def test_probe_features_must_cover_every_scan(monkeypatch):
 
     from ichor.benchmark.run import encoder_features
 
-    embedded = pd.DataFrame({"subject": ["a"], "path": ["/d/a.nii.gz"], "f000": [0.1], "f001": [0.2]})
+    embedded = pd.DataFrame(
+        {"subject": ["a"], "path": ["/d/a.nii.gz"], "log_brain_mean": [3.9], "log_brain_std": [2.5]}
+        | {"f000": [0.1], "f001": [0.2]}
+    )
     monkeypatch.setattr("ichor.evaluation.features.embed_scans", lambda *args, **kwargs: embedded)
     rows = pd.DataFrame({"path": ["/d/a.nii.gz", "/d/b.nii.gz"], "manifest": "study.csv", "row": [1, 2]})
     data = SimpleNamespace(manifests=["study.csv"], batch_size=2, cache_dir="c", num_workers=0, on_bad_scan="skip")
@@ -258,7 +261,7 @@ def test_probe_features_must_cover_every_scan(monkeypatch):
     with pytest.raises(ValueError, match=r"study.csv row 2 \(/d/b.nii.gz\): no encoder features \(1 scan"):
         encoder_features("encoder", rows, base, {})
     rows = rows.iloc[:1]
-    assert encoder_features("encoder", rows, base, {}).loc["/d/a.nii.gz"].tolist() == [0.1, 0.2]
+    assert encoder_features("encoder", rows, base, {}).loc["/d/a.nii.gz"].tolist() == [0.1, 0.2, 3.9, 2.5]
 
 
 def test_regional_features_split_the_brain_in_world_coordinates():
