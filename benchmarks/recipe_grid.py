@@ -27,6 +27,7 @@ missing ones); ``--publish docs/results/recipe_grid`` copies the table and this 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import sys
 import time
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         folder = Path(args.publish)
         write_csv(table, folder / RESULTS)
-        write_text(folder / "command.txt", "python benchmarks/recipe_grid.py " + " ".join(argv or sys.argv[1:]) + "\n")
+        command = "python benchmarks/recipe_grid.py " + " ".join(argv or sys.argv[1:])
+        write_text(folder / "command.txt", f"# {datetime.date.today()}\nmake demo-data probe-data\n{command}\n")
     return 0
 
 

@@ -79,14 +79,15 @@ def probe_scores(
 ) -> dict[str, float]:
     """The callback's scalars (without ``probe/``) for one feature matrix: label probe, site probe, RankMe.
 
-    ``scalars`` (N, k), the global CBF scalars, join the features of both probes; RankMe is the
-    encoder's own (the features alone).
+    ``scalars`` (N, k), the global CBF scalars, join the features of the label probe; the site
+    probe and RankMe read the encoder's own features alone (the scalars carry each site's global
+    level by design, and are not the encoder's).
     """
     probed = features if scalars is None else np.concatenate([features, scalars], axis=1)
     scores = cross_validated_scores(probed, labels, classification, subjects, folds, seed)
     sites = np.unique(studies)
     if len(sites) > 1:
-        site = cross_validated_scores(probed, studies, True, subjects, folds, seed)
+        site = cross_validated_scores(features, studies, True, subjects, folds, seed)
         scores.update(site_balanced_accuracy=site["balanced_accuracy"], site_chance=1.0 / len(sites))
     scores["rankme"] = rankme(features)
     return scores

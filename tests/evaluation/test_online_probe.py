@@ -50,6 +50,9 @@ def test_the_global_cbf_scalars_give_the_probe_a_global_level_the_features_do_no
     told = probe_scores(features, labels, True, subjects, studies, folds=3, scalars=scalars)
     assert blind["auroc"] < 0.7 < 0.95 < told["auroc"]
     assert told["rankme"] == blind["rankme"]  # the encoder's own rank: the scalars are not features of it
+    site_level = np.stack([np.log(np.where(studies == "a", 30.0, 60.0))], axis=1)  # the scalars tell the sites apart
+    told_sites = probe_scores(features, labels, True, subjects, studies, folds=3, scalars=site_level)
+    assert told_sites["site_balanced_accuracy"] == blind["site_balanced_accuracy"]  # the encoder's features alone
 
 
 def test_paired_gain_is_the_mean_and_spread_of_per_draw_differences():
