@@ -328,7 +328,10 @@ def _with_global_cbf(
     data = base.datamodule
     manifests = sorted(rows["manifest"].unique())
     scalars = global_cbf_table(data.harmonisation_settings(), manifests, cache_dir=data.hparams.cache_dir)
-    return compute(rows).join(scalars.loc[rows["path"].unique()], validate="one_to_one")
+    features = compute(rows)  # the oracle records its own log brain mean: the shared one replaces it
+    return features.drop(columns=scalars.columns, errors="ignore").join(
+        scalars.loc[features.index], validate="one_to_one"
+    )
 
 
 def stored_features(rows: pd.DataFrame, encoder: Path, base: IchorCLI, probe: dict, folder: Path) -> pd.DataFrame:
