@@ -33,7 +33,7 @@ def downstream_manifests(tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
     """`helpers.make_encoder` with its defaults: an exported untrained mae_vit_micro (patch 8) with
-    the harmonisation of ``downstream_manifests`` (4 mm, 16^3 grid, ``scale``). Read-only."""
+    the harmonisation of ``downstream_manifests`` (4 mm, 16^3 grid, ``relative``). Read-only."""
     from helpers import make_encoder
 
     return make_encoder(tmp_path_factory.mktemp("encoder"))

@@ -77,12 +77,12 @@ HARMONISATION = {
     "shape": list(SHAPE),
     "volume": None,
     "orientation": "RAS",
-    "normalization": "scale",
-    "cbf_scale": 100.0,
+    "normalization": "relative",  # as the shipped demo configs (common/demo.yaml)
 }
 DATA_ARGS = {
     "spacing": SPACING,
     "shape": SHAPE,
+    "normalization": "relative",
     "num_workers": 0,
     "progress": False,
     "augment": None,

@@ -116,7 +116,7 @@ def test_data_harmonised_differently_from_the_encoder_is_refused(setting, tmp_pa
         WeightsError, match=r"spacing: encoder \[4.0, 4.0, 4.0\], data \[2.0, 2.0, 2.0\].*set the data's spacing"
     ):
         task.configure_encoder({**HARMONISATION, "spacing": [2.0, 2.0, 2.0]})
-    with pytest.raises(WeightsError, match="normalization: encoder 'scale', data 'zscore'"):
+    with pytest.raises(WeightsError, match="normalization: encoder 'relative', data 'zscore'"):
         trainer(tmp_path, fast_dev_run=1).fit(task, datamodule=datamodule(setting, normalization="zscore"))
     # another grid at the same spacing is fine: position embeddings follow the data
     task.configure_encoder({**HARMONISATION, "shape": [24, 16, 16]})
