@@ -347,7 +347,7 @@ def stored_features(rows: pd.DataFrame, encoder: Path, base: IchorCLI, probe: di
     keys = [str(path_key(path, content)) for path in rows["path"]]
     saved = pd.read_csv(store, index_col=0) if store.is_file() else pd.DataFrame()
     if not set(keys) <= set(saved.index):
-        embedded = encoder_features(encoder, rows, base, probe)
+        embedded = encoder_features(encoder, rows, base, probe).astype("float64")  # as the CSV reads back, exactly
         embedded.index = [str(path_key(path, content)) for path in embedded.index]
         saved = pd.concat([saved, embedded])
         saved = saved.loc[~saved.index.duplicated(keep="last")]
