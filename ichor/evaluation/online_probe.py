@@ -1,9 +1,9 @@
 """``OnlineProbe``: is the representation improving, not only the pretext loss falling?
 
 A Lightning callback for any :class:`ichor.pretrain.Pretrainer` (MAE, SimCLR, Models Genesis:
-it reads ``encoder_network()``). Before training and every ``every_n_epochs`` epochs it embeds
-a small labelled probe set with the frozen encoder (eval mode, no gradients) and logs to every
-logger (TensorBoard: the ``probe/`` scalars, at the training step):
+it reads ``encoder_network()``). Before training, every ``every_n_epochs`` epochs and at the end
+(a time limit may stop a run between two probes) it embeds a small labelled probe set with the
+frozen encoder (eval mode, no gradients) and logs to every logger (TensorBoard: the ``probe/`` scalars, at the training step):
 
 - ``probe/<metric>``: the linear probe of :mod:`ichor.evaluation.linear` (regularisation by
   inner CV), cross-validated over subjects on the probe set: ``auroc`` and
@@ -159,6 +159,7 @@ class OnlineProbe(Callback):
         self.latest: dict[str, float] = {}
         self.initial_draws: list[dict[str, float]] = []
         self.latest_draws: list[dict[str, float]] = []
+        self._probed_at: int | None = None  # the training step of the last probe
 
     def state_dict(self) -> dict[str, Any]:
         return {"initial": dict(self.initial), "initial_draws": list(self.initial_draws)}
@@ -173,6 +174,11 @@ class OnlineProbe(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.probe(trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The last probe is of the final weights, also when a time limit stops the run between probes."""
+        if self._probed_at != trainer.global_step:
             self.probe(trainer, pl_module)
 
     # ---------------------------------------------------------------- probing
@@ -208,6 +214,7 @@ class OnlineProbe(Callback):
         trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
         self.initial, self.initial_draws = self.initial or metrics, self.initial_draws or draws
         self.latest, self.latest_draws = metrics, draws
+        self._probed_at = trainer.global_step
         return metrics
 
     def probe_set(self, trainer: Trainer) -> tuple[DataLoader, pd.DataFrame]:

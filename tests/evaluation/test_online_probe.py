@@ -142,8 +142,9 @@ def test_online_probe_works_for_every_pretrainer(tmp_path, method):
         max_epochs=1,
         limit_train_batches=1,
         limit_val_batches=0,
-        callbacks=[OnlineProbe(target="diagnosis", folds=2)],
+        callbacks=[probe := OnlineProbe(target="diagnosis", folds=2, every_n_epochs=5)],
     )
     trainer.fit(module, data)
     assert set(trainer.callback_metrics) >= SCALARS
+    assert probe._probed_at == trainer.global_step == 1  # stopped before epoch 5: the end still probed
     assert (tmp_path / "splits.csv").exists()
