@@ -3,7 +3,8 @@
 A Lightning callback for any :class:`ichor.pretrain.Pretrainer` (MAE, SimCLR, Models Genesis:
 it reads ``encoder_network()``). Before training, every ``every_n_epochs`` epochs and at the end
 (a time limit may stop a run between two probes) it embeds a small labelled probe set with the
-frozen encoder (eval mode, no gradients) and logs to every logger (TensorBoard: the ``probe/`` scalars, at the training step):
+frozen encoder (eval mode, no gradients) and logs to every logger (TensorBoard: the ``probe/``
+scalars, at the training step):
 
 - ``probe/<metric>``: the linear probe of :mod:`ichor.evaluation.linear` (regularisation by
   inner CV), cross-validated over subjects on the probe set: ``auroc`` and
