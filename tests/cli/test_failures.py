@@ -123,8 +123,8 @@ def test_explain_names_its_own_remedy_for_bad_scans(tmp_path, capsys, tiny_encod
     from ichor.downstream import DownstreamTask
 
     data = CBFDataModule(downstream_manifests, cache_dir=str(tmp_path / "cache"), spacing=4.0, shape=(16, 16, 16),
-                         target="diagnosis", augment=None, num_workers=0, batch_size=4, val_fraction=0.0,
-                         test_fraction=0.0, progress=False, log_dir=str(tmp_path))  # fmt: skip
+                         normalization="relative", target="diagnosis", augment=None, num_workers=0, batch_size=4,
+                         val_fraction=0.0, test_fraction=0.0, progress=False, log_dir=str(tmp_path))  # fmt: skip
     task = DownstreamTask(str(tiny_encoder), mode="linear_probe", figures=False)
     trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
