@@ -10,6 +10,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule
 
 from ichor.data import Augmentation, CBFDataModule
+from ichor.data.augment import LEFT_RIGHT_DIM, on_chosen
 
 SMALL = {"spacing": 4.0, "shape": (48, 56, 48), "num_workers": 0, "progress": False}
 NO_AUGMENT = {**SMALL, "augment": None}
@@ -139,6 +140,28 @@ def test_augmentation_only_in_training(manifests, cache_dir, transforms_on):
     assert not torch.equal(item["image"], original["image"])
     assert torch.equal(item["mask"], original["mask"].flip(2))  # the flip moved the mask too
     assert (item["image"][~item["mask"]] == 0).all()
+
+
+def test_noise_changes_only_the_chosen_scans_inside_their_brain():
+    """On a CPU noise is drawn for the chosen scans only: the others come back bit-identical, backgrounds stay 0."""
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.zeros(16, 1, 6, 5, 4, dtype=torch.bool)
+    masks[..., 1:5, 1:4, 1:3] = True
+    images = masks * torch.rand(masks.shape, generator=generator)
+    noisy, noisy_masks = Augmentation(flip_p=0, intensity_p=0, noise_p=0.5)(
+        images, masks, torch.full((16,), 0.2), generator
+    )
+    changed = (noisy != images).flatten(1).any(dim=1)
+    assert 0 < int(changed.sum()) < 16 and torch.equal(noisy_masks, masks)
+    assert torch.equal(noisy[~changed], images[~changed]) and (noisy[~masks] == 0).all()
+
+
+def test_flip_of_chosen_scans_equals_the_batch_select():
+    """The CPU path (indexing the chosen scans) gives exactly what the device path's select gives."""
+    images = torch.rand(8, 1, 6, 5, 4)
+    chosen = torch.tensor([True, False, True, True, False, False, True, False])
+    selected = torch.where(chosen.view(-1, 1, 1, 1, 1), images.flip(LEFT_RIGHT_DIM), images)
+    assert torch.equal(on_chosen(chosen, images, lambda scans, _: scans.flip(LEFT_RIGHT_DIM)), selected)
 
 
 def test_flip_is_left_right_and_affine_moves_the_mask():
