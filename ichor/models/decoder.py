@@ -48,7 +48,20 @@ class TransformerDecoder(nn.Module):
         table = self.pos_embed.to(x.dtype)
         return table.expand(x.shape[0], -1, -1) if ids is None else gather_tokens(table, ids)
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder-width tokens with positions (B, K, D) -> voxel predictions (B, K, in_chans * p^3)."""
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, loss_rows: slice | None = None
+    ) -> torch.Tensor:
+        """Decoder-width tokens with positions (B, K, D) -> voxel predictions (B, K, in_chans * p^3).
+
+        ``loss_rows``: the only rows a loss reads. The others are predicted without a gradient, so
+        that the widest layer (one output per voxel) backpropagates through the loss rows alone.
+        """
         x = run_blocks(self.blocks, x, key_padding_mask, self.grad_checkpointing)
+        if loss_rows is None or not torch.is_grad_enabled():
+            return self.predict(x)
+        with torch.no_grad():
+            before, after = self.predict(x[:, : loss_rows.start]), self.predict(x[:, loss_rows.stop :])
+        return torch.cat([before, self.predict(x[:, loss_rows]), after], dim=1)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.pred(self.norm(x))

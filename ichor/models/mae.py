@@ -204,20 +204,21 @@ class MaskedAutoencoderViT3D(nn.Module):
         x = self.encoder.embed(visible, masking.ids_shuffle[:, : masking.keep])
         return self.encoder.forward_blocks(x, masking.keep_padding), masking
 
-    def forward_decoder(self, latent: torch.Tensor, masking: Masking) -> torch.Tensor:
+    def forward_decoder(self, latent: torch.Tensor, masking: Masking, loss_rows: slice | None = None) -> torch.Tensor:
         """Visible latents + mask tokens for the masked brain patches -> (B, length, C*p^3) predictions.
 
         The decoder sees only brain tokens, in the masking's shuffled order (attention does not
         care; positions come from the gathered table), and its rows stay in that order: row
         ``j`` of scan ``i`` predicts patch ``ids_shuffle[i, j]``. :meth:`to_grid` puts them in
-        grid order; the loss reads the masked ones where they are.
+        grid order; the loss reads the masked ones where they are (``loss_rows``: only those
+        carry a gradient).
         """
         x = self.decoder.embed(latent)
         x = F.pad(x, (0, 0, 0, masking.length - masking.keep))
         visible = padding_mask(masking.len_keep, masking.length).unsqueeze(-1)
         x = torch.where(visible, x, self.mask_token.to(x.dtype))
         x = x + self.decoder.positions(x, masking.ids_shuffle[:, : masking.length])
-        return self.decoder(x, masking.token_padding)
+        return self.decoder(x, masking.token_padding, loss_rows)
 
     def to_grid(self, pred: torch.Tensor, masking: Masking) -> torch.Tensor:
         """Decoder rows (B, length, C*p^3) -> (B, L, C*p^3) in grid order; rows of patches not decoded (non-brain) are zero.
@@ -265,8 +266,8 @@ class MaskedAutoencoderViT3D(nn.Module):
         0. It equals ``forward_loss(imgs, pred, mask)`` on the returned full-grid ``pred``.
         """
         latent, masking = self.forward_encoder(imgs, brain_mask, mask_ratio, noise)
-        pred = self.forward_decoder(latent, masking)
         rows = slice(masking.first_masked, masking.targets_end)
+        pred = self.forward_decoder(latent, masking, rows)
         ids = masking.ids_shuffle[:, rows]
         loss = self.forward_loss(imgs, pred[:, rows], masking.mask.gather(1, ids), ids)
         return loss, self.to_grid(pred, masking), masking.mask

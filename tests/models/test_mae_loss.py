@@ -79,11 +79,18 @@ def test_only_masked_brain_predictions_reach_the_loss_gradient():
     model = MaskedAutoencoderViT3D(MAEConfig(patch_size=P, mask_ratio=RATIO, **SMALL), IMG)
     imgs, brain_mask = ragged_batch()
     decoded = []
-    model.decoder.pred.register_forward_hook(lambda module, args, out: decoded.append(out) or out.retain_grad())
+    model.decoder.blocks[-1].register_forward_hook(lambda module, args, out: decoded.append(out) or out.retain_grad())
+    predicted = []  # rows through the prediction layer, and whether with a gradient
+    model.decoder.pred.register_forward_hook(
+        lambda module, args, out: predicted.append((out.shape[1], out.requires_grad))
+    )
     loss, _, mask = model(imgs, brain_mask)
     loss.backward()
     rows_with_gradient = (decoded[0].grad.abs().sum(-1) > 0).sum(1)
     assert rows_with_gradient.tolist() == mask.sum(1).long().tolist()
+    # The widest layer backpropagates through the loss rows only: the visible rows before them go without.
+    with_gradient = sum(rows for rows, grad in predicted if grad)
+    assert int(mask.sum(1).max()) <= with_gradient < sum(rows for rows, _ in predicted) == decoded[0].shape[1]
 
 
 def reference_forward(model: MaskedAutoencoderViT3D, imgs, brain_mask, noise) -> torch.Tensor:
