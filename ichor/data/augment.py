@@ -42,19 +42,21 @@ class Augmentation:
         masks: torch.Tensor,
         noise_levels: torch.Tensor,
         generator: torch.Generator | None = None,
+        in_place: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment a batch: (B, 1, D, H, W) float images and bool brain masks in, same out.
 
         ``noise_levels`` (B,) is each scan's brain standard deviation in the images' units;
         ``generator`` lives on the images' device (None: torch's default generator). Runs in
-        the images' precision even under autocast.
+        the images' precision even under autocast. ``in_place``: a caller that owns the batch
+        lets a CPU change the chosen scans where they are instead of copying the batch.
         """
         with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             draw = _Draws(images.shape[0], images.device, generator)
             if self.flip_p > 0:
                 flip = draw.chance(self.flip_p)
                 images, masks = (
-                    on_chosen(flip, x, lambda scans, _: scans.flip(LEFT_RIGHT_DIM)) for x in (images, masks)
+                    on_chosen(flip, x, lambda scans, _: scans.flip(LEFT_RIGHT_DIM), in_place) for x in (images, masks)
                 )
             if self.affine_p > 0:
                 chosen = draw.chance(self.affine_p).view(-1, 1, 1, 1, 1)
@@ -62,7 +64,12 @@ class Augmentation:
                 images, masks = torch.where(chosen, moved, images), torch.where(chosen, moved_masks, masks)
             if self.intensity_p > 0:
                 factor = 1 + self.intensity_range * draw.symmetric(())
-                images = images * torch.where(draw.chance(self.intensity_p), factor, 1.0).view(-1, 1, 1, 1, 1)
+                images = on_chosen(
+                    draw.chance(self.intensity_p),
+                    images,
+                    lambda scans, rows: scans * factor[rows].view(-1, 1, 1, 1, 1),
+                    in_place,
+                )
             if self.noise_p > 0:
                 levels = self.noise_std * noise_levels
 
@@ -70,7 +77,7 @@ class Augmentation:
                     noise = torch.randn(scans.shape, generator=generator, device=scans.device, dtype=scans.dtype)
                     return torch.where(masks[rows], scans + levels[rows].view(-1, 1, 1, 1, 1) * noise, scans)
 
-                images = on_chosen(draw.chance(self.noise_p), images, add_noise)
+                images = on_chosen(draw.chance(self.noise_p), images, add_noise, in_place)
             return images, masks
 
     def _affine(self, images: torch.Tensor, masks: torch.Tensor, draw: _Draws) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,18 +99,24 @@ class Augmentation:
 
 
 def on_chosen(
-    chosen: torch.Tensor, x: torch.Tensor, change: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor]
+    chosen: torch.Tensor,
+    x: torch.Tensor,
+    change: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor],
+    in_place: bool = False,
 ) -> torch.Tensor:
     """``x`` (B, ...) with ``change(scans, rows)`` applied to the scans where ``chosen`` (B,) is True.
 
-    On a CPU only the chosen scans are changed (``rows`` their indices): drawing noise for
-    scans that get none was half the cost of finishing a batch there. On other devices every
-    scan is changed (``rows`` all of them) and the chosen ones selected, without a host sync.
+    On a CPU only the chosen scans are changed (``rows`` their indices), in ``x`` itself when
+    ``in_place``: drawing noise for scans that get none, and copying the batch for each step,
+    were most of the cost of finishing a batch there. On other devices every scan is changed
+    (``rows`` all of them) and the chosen ones selected, without a host sync.
     """
     if x.device.type != "cpu":
         return torch.where(chosen.view(-1, *(1,) * (x.ndim - 1)), change(x, slice(None)), x)
     rows = chosen.nonzero().flatten()
-    return x.index_put((rows,), change(x[rows], rows)) if len(rows) else x
+    if not len(rows):
+        return x
+    return x.index_put_((rows,), change(x[rows], rows)) if in_place else x.index_put((rows,), change(x[rows], rows))
 
 
 class _Draws:

@@ -178,7 +178,8 @@ def prepare_(
     normalize_(images, masks, normalization, cbf_scale, brain_mean, brain_std)
     if augmentation is None:
         return images, masks
-    return augmentation(images, masks, noise_levels(normalization, cbf_scale, brain_mean, brain_std), generator)
+    levels = noise_levels(normalization, cbf_scale, brain_mean, brain_std)
+    return augmentation(images, masks, levels, generator, in_place=True)
 
 
 def global_cbf(brain_mean: torch.Tensor, brain_std: torch.Tensor) -> torch.Tensor:

@@ -148,12 +148,14 @@ def test_noise_changes_only_the_chosen_scans_inside_their_brain():
     masks = torch.zeros(16, 1, 6, 5, 4, dtype=torch.bool)
     masks[..., 1:5, 1:4, 1:3] = True
     images = masks * torch.rand(masks.shape, generator=generator)
-    noisy, noisy_masks = Augmentation(flip_p=0, intensity_p=0, noise_p=0.5)(
-        images, masks, torch.full((16,), 0.2), generator
-    )
+    augment, state = Augmentation(flip_p=0, intensity_p=0, noise_p=0.5), generator.get_state()
+    noisy, noisy_masks = augment(images, masks, torch.full((16,), 0.2), generator)
     changed = (noisy != images).flatten(1).any(dim=1)
     assert 0 < int(changed.sum()) < 16 and torch.equal(noisy_masks, masks)
     assert torch.equal(noisy[~changed], images[~changed]) and (noisy[~masks] == 0).all()
+    # A caller that owns the batch (prepare_) gets the same values without a copy of it.
+    same, _ = augment(images, masks, torch.full((16,), 0.2), generator.set_state(state), in_place=True)
+    assert same is images and torch.equal(same, noisy)
 
 
 def test_flip_of_chosen_scans_equals_the_batch_select():
