@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ichor.benchmark.choice import LOWER_BETTER, chosen_modes, metric_column
-from ichor.benchmark.config import BenchmarkConfig
+from ichor.benchmark.config import TRAINED_MODES, BenchmarkConfig
 from ichor.benchmark.intervals import bootstrap_interval, verdict
 from ichor.downstream.cv import summarise
 from ichor.io import atomic_path, write_csv, write_text
@@ -348,9 +348,10 @@ def report(
     """One compute rule's CSV files (``benchmark_<table><suffix>.csv``) and Markdown sections."""
     chosen = chosen_modes(outcome.selection, outcome.results, cfg)
     summary = with_chosen(with_gap_closed(summary_table(outcome.results, cfg)), chosen)
-    folds = ("held-out studies" if cfg.by_study else "folds") + (
-        f" x {len(cfg.seeds)} draws" if len(cfg.seeds) > 1 else ""
-    )
+    draws = outcome.results["seed"].nunique()  # a second compute rule runs fewer draws than the config's seeds
+    folds = ("held-out studies" if cfg.by_study else "folds") + (f" x {draws} draws" if draws > 1 else "")
+    if 0 < cfg.trained_draws < draws and outcome.results["mode"].isin(TRAINED_MODES).any():
+        folds += f"; Lightning runs x {cfg.trained_draws}"
     paired = paired_differences(outcome.results, chosen, cfg)
     pretraining = pretraining_table(summary, outcome.pretraining)
     tables = {"folds": outcome.results, "summary": summary, "chosen_modes": chosen, "paired": paired}
