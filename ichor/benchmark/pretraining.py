@@ -68,14 +68,18 @@ class ThroughputRecorder(Callback):
                 self.values[name].append(float(value))
                 self._read[name] = value
 
-    def record(self, trainer: Any) -> dict[str, float]:
+    def record(self, trainer: Any) -> dict[str, Any]:
+        """Epochs, steps, minutes, median throughput, and what stopped the run: ``max_epochs`` (its
+        schedule's end) or ``clock`` (``max_time``, or an interruption)."""
         medians = {name: float(np.median(v)) if v else float("nan") for name, v in self.values.items()}
+        cap = trainer.max_epochs
         return {
             "epochs": int(trainer.current_epoch),
             "steps": int(trainer.global_step),
             "minutes": (time.perf_counter() - self.started) / 60,
             "scans_per_s": medians["train/scans_per_s"],
             "data_wait_fraction": medians["train/data_wait_fraction"],
+            "stopped_by": "max_epochs" if cap is not None and 0 <= cap <= trainer.current_epoch else "clock",
         }
 
 
@@ -140,7 +144,17 @@ def pretrain(method: str, spec: PretrainSpec, cfg: BenchmarkConfig, out: Path, c
     if not checkpoint:
         raise ValueError(f"pre-training config {spec.config[-1]} ({method}) saved no checkpoint")
     write_text(folder / ONLINE_PROBE_FILE, json.dumps(online_probe_record(trainer), indent=1))
-    write_text(folder / COMPUTE_FILE, json.dumps(recorder.record(trainer), indent=1))
+    cost = recorder.record(trainer)
+    if compute == "equal_time" and cost["stopped_by"] == "max_epochs":
+        log.warning(
+            "benchmark: %s reached its schedule's end (%d epochs) after %.1f of its %g minutes, before the clock: "
+            "it had less compute than the others; raise epochs.pretrain_time_cap so that no method reaches it",
+            method,
+            cost["epochs"],
+            cost["minutes"],
+            cfg.pretrain_budget_minutes,
+        )
+    write_text(folder / COMPUTE_FILE, json.dumps(cost, indent=1))
     return export_encoder(checkpoint, encoder, overwrite=True)
 
 

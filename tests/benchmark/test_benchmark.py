@@ -153,6 +153,7 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
     pretraining = pd.read_csv(out / "benchmark_pretraining.csv").set_index("method")
     assert set(pretraining.index) == set(methods) and (pretraining["compute"] == "equal_time").all()
     assert (pretraining["epochs"] >= 0).all() and (pretraining["minutes"] > 0).all()
+    assert set(pretraining["stopped_by"]) <= {"clock", "max_epochs"}  # which limit ended each pre-training
     assert {"scans_per_s", "data_wait_fraction", "probe/auroc initial", "probe/auroc end", "probe/auroc change"} <= set(
         pretraining.columns
     )

@@ -217,7 +217,7 @@ def test_throughput_is_the_median_over_steps_each_step_read_once():
 
     from ichor.benchmark.pretraining import ThroughputRecorder
 
-    trainer = SimpleNamespace(callback_metrics={}, current_epoch=2, global_step=4)
+    trainer = SimpleNamespace(callback_metrics={}, current_epoch=2, global_step=4, max_epochs=8)
     recorder = ThroughputRecorder()
     for step, (speed, wait) in enumerate([(None, None), (100.0, 0.5), (300.0, 0.1), (200.0, 0.2)]):
         recorder.on_train_batch_start(trainer, None, None, step)
@@ -232,3 +232,6 @@ def test_throughput_is_the_median_over_steps_each_step_read_once():
     assert recorder.values["train/scans_per_s"] == [100.0, 300.0, 200.0]
     assert record["scans_per_s"] == 200.0 and record["data_wait_fraction"] == pytest.approx(0.2)
     assert (record["epochs"], record["steps"]) == (2, 4) and record["minutes"] >= 0
+    assert record["stopped_by"] == "clock"  # 2 of 8 epochs: max_time (or an interruption) ended it
+    trainer.current_epoch = 8  # the schedule ran out first: the run had less than the budget's compute
+    assert recorder.record(trainer)["stopped_by"] == "max_epochs"
