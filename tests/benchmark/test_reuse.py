@@ -130,6 +130,7 @@ def test_pretraining_is_reused_by_content_resumed_when_interrupted_and_redone_wh
             callbacks=[],
             current_epoch=6,
             global_step=12,
+            max_epochs=None,
         )
         return SimpleNamespace(trainer=trainer, model=None, datamodule=None)
 
