@@ -3,12 +3,13 @@
 ``prepare_data`` (rank 0) harmonises every scan once into the cache; ``setup`` (every rank)
 finds the cached arrays, applies the bad-scan policy, splits subjects and writes the split
 table; the dataloaders read memory-mapped float16 arrays (or, with ``in_memory``, index one
-resident tensor). Training batches leave the workers as those float16 values and are
-normalized and augmented on the training device after transfer (``on_after_batch_transfer``),
-where a GPU does in microseconds what costs a CPU worker milliseconds per scan, and a resumed run
-draws exactly the augmentation an uninterrupted one would (``transforms_on: workers``, or
-``auto`` on a CPU, finish them in the workers instead, not exactly resumable). The other splits
-are normalized in the workers, so that their loaders serve ready batches to any caller.
+resident tensor). Training batches are normalized and augmented where it costs least: on a GPU
+after transfer (``on_after_batch_transfer``: the workers hand over float16 values, and the GPU
+does in microseconds what costs a CPU worker milliseconds per scan), on a CPU in the loader
+workers, in parallel with training (``transforms_on``). Either way a batch's augmentation is
+drawn from a generator seeded by (seed, epoch, its scans), so both places give the same batch
+and a resumed run draws exactly what an uninterrupted one would. The other splits are
+normalized in the workers, so that their loaders serve ready batches to any caller.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -99,7 +100,9 @@ class CachedScans(Dataset):
     is copied once instead of three times; use ``collate_batch`` as the loader's collate_fn.
     ``raw`` batches keep the cached float16 values (NaN outside the brain) and carry what
     ``prepare_`` needs under ``RAW``; ``resident`` (from ``ichor.data.in_memory``) replaces
-    file reads by indexing one tensor.
+    file reads by indexing one tensor. Augmented batches draw from ``augmentation_generator``
+    with ``seed`` and the epoch the training sampler sets (``set_epoch``), which running
+    workers see: it lives in shared memory.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class CachedScans(Dataset):
         self.entries = list(entries)
         self.normalization, self.cbf_scale, self.augmentation = normalization, cbf_scale, augmentation
         self.raw, self.resident = raw, resident
+        self.seed, self.epoch = 0, torch.zeros((), dtype=torch.int64)
         self.fields = {column: _field_values(rows[column]) for column in rows.columns}
         self.brain_mean = torch.tensor([entry.brain_mean for entry in self.entries], dtype=torch.float32)
         self.brain_std = torch.tensor([entry.brain_std for entry in self.entries], dtype=torch.float32)
@@ -122,6 +126,12 @@ class CachedScans(Dataset):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation the next batches draw (shared before a sampler starts the workers)."""
+        if not self.epoch.is_shared():
+            self.epoch.share_memory_()
+        self.epoch.fill_(epoch)
 
     def __getitem__(self, index: int) -> dict:
         """One scan: image (1, D, H, W), mask, fields."""
@@ -139,7 +149,10 @@ class CachedScans(Dataset):
             return {"image": images, RAW: extras, **fields}
         masks = _batch_tensor(tuple(images.shape), torch.bool)
         mean, std = self.brain_mean[rows], self.brain_std[rows]
-        finished = prepare_(images, masks, self.normalization, self.cbf_scale, mean, std, self.augmentation)
+        generator = None
+        if self.augmentation is not None:
+            generator = augmentation_generator(self.seed, int(self.epoch), indices, images.device)
+        finished = prepare_(images, masks, self.normalization, self.cbf_scale, mean, std, self.augmentation, generator)
         if get_worker_info() is not None and finished[0] is not images:
             # Augmentation returns new tensors: copied back into the shared buffers, they reach the
             # trainer without a second shared segment and copy (a third less worker CPU per scan).
@@ -198,17 +211,35 @@ def noise_levels(
     return torch.ones_like(brain_std) if normalization == "zscore" else brain_std
 
 
-def resolve_transforms_on(transforms_on: TransformsOn, device: torch.device | None) -> Literal["device", "workers"]:
-    """Where training batches are finished, for a run training on ``device`` (None: no trainer).
+def resolve_transforms_on(
+    transforms_on: TransformsOn, device: torch.device | None, processes: int = 1
+) -> Literal["device", "workers"]:
+    """Where training batches are finished, for a run training on ``device`` (None: no trainer) in ``processes``.
 
-    ``auto`` is "workers" on a CPU: there the loader workers augment in parallel with training,
-    which beats finishing each batch in the one training process; a resumed run then draws
-    other augmentations than an uninterrupted one (the workers' random state is not in the
-    checkpoint). On a GPU, and without a trainer, it is "device": seeded, exactly resumable.
+    ``auto`` is "workers" on a single CPU process: there the loader workers augment in parallel
+    with training, which beats finishing each batch in the one training process. On a GPU,
+    without a trainer (the caller finishes raw batches) and under DDP it is "device". The
+    workers follow the epoch through ichor's training sampler, which DDP replaces: "workers"
+    under DDP is refused rather than repeating one epoch's augmentation.
     """
+    if transforms_on == "workers" and processes > 1:
+        raise ValueError(
+            f"transforms_on: workers needs one training process (this run has {processes}): under DDP the "
+            "workers cannot follow the epoch; use 'device' or 'auto'"
+        )
     if transforms_on != "auto":
         return transforms_on
-    return "workers" if device is not None and device.type == "cpu" else "device"
+    return "workers" if device is not None and device.type == "cpu" and processes == 1 else "device"
+
+
+def augmentation_generator(seed: int, epoch: int, indices: Sequence[int], device: torch.device) -> torch.Generator:
+    """The generator that augments one training batch: a function of (seed, epoch, the batch's scans).
+
+    Wherever the batch is finished (a loader worker or the training device), a resumed run,
+    a rerun and every DDP rank draw exactly what an uninterrupted run would, with no state to save.
+    """
+    key = np.random.SeedSequence([seed, epoch, *indices]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(key >> 1))
 
 
 def collate_batch(batch: dict) -> dict:
@@ -223,13 +254,16 @@ class EpochShuffle(RandomSampler):
     (a RandomSampler) with a DistributedSampler, which is seeded the same way.
     """
 
-    def __init__(self, data_source: Dataset, seed: int) -> None:
+    def __init__(self, data_source: Dataset, seed: int, on_epoch: Callable[[int], None] | None = None) -> None:
         super().__init__(data_source, generator=torch.Generator())
-        self.seed = seed
+        self.seed, self.on_epoch = seed, on_epoch
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        """Also tells ``on_epoch`` (the dataset, whose augmentation follows the epoch)."""
         self.generator.manual_seed(epoch_seed(self.seed, epoch))
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
 
 
 class CBFDataModule(LightningDataModule):
@@ -256,7 +290,7 @@ class CBFDataModule(LightningDataModule):
         target_values: list | None = None,
         split_file: str | None = None,
         augment: Augmentation | None = Augmentation(),
-        transforms_on: TransformsOn = "device",
+        transforms_on: TransformsOn = "auto",
         in_memory: Literal["host", "device"] | None = None,
         on_bad_scan: Literal["error", "skip"] = "error",
         log_dir: str | None = None,
@@ -297,8 +331,8 @@ class CBFDataModule(LightningDataModule):
                 training device, after transfer: the loader hands over float16 values, and a
                 DataLoader used without a Lightning Trainer yields them raw, to finish with
                 ``on_after_batch_transfer``), "workers" (the loader workers, in float32), or
-                "auto": "workers" when the trainer trains on a CPU, "device" otherwise (see
-                :func:`resolve_transforms_on`).
+                "auto" (default): "workers" when one process trains on a CPU, "device" otherwise
+                (see :func:`resolve_transforms_on`). Both draw the same augmentation.
             in_memory: hold the training split in memory as one float16 tensor ("host" RAM or
                 the training "device"), sharded by rank under DDP, instead of reading the cache
                 files; refused, with the sizes, when it does not fit. None reads the cache.
@@ -333,6 +367,7 @@ class CBFDataModule(LightningDataModule):
         self.rows: pd.DataFrame | None = None  # kept scans, with their `split`
         self.skipped: pd.DataFrame | None = None
         self._known_bad: dict[str, str] = {}
+        self._resumed_epoch = 0  # from a checkpoint's state_dict (load_state_dict)
         self.partial_coverage = 0  # after setup: scans with partial brain coverage
 
     # ------------------------------------------------------------------ metadata
@@ -408,18 +443,17 @@ class CBFDataModule(LightningDataModule):
             )
         train = self.datasets["train"]
         device = self.trainer.strategy.root_device if self.trainer is not None else None
-        train.raw = resolve_transforms_on(hp.transforms_on, device) == "device"
+        train.raw = resolve_transforms_on(hp.transforms_on, device, self._rank_and_world()[1]) == "device"
         train.augmentation = None if train.raw else self.augment
+        train.seed = hp.seed
         if hp.in_memory is not None and len(train):
             train.resident = load_resident(train.entries, self._resident_device())
         self.datasets["predict"] = CachedScans(rows, entries, hp.normalization, hp.cbf_scale)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Finish a raw training batch on its device: normalize, and augment with a seeded generator.
+        """Finish a raw training batch on its device: normalize, and augment (``augmentation_generator``).
 
-        The generator's seed is a function of (seed, epoch, the batch's scans), so a resumed
-        run, a rerun and every DDP rank draw exactly what an uninterrupted run would, with no
-        state to save. Batches that are not raw pass through.
+        Batches that are not raw pass through.
         """
         extras = batch.pop(RAW, None)
         if extras is None:
@@ -430,8 +464,7 @@ class CBFDataModule(LightningDataModule):
         generator = None
         if self.augment is not None:
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
-            key = np.random.SeedSequence([hp.seed, epoch, *extras["index"]]).generate_state(1, dtype=np.uint64)[0]
-            generator = torch.Generator(device=images.device).manual_seed(int(key >> 1))
+            generator = augmentation_generator(hp.seed, epoch, extras["index"], images.device)
         batch["image"], batch["mask"] = prepare_(
             images,
             masks,
@@ -443,6 +476,15 @@ class CBFDataModule(LightningDataModule):
             generator,
         )
         return batch
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the epoch the Trainer trains next (``processed`` counts it once its batches are done)."""
+        return {"next_epoch": self.trainer.fit_loop.epoch_progress.current.processed} if self.trainer else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed run's loader starts at the saved epoch: the Trainer asks for it, and its workers start
+        drawing batches, before it sets the sampler's epoch (and it does not restart them when resuming)."""
+        self._resumed_epoch = int(state_dict.get("next_epoch", 0))
 
     def train_dataloader(self) -> DataLoader:
         self._check_training_split()
@@ -552,12 +594,15 @@ class CBFDataModule(LightningDataModule):
         train, resident = split == "train", dataset.resident
         sampler: Sampler | None = None
         if train:
-            sampler = EpochShuffle(dataset, hp.seed)
+            sampler = EpochShuffle(dataset, hp.seed, on_epoch=dataset.set_epoch)
             if resident is not None:
                 rank, world = self._rank_and_world()
-                sampler = ShardShuffle(len(dataset), sum(self.rows["split"] == "train"), rank, world, hp.seed)
-        # A resident split is indexed in this process: a gather costs less than passing batches between processes.
-        workers = 0 if resident is not None else hp.num_workers
+                total = sum(self.rows["split"] == "train")
+                sampler = ShardShuffle(len(dataset), total, rank, world, hp.seed, on_epoch=dataset.set_epoch)
+            sampler.set_epoch(self._resumed_epoch)
+        # A resident split handed over raw is indexed in this process: a gather costs less than passing
+        # batches between processes. One that a CPU run finishes in the workers is finished there in parallel.
+        workers = 0 if resident is not None and dataset.raw else hp.num_workers
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         return DataLoader(
             dataset,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -74,9 +74,17 @@ class ShardShuffle(DistributedSampler):
     the same number of steps. With one rank the order is ``EpochShuffle``'s.
     """
 
-    def __init__(self, shard_size: int, total: int, rank: int, world: int, seed: int) -> None:
+    def __init__(
+        self, shard_size: int, total: int, rank: int, world: int, seed: int, on_epoch: Callable[[int], None] | None = None
+    ) -> None:
         super().__init__(range(total), num_replicas=world, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
-        self.shard_size = shard_size
+        self.shard_size, self.on_epoch = shard_size, on_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Also tells ``on_epoch`` (the dataset, whose augmentation follows the epoch)."""
+        super().set_epoch(epoch)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))

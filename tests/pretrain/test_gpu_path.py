@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -123,8 +124,36 @@ def test_device_augmentation_is_a_function_of_seed_epoch_and_scans(synthetic_man
         assert batch["image"].dtype == torch.float32 and (batch["image"][~batch["mask"]] == 0).all()
 
 
-def test_interrupted_run_with_device_augmentation_resumes_exactly(tmp_path, synthetic_manifests):
-    """With augmentation on (affine included), a run killed after epoch 2 and resumed gives the same next losses."""
+def test_workers_and_device_finish_every_epoch_s_batches_identically(synthetic_manifests, tmp_path):
+    """One seeded augmentation wherever a batch is finished: persistent workers follow the sampler's epoch."""
+    strong = Augmentation(flip_p=0.5, affine_p=0.5, intensity_p=1.0, noise_p=1.0)
+    on_device = datamodule(synthetic_manifests, tmp_path / "cache", augment=strong, transforms_on="device")
+    in_workers = datamodule(
+        synthetic_manifests,
+        tmp_path / "cache",
+        augment=strong,
+        transforms_on="workers",
+        num_workers=2,
+        persistent_workers=True,
+    )
+    device_loader, workers_loader = on_device.train_dataloader(), in_workers.train_dataloader()
+    epochs = []
+    for epoch in (0, 1):
+        device_loader.sampler.set_epoch(epoch)  # as the Trainer does at every epoch start
+        workers_loader.sampler.set_epoch(epoch)
+        on_device.trainer = SimpleNamespace(current_epoch=epoch)
+        expected = [on_device.on_after_batch_transfer(batch, 0) for batch in device_loader]
+        received = list(workers_loader)
+        assert [b["path"] for b in received] == [b["path"] for b in expected]
+        for got, want in zip(received, expected):
+            assert torch.equal(got["image"], want["image"]) and torch.equal(got["mask"], want["mask"])
+        epochs.append(received)
+    assert not torch.equal(epochs[0][0]["image"], epochs[1][0]["image"])  # the second epoch drew anew
+
+
+@pytest.mark.parametrize("transforms_on", ["device", "workers"])
+def test_interrupted_run_with_augmentation_resumes_exactly(tmp_path, synthetic_manifests, transforms_on):
+    """With augmentation on (affine included) and loader workers, a run killed after epoch 2 and resumed gives the same next losses."""
     augmentation = Augmentation(affine_p=0.5, noise_p=0.5)
 
     def run(kill_after=None, ckpt_path=None):
@@ -140,9 +169,10 @@ def test_interrupted_run_with_device_augmentation_resumes_exactly(tmp_path, synt
         data = small_datamodule(
             synthetic_manifests,
             tmp_path / "cache",
-            **{**SMALL, "val_fraction": 0.25},
+            **{**SMALL, "val_fraction": 0.25, "num_workers": 2},  # workers start before the resumed epoch is set
             augment=augmentation,
-            transforms_on="device",  # a CPU trainer's "auto" is the workers, which do not resume exactly
+            transforms_on=transforms_on,
+            persistent_workers=True,
         )
         fit.fit(module, data, ckpt_path=ckpt_path)
         fit.save_checkpoint(tmp_path / "killed.ckpt")
@@ -155,8 +185,11 @@ def test_transforms_on_auto_is_the_workers_on_a_cpu_and_the_device_on_a_gpu():
     assert resolve_transforms_on("auto", torch.device("cpu")) == "workers"
     assert resolve_transforms_on("auto", torch.device("cuda", 1)) == "device"
     assert resolve_transforms_on("auto", None) == "device"  # no trainer: raw batches, finished by the caller
+    assert resolve_transforms_on("auto", torch.device("cpu"), processes=2) == "device"  # DDP replaces the sampler
     for chosen in ("device", "workers"):
         assert {resolve_transforms_on(chosen, d) for d in (torch.device("cpu"), torch.device("cuda"), None)} == {chosen}
+    with pytest.raises(ValueError, match="workers needs one training process"):
+        resolve_transforms_on("workers", torch.device("cpu"), processes=2)
 
 
 def test_auto_on_a_cpu_run_has_its_batches_finished_in_the_workers(synthetic_manifests, tmp_path):
