@@ -75,7 +75,13 @@ class ShardShuffle(DistributedSampler):
     """
 
     def __init__(
-        self, shard_size: int, total: int, rank: int, world: int, seed: int, on_epoch: Callable[[int], None] | None = None
+        self,
+        shard_size: int,
+        total: int,
+        rank: int,
+        world: int,
+        seed: int,
+        on_epoch: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(range(total), num_replicas=world, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
         self.shard_size, self.on_epoch = shard_size, on_epoch
