@@ -73,7 +73,7 @@ class Augmentation:
             if self.noise_p > 0:
                 levels = self.noise_std * noise_levels
 
-                def add_noise(scans: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
+                def add_noise(scans: torch.Tensor, rows: slice) -> torch.Tensor:
                     noise = torch.randn(scans.shape, generator=generator, device=scans.device, dtype=scans.dtype)
                     return torch.where(masks[rows], scans + levels[rows].view(-1, 1, 1, 1, 1) * noise, scans)
 
@@ -101,22 +101,25 @@ class Augmentation:
 def on_chosen(
     chosen: torch.Tensor,
     x: torch.Tensor,
-    change: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor],
+    change: Callable[[torch.Tensor, slice], torch.Tensor],
     in_place: bool = False,
 ) -> torch.Tensor:
     """``x`` (B, ...) with ``change(scans, rows)`` applied to the scans where ``chosen`` (B,) is True.
 
-    On a CPU only the chosen scans are changed (``rows`` their indices), in ``x`` itself when
-    ``in_place``: drawing noise for scans that get none, and copying the batch for each step,
-    were most of the cost of finishing a batch there. On other devices every scan is changed
-    (``rows`` all of them) and the chosen ones selected, without a host sync.
+    On a CPU each chosen scan is changed through a view of it (``rows`` its slice), in ``x``
+    itself when ``in_place``: drawing noise for scans that get none, and gathering or copying
+    the batch for each step, were most of the cost of finishing a batch there. On other devices
+    every scan is changed (``rows`` all of them) and the chosen ones selected, without a host sync.
     """
     if x.device.type != "cpu":
         return torch.where(chosen.view(-1, *(1,) * (x.ndim - 1)), change(x, slice(None)), x)
-    rows = chosen.nonzero().flatten()
-    if not len(rows):
-        return x
-    return x.index_put_((rows,), change(x[rows], rows)) if in_place else x.index_put((rows,), change(x[rows], rows))
+    rows = chosen.nonzero().flatten().tolist()
+    if rows and not in_place:
+        x = x.clone()
+    for row in rows:
+        scan = x[row : row + 1]
+        scan.copy_(change(scan, slice(row, row + 1)))
+    return x
 
 
 class _Draws:
