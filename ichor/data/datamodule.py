@@ -600,9 +600,8 @@ class CBFDataModule(LightningDataModule):
                 total = sum(self.rows["split"] == "train")
                 sampler = ShardShuffle(len(dataset), total, rank, world, hp.seed, on_epoch=dataset.set_epoch)
             sampler.set_epoch(self._resumed_epoch)
-        # A resident split handed over raw is indexed in this process: a gather costs less than passing
-        # batches between processes. One that a CPU run finishes in the workers is finished there in parallel.
-        workers = 0 if resident is not None and dataset.raw else hp.num_workers
+        # A resident split is indexed in this process: a gather costs less than passing batches between processes.
+        workers = 0 if resident is not None else hp.num_workers
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         return DataLoader(
             dataset,
