@@ -31,7 +31,7 @@ from ichor.data.augment import Augmentation
 from ichor.data.cache import CacheEntry, ScanCache, read_cached
 from ichor.data.coverage import Coverage
 from ichor.data.harmonise import HarmonisationSettings
-from ichor.data.in_memory import ShardShuffle, epoch_seed, load_resident, shard
+from ichor.data.in_memory import ShardShuffle, ThreadPrefetch, epoch_seed, load_resident, shard
 from ichor.data.manifest import read_manifests
 from ichor.data.scans import ScanError
 from ichor.data.schema import labelled_rows
@@ -603,13 +603,14 @@ class CBFDataModule(LightningDataModule):
         # A resident split is indexed in this process: a gather costs less than passing batches between processes.
         workers = 0 if resident is not None else hp.num_workers
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
-        return DataLoader(
+        host_resident = resident is not None and resident.device.type == "cpu"
+        return (ThreadPrefetch if host_resident else DataLoader)(
             dataset,
             batch_size=hp.batch_size,
             sampler=sampler,
             drop_last=train and hp.drop_last,
             num_workers=workers,
-            pin_memory=pin and (resident is None or resident.device.type == "cpu"),
+            pin_memory=pin and (resident is None or host_resident),
             persistent_workers=workers > 0 and hp.persistent_workers,
             collate_fn=collate_batch,
         )

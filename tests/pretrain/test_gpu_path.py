@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import threading
+import time
 from types import SimpleNamespace
 
 import lightning as L
@@ -27,7 +30,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ichor.data import Augmentation, CBFDataModule
 from ichor.data import in_memory as in_memory_module
 from ichor.data.datamodule import resolve_transforms_on
-from ichor.data.in_memory import DoesNotFit, ShardShuffle, shard
+from ichor.data.in_memory import DoesNotFit, ShardShuffle, ThreadPrefetch, prefetched, shard
 from ichor.models import Backbone
 from ichor.pretrain import MAEPretrainer
 from ichor.training.optim import AdamW
@@ -224,6 +227,28 @@ def test_auto_on_a_cpu_run_has_its_batches_finished_in_the_workers(synthetic_man
 # ------------------------------------------------------------------ in-memory split
 
 
+def test_prefetched_keeps_order_raises_the_loader_s_error_and_stops_with_its_consumer():
+    assert list(prefetched(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing():
+        yield from range(3)
+        raise ValueError("scan 3 is broken")
+
+    seen = []
+    with pytest.raises(ValueError, match="scan 3 is broken"):
+        for item in prefetched(failing(), depth=2):
+            seen.append(item)
+    assert seen == [0, 1, 2]
+
+    endless = prefetched(itertools.count(), depth=2)
+    assert [next(endless), next(endless)] == [0, 1]
+    endless.close()  # a consumer that stops early (fast_dev_run, a limit on batches)
+    deadline = time.monotonic() + 5
+    while any(t.name == "ichor-prefetch" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "ichor-prefetch" for t in threading.enumerate())
+
+
 @pytest.mark.parametrize("transforms_on", ["device", "workers"])
 def test_in_memory_split_gives_the_cache_paths_batches(synthetic_manifests, tmp_path, transforms_on):
     cached = datamodule(synthetic_manifests, tmp_path / "cache", augment=None, transforms_on=transforms_on)
@@ -231,6 +256,7 @@ def test_in_memory_split_gives_the_cache_paths_batches(synthetic_manifests, tmp_
         synthetic_manifests, tmp_path / "cache", augment=None, transforms_on=transforms_on, in_memory="host"
     )
     assert resident.datasets["train"].resident is not None and cached.datasets["train"].resident is None
+    assert isinstance(resident.train_dataloader(), ThreadPrefetch)  # readied in a thread, the same batches
     for epoch in (0, 1):
         for dm in (cached, resident):
             dm.train_dataloader().sampler.set_epoch(epoch)  # what Lightning does at each epoch start
