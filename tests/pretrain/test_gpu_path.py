@@ -234,11 +234,10 @@ def test_prefetched_keeps_order_raises_the_loader_s_error_and_stops_with_its_con
         yield from range(3)
         raise ValueError("scan 3 is broken")
 
-    seen = []
+    batches = prefetched(failing(), depth=2)
+    assert list(itertools.islice(batches, 3)) == [0, 1, 2]
     with pytest.raises(ValueError, match="scan 3 is broken"):
-        for item in prefetched(failing(), depth=2):
-            seen.append(item)
-    assert seen == [0, 1, 2]
+        next(batches)
 
     endless = prefetched(itertools.count(), depth=2)
     assert [next(endless), next(endless)] == [0, 1]
