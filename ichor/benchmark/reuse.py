@@ -64,6 +64,15 @@ def features_key(encoder: str | os.PathLike, settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def architecture_key(encoder: str | os.PathLike) -> dict[str, Any]:
+    """What a scratch run takes from an encoder: its architecture, input size and harmonisation (not its
+    weights, nor its pre-training record), so that retraining the encoder does not run scratch again."""
+    from ichor.models.weights import METADATA_FILE
+
+    record = json.loads((Path(encoder) / METADATA_FILE).read_text())
+    return {name: record.get(name) for name in ("architecture", "img_size", "harmonisation")}
+
+
 def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
     """Dotted names of the settings that differ between two keys (``data.init_args.manifests``)."""
     if isinstance(before, dict) and isinstance(after, dict):

@@ -43,7 +43,7 @@ from ichor.benchmark.baseline import oracle_features, regional_features
 from ichor.benchmark.config import BenchmarkConfig, TaskSpec
 from ichor.benchmark.preflight import check_before_pretraining, unmet_budget
 from ichor.benchmark.pretraining import pretrain, pretraining_records
-from ichor.benchmark.reuse import changed_keys, features_key, path_key, run_key
+from ichor.benchmark.reuse import architecture_key, changed_keys, features_key, path_key, run_key
 from ichor.data.schema import label_strata, labelled_rows
 from ichor.downstream.cv import Fold, run_fold, subject_folds
 from ichor.evaluation.linear import fit_and_score
@@ -395,7 +395,9 @@ def trained_results(
                     done,
                     total,
                 )
-                result = resumable_fold(task_run(task, mode, encoder, cfg, cohort.overrides), fold, folder)
+                run = task_run(task, mode, encoder, cfg, cohort.overrides)
+                borrowed = architecture_key(encoder) if mode == SCRATCH else None
+                result = resumable_fold(run, fold, folder, borrowed)
                 row = {"task": task.name, "method": method, "mode": mode, "budget": budget, "seed": seed}
                 results.append({**row, **result, "budget_met": not unmet_budget(fold, rows, task.target, budget)})
     return results
@@ -455,10 +457,13 @@ def _fit_single_threaded(job: tuple) -> dict:
         return fit_and_score(*job)
 
 
-def resumable_fold(run: Run, fold: Fold, folder: Path) -> dict:
-    """``run_fold``, or the result it recorded before for the same run, by content (``reuse.run_key``), and split."""
+def resumable_fold(run: Run, fold: Fold, folder: Path, encoder_key: dict | None = None) -> dict:
+    """``run_fold``, or the result it recorded before for the same run, by content (``reuse.run_key``), and split;
+    ``encoder_key`` replaces the encoder's files in the key (a scratch run's ``reuse.architecture_key``)."""
     record = folder / fold.name / RESULT_FILE
     key = {"key": run_key(run), "splits": fold.splits.to_dict("records")}
+    if encoder_key is not None:
+        key["key"]["model"]["init_args"]["encoder"] = encoder_key
     if record.is_file():
         saved = json.loads(record.read_text())
         if {k: saved.get(k) for k in key} == key:

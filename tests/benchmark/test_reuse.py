@@ -1,6 +1,7 @@
 """Benchmark reuse by content: a finished part is reused for the same config values, manifests and data,
 wherever they live, and run again (saying what changed) when any of them changed."""
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ from helpers import CONFIGS, make_dataset
 
 from ichor.benchmark.config import PretrainSpec
 from ichor.benchmark.pretraining import pretrain
-from ichor.benchmark.reuse import changed_keys, run_key
+from ichor.benchmark.reuse import architecture_key, changed_keys, run_key
 from ichor.benchmark.run import resumable_fold
 from ichor.downstream.cv import Fold
 from ichor.training.runs import Run
@@ -107,6 +108,31 @@ def test_a_fold_result_is_reused_for_the_same_content_and_run_again_when_it_chan
     other = Fold("study-01", fold.splits.assign(split=["train", "train", "test"]))
     resumable_fold(data_run(TASK, dataset, spacing=6.0), other, out)  # another split: run again
     assert len(calls) == 4 and "the split changed since" in caplog.text
+
+
+def test_a_scratch_fold_is_keyed_by_the_encoder_s_architecture_not_its_weights(tmp_path, dataset, monkeypatch):
+    """Scratch borrows only the encoder's architecture: a retrained encoder does not run it again, a new shape does."""
+    from ichor.models.weights import METADATA_FILE
+
+    calls = []
+    monkeypatch.setattr(
+        "ichor.benchmark.run.run_fold", lambda run, fold, folder: calls.append(run) or {"n": len(calls)}
+    )
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    record = {"architecture": {"depth": 4}, "img_size": [48, 56, 48], "harmonisation": {"spacing": 4.0}}
+
+    def scratch_fold(weights: bytes, **changes) -> dict:
+        (encoder / "model.safetensors").write_bytes(weights)
+        (encoder / METADATA_FILE).write_text(json.dumps({**record, "pretraining": {"epoch": len(weights)}, **changes}))
+        run = data_run(TASK, dataset).override({"model": {"init_args": {"encoder": str(encoder), "mode": "scratch"}}})
+        return resumable_fold(run, fold, tmp_path / "out", architecture_key(encoder))
+
+    fold = Fold("study-01", pd.DataFrame({"subject": ["a", "b", "c"], "split": ["train", "val", "test"]}))
+    first = scratch_fold(b"weights")
+    assert scratch_fold(b"retrained weights") == first and len(calls) == 1
+    scratch_fold(b"retrained weights", architecture={"depth": 6})
+    assert len(calls) == 2
 
 
 def test_pretraining_is_reused_by_content_resumed_when_interrupted_and_redone_when_changed(
