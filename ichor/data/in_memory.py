@@ -115,7 +115,7 @@ class ThreadPrefetch(DataLoader):
 
     depth = 2  # batches readied ahead
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator:  # type: ignore[override]  # a generator over the loader's own iterator
         return prefetched(super().__iter__(), self.depth)
 
 
