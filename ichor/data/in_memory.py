@@ -107,10 +107,11 @@ class ThreadPrefetch(DataLoader):
     """A loader without workers that readies its next batches in a thread while the caller trains.
 
     Why: a split held in host memory is indexed in the training process (passing batches between
-    processes costs more than the gather; finished by two workers, the demo's MAE pre-training ran
-    at 149 instead of 208 scans/s on 2 cores), and there the gather and finishing each batch took
-    14 % of a small MAE's step; torch releases the GIL in its kernels, so a thread overlaps them
-    with the step. The batches and their order are the loader's own.
+    processes costs more than the gather: finished by two workers, the demo's MAE pre-training ran
+    at 149 scans/s on 2 cores, about 175 on the serial path), and there the gather and finishing
+    took 14 % of a small MAE's step; torch releases the GIL in its kernels, so a thread overlaps
+    them with the step (172.7 against 175.2 scans/s back to back, data wait 6.8 % against 13.7 %).
+    The batches and their order are the loader's own.
     """
 
     depth = 2  # batches readied ahead
@@ -136,7 +137,7 @@ def prefetched(batches: Iterator, depth: int) -> Iterator:
 
     def fill() -> None:
         # One torch thread here (a per-thread setting): the step keeps its cores. With a second team of
-        # threads, the demo's MAE pre-training on 2 cores ran at 144-149 scans/s instead of 188.
+        # threads, the demo's MAE pre-training on 2 cores ran at 144-149 scans/s instead of about 175.
         torch.set_num_threads(1)
         try:
             for item in batches:
