@@ -10,7 +10,7 @@ Two rules make methods comparable (``BenchmarkConfig.compute``):
 Beside each exported encoder the benchmark keeps ``online_probe.json`` (the online probe's first
 and last scalars, ``initial`` and ``latest``: whether pre-training beat its own initialisation)
 and ``compute.json`` (epochs reached, minutes, median scans/s and data-wait fraction over the
-training steps, read from the pre-training's own ``train/scans_per_s`` and ``train/data_wait_fraction``).
+training steps, read from the pre-trainer's own per-step ``train/scans_per_s`` and ``train/data_wait_fraction``).
 """
 
 from __future__ import annotations
@@ -41,32 +41,32 @@ THROUGHPUT = ("train/scans_per_s", "train/data_wait_fraction")
 
 
 class ThroughputRecorder(Callback):
-    """Collects the pre-trainer's per-step throughput scalars, so the record holds their median, not the last step's.
+    """Collects the pre-trainer's per-step throughput (its ``throughput``), so the record holds their median, not the last step's.
 
-    A step's scalars reach ``trainer.callback_metrics`` after its batch-end hooks, so each is read at the
-    next step's start (or at the end of training), once: a value already read is not counted again.
+    A step's values are set in its batch-end hook, so each is read at the next step's start (or at
+    the end of training), once: a value already read is not counted again.
     """
 
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = {name: [] for name in THROUGHPUT}
         self.started = time.perf_counter()
-        self._read: dict[str, Any] = {}
+        self._read: dict[str, float] | None = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.started = time.perf_counter()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self._collect(trainer)
+        self._collect(pl_module)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self._collect(trainer)
+        self._collect(pl_module)
 
-    def _collect(self, trainer: Any) -> None:
-        for name in THROUGHPUT:
-            value = trainer.callback_metrics.get(name)
-            if value is not None and value is not self._read.get(name):
-                self.values[name].append(float(value))
-                self._read[name] = value
+    def _collect(self, pl_module: Any) -> None:
+        step = pl_module.throughput
+        if step and step is not self._read:
+            for name in THROUGHPUT:
+                self.values[name].append(step[name])
+            self._read = step
 
     def record(self, trainer: Any) -> dict[str, Any]:
         """Epochs, steps, minutes, median throughput, and what stopped the run: ``max_epochs`` (its

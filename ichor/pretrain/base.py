@@ -56,8 +56,8 @@ class Pretrainer(LightningModule):
         # `--ckpt_path` re-parsing sees only init arguments.
         self.data_record: dict[str, Any] = {}
         self.built = False
-        self._clock = StepClock()
-        self._flops_per_scan: float | None = None
+        self.step_clock = StepClock()
+        self.throughput: dict[str, float] = {}  # the last timed step's scans/s and data-wait fraction
         self._peak_flops: float | None = None
         if self.backbone.img_size is not None:
             self._build(self.backbone.img_size)
@@ -182,34 +182,44 @@ class Pretrainer(LightningModule):
         self._peak_flops = peak_flops(self.device, str(self.trainer.precision))
 
     def on_train_epoch_start(self) -> None:
-        self._clock.restart()
+        self.step_clock.restart()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._clock.step_started()
+        self.step_clock.step_started()
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         """Scans/s over the whole loop (summed over devices), the share of it waiting for data, TFLOP/s and MFU per device.
 
-        The FLOP count is refreshed once per logging interval: counting brain patches reads
-        the mask back from the device, which would otherwise stall every step.
+        Each step's values are kept in ``throughput``; they are logged (and the FLOP count, which reads
+        the mask back from the device, refreshed) only on the steps the logger writes, as Lightning's
+        ``LearningRateMonitor`` does: a ``self.log`` call costs ~0.3 ms, a tenth of a small model's step
+        for four scalars nobody reads in between.
         """
-        timing = self._clock.step_ended()
-        if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
-            self._flops_per_scan = self.step_flops_per_scan(batch)
-        if timing is None or timing[0] <= 0:
-            return
-        (interval, wait), size = timing, batch["image"].shape[0]
-        self.log("train/scans_per_s", size * self.trainer.world_size / interval, batch_size=size)
-        self.log("train/data_wait_fraction", wait / interval, batch_size=size)
-        if self._flops_per_scan is not None:
-            achieved = self._flops_per_scan * size / interval
+        timing = self.step_clock.step_ended()
+        if timing is not None and timing[0] > 0:
+            (interval, wait), size = timing, batch["image"].shape[0]
+            self.throughput = {
+                "train/scans_per_s": size * self.trainer.world_size / interval,
+                "train/data_wait_fraction": wait / interval,
+            }
+            if self.trainer._logger_connector.should_update_logs:
+                self._log_throughput(batch, interval)
+        self.step_clock.hooks_ended()
+
+    def _log_throughput(self, batch: dict[str, Any], interval: float) -> None:
+        size = batch["image"].shape[0]
+        for name, value in self.throughput.items():
+            self.log(name, value, batch_size=size)
+        flops_per_scan = self.step_flops_per_scan(batch)
+        if flops_per_scan is not None:
+            achieved = flops_per_scan * size / interval
             self.log("train/tflops", achieved / 1e12, batch_size=size)
             if self._peak_flops:
                 self.log("train/mfu", achieved / self._peak_flops, batch_size=size)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = grad_norm(self, norm_type=2)
-        self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+        if self.trainer._logger_connector.should_update_logs:  # the norm of every gradient: only when written
+            self.log("train/grad_norm", grad_norm(self, norm_type=2)["grad_2.0_norm_total"])
 
     # -------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict:

@@ -34,14 +34,16 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
 
 
 class StepClock:
-    """Wall time between the ends of consecutive training steps, and the part of it spent before the step began.
+    """Wall time between the ends of consecutive training steps, and the part of it spent waiting for the batch.
 
-    That part is the wait for the batch: fetching it from the loader, transferring it and
-    finishing it on the device (``on_after_batch_transfer``).
+    The wait runs from the end of the previous step's own hooks (``hooks_ended``: its logging is
+    the step's, not the data's) to the start of this step: fetching the batch from the loader,
+    transferring it and finishing it on the device (``on_after_batch_transfer``).
     """
 
     def __init__(self) -> None:
         self._last_end: float | None = None
+        self._ready = 0.0
         self._start = 0.0
 
     def restart(self) -> None:
@@ -53,8 +55,12 @@ class StepClock:
 
     def step_ended(self) -> tuple[float, float] | None:
         """(seconds since the previous step ended, seconds of it waiting for data); None for an epoch's first step."""
-        now, last = time.perf_counter(), self._last_end
-        self._last_end = now
+        now, last, ready = time.perf_counter(), self._last_end, self._ready
+        self._last_end = self._ready = now
         if last is None:
             return None
-        return now - last, max(0.0, self._start - last)
+        return now - last, max(0.0, self._start - ready)
+
+    def hooks_ended(self) -> None:
+        """The step's own hooks (its logging) are done: from here the loop waits for the next batch."""
+        self._ready = time.perf_counter()

@@ -210,24 +210,20 @@ def test_linear_models_fitted_in_worker_processes_score_as_in_the_benchmarks_own
 
 
 def test_throughput_is_the_median_over_steps_each_step_read_once():
-    """Each step's train/scans_per_s and train/data_wait_fraction count once, read after the step logged them."""
+    """Each step's train/scans_per_s and train/data_wait_fraction count once, read after the step set them."""
     from types import SimpleNamespace
-
-    import torch
 
     from ichor.benchmark.pretraining import ThroughputRecorder
 
-    trainer = SimpleNamespace(callback_metrics={}, current_epoch=2, global_step=4, max_epochs=8)
+    trainer = SimpleNamespace(current_epoch=2, global_step=4, max_epochs=8)
+    module = SimpleNamespace(throughput={})
     recorder = ThroughputRecorder()
     for step, (speed, wait) in enumerate([(None, None), (100.0, 0.5), (300.0, 0.1), (200.0, 0.2)]):
-        recorder.on_train_batch_start(trainer, None, None, step)
+        recorder.on_train_batch_start(trainer, module, None, step)
         if speed is not None:  # the first step of an epoch has no interval to time
-            trainer.callback_metrics |= {
-                "train/scans_per_s": torch.tensor(speed),
-                "train/data_wait_fraction": torch.tensor(wait),
-            }
-    recorder.on_train_end(trainer, None)
-    recorder.on_train_end(trainer, None)  # nothing new: not counted again
+            module.throughput = {"train/scans_per_s": speed, "train/data_wait_fraction": wait}
+    recorder.on_train_end(trainer, module)
+    recorder.on_train_end(trainer, module)  # nothing new: not counted again
     record = recorder.record(trainer)
     assert recorder.values["train/scans_per_s"] == [100.0, 300.0, 200.0]
     assert record["scans_per_s"] == 200.0 and record["data_wait_fraction"] == pytest.approx(0.2)
