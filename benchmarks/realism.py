@@ -1,7 +1,7 @@
 """How real do `ichor synth` maps look? Statistics of the real ds000240 map against synthetic maps.
 
 The peer is the one real CBF map reachable here (OpenNeuro ds000240 sub-01, Siemens 3D spiral
-pCASL, 64 x 57 x 16 voxels of 4 x 3.93 x 6 mm, 96 mm of the head; ../shared/data). The
+pCASL, 64 x 57 x 16 voxels of 4 x 3.93 x 6 mm, 96 mm of the head; ``--real``). The
 synthetic maps are healthy controls rendered by the generator (as `ichor synth` renders a scan)
 with the real map's own protocol (``MATCHED``). Every statistic is
 computed on each map's own grid, inside its brain (non-zero voxels), with no tissue maps
@@ -15,7 +15,7 @@ computed on each map's own grid, inside its brain (non-zero voxels), with no tis
 - edge: mean gradient magnitude (per mm) on the brain's boundary voxels, relative to the median;
 - negative: fraction of brain voxels below zero.
 
-  .venv/bin/python benchmarks/realism.py [--real PATH] [--subjects 8] [--figure PNG]
+  .venv/bin/python benchmarks/realism.py --real PATH [--subjects 8] [--figure PNG]
 
 It prints one table: the real map's value, the synthetic maps' mean and SD, their ratio, and
 whether the synthetic mean lies within +-25 % of the real value (the goal of the real-data issue).
@@ -41,7 +41,6 @@ from ichor.synth.plan import SynthOptions, plan_scan
 from ichor.synth.protocols import NATIVE_SPACE, Protocol
 from ichor.synth.render import render_scan
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ds000240" / "sub-01_cbf.nii.gz"
 TOLERANCE = 0.25
 STATISTICS = ("q05", "q50", "q95", "contrast", "fwhm_mm", "edge", "negative")
 
@@ -125,12 +124,12 @@ def write_figure(real: np.ndarray, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--real", type=Path, default=REAL, help="the real CBF map (default: ../shared/data/ds000240)")
+    parser.add_argument("--real", type=Path, required=True, help="the real CBF map: OpenNeuro ds000240 sub-01's, in mL/100g/min")
     parser.add_argument("--subjects", type=int, default=8, help="synthetic maps (default 8)")
     parser.add_argument("--figure", type=Path, help="also write a PNG of real and synthetic slices (0-100 mL/100g/min)")
     args = parser.parse_args()
     if not args.real.is_file():
-        print(f"realism: no real map at {args.real} (../shared/data lies beside the checkout)", file=sys.stderr)
+        print(f"realism: no real map at {args.real}", file=sys.stderr)
         return 1
     start = time.perf_counter()
     real = map_statistics(load_cbf(args.real))
