@@ -124,7 +124,9 @@ def write_figure(real: np.ndarray, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--real", type=Path, required=True, help="the real CBF map: OpenNeuro ds000240 sub-01's, in mL/100g/min")
+    parser.add_argument(
+        "--real", type=Path, required=True, help="the real CBF map: OpenNeuro ds000240 sub-01's, in mL/100g/min"
+    )
     parser.add_argument("--subjects", type=int, default=8, help="synthetic maps (default 8)")
     parser.add_argument("--figure", type=Path, help="also write a PNG of real and synthetic slices (0-100 mL/100g/min)")
     args = parser.parse_args()

@@ -8,7 +8,8 @@ Two rules make methods comparable (``BenchmarkConfig.compute``):
 - ``equal_epochs``: every method makes ``epochs.pretrain`` passes over the pool.
 
 Beside each exported encoder the benchmark keeps ``online_probe.json`` (the online probe's first
-and last scalars, ``initial`` and ``latest``: whether pre-training beat its own initialisation)
+and last scalars, ``initial`` and ``latest``, and ``change_sd``, the spread of their paired change
+over label draws: whether pre-training beat its own initialisation beyond it)
 and ``compute.json`` (epochs reached, minutes, median scans/s and data-wait fraction over the
 training steps, read from the pre-trainer's own per-step ``train/scans_per_s`` and ``train/data_wait_fraction``).
 """
@@ -167,16 +168,26 @@ def _changes(recorded: dict | None, key: dict, where: Path) -> str:
 
 
 def online_probe_record(trainer: Any) -> dict[str, dict[str, float]]:
-    """The online probe's first and last scalars (empty without the callback)."""
-    from ichor.evaluation.online_probe import OnlineProbe
+    """The online probe's first and last scalars, and (over more than one label draw) the standard
+    deviation of each scalar's paired change across draws (empty without the callback)."""
+    from ichor.evaluation.online_probe import PREFIX, OnlineProbe, paired_gain
 
     probe = next((c for c in trainer.callbacks if isinstance(c, OnlineProbe)), None)
-    return {"initial": dict(probe.initial), "latest": dict(probe.latest)} if probe else {"initial": {}, "latest": {}}
+    if probe is None:
+        return {"initial": {}, "latest": {}, "change_sd": {}}
+    spread = {}
+    if len(probe.latest_draws) > 1 and len(probe.initial_draws) == len(probe.latest_draws):
+        spread = {
+            f"{PREFIX}{name}": paired_gain(probe.initial_draws, probe.latest_draws, name)[1]
+            for name in probe.latest_draws[0]
+        }
+    return {"initial": dict(probe.initial), "latest": dict(probe.latest), "change_sd": spread}
 
 
 def pretraining_records(out: Path, methods: list[str], compute: str) -> pd.DataFrame:
     """One row per pre-trained method: epochs, minutes, scans/s, data wait, and each online-probe scalar
-    at initialisation, at the end and their change (blank where the run recorded none)."""
+    at initialisation, at the end and their change, with the change's spread over label draws (blank
+    where the run recorded none)."""
     rows = []
     for method in methods:
         folder = pretrain_folder(out, compute, method)
@@ -184,9 +195,11 @@ def pretraining_records(out: Path, methods: list[str], compute: str) -> pd.DataF
         if (folder / COMPUTE_FILE).is_file():
             row |= json.loads((folder / COMPUTE_FILE).read_text())
         probe = json.loads((folder / ONLINE_PROBE_FILE).read_text()) if (folder / ONLINE_PROBE_FILE).is_file() else {}
-        initial, latest = probe.get("initial", {}), probe.get("latest", {})
-        for name in latest:
+        initial, latest, spread = probe.get("initial", {}), probe.get("latest", {}), probe.get("change_sd", {})
+        for name in (name for name in latest if not name.endswith("_sd")):  # a draw's spread is in `change sd`
             row[f"{name} initial"], row[f"{name} end"] = initial.get(name, float("nan")), latest[name]
             row[f"{name} change"] = latest[name] - initial.get(name, float("nan"))
+            if name in spread:
+                row[f"{name} change sd"] = spread[name]
         rows.append(row)
     return pd.DataFrame(rows)

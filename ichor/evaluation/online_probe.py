@@ -1,8 +1,8 @@
 """``OnlineProbe``: is the representation improving, not only the pretext loss falling?
 
 A Lightning callback for any :class:`ichor.pretrain.Pretrainer` (MAE, SimCLR, Models Genesis:
-it reads ``encoder_network()``). Before training, every ``every_n_epochs`` epochs and at the end
-(a time limit may stop a run between two probes) it embeds a small labelled probe set with the
+it reads ``encoder_network()``). Before training, every ``every_n_epochs`` epochs (None: never in
+between) and at the end (a time limit may stop a run between two probes) it embeds a small labelled probe set with the
 frozen encoder (eval mode, no gradients) and logs to every logger (TensorBoard: the ``probe/``
 scalars, at the training step):
 
@@ -108,7 +108,9 @@ class OnlineProbe(Callback):
         manifests: the probe set's manifests (or folders); None: the pre-training manifests.
         task: "classification" or "regression" of ``target``.
         target_values: the label values to keep (e.g. ``[CN, AD]``); None keeps every labelled scan.
-        every_n_epochs: probe after every this many epochs (and once before training).
+        every_n_epochs: probe after every this many epochs (and once before training and once at
+            the end); None: only before and at the end, as a benchmark under a time budget does (a
+            probe mid-run takes its time out of the budget, more often for a method with short epochs).
         pooling, blocks, regions: the frozen features (:func:`ichor.evaluation.pooling.encode`).
         global_cbf: give both probes the scans' global CBF scalars beside the features (as the
             benchmark does), which a relative or z-scored input no longer shows.
@@ -124,7 +126,7 @@ class OnlineProbe(Callback):
         manifests: list[str] | None = None,
         task: Literal["classification", "regression"] = "classification",
         target_values: list | None = None,
-        every_n_epochs: int = 1,
+        every_n_epochs: int | None = 1,
         pooling: Pooling = "brain_mean",
         blocks: int = 1,
         regions: int = REGIONS,
@@ -138,8 +140,10 @@ class OnlineProbe(Callback):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be at least 1, got {every_n_epochs}")
+        if every_n_epochs is not None and every_n_epochs < 1:
+            raise ValueError(
+                f"every_n_epochs must be at least 1 (or null: only before training and at the end), got {every_n_epochs}"
+            )
         check_pooling(pooling)
         self.target = target
         self.manifests = manifests
@@ -174,7 +178,7 @@ class OnlineProbe(Callback):
         self.probe(trainer, pl_module)  # the curve's origin: the encoder as initialised (or resumed)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.probe(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -134,7 +134,8 @@ def test_pretraining_table_shows_cost_and_the_online_probe_at_start_and_end_besi
     folder.mkdir(parents=True)
     probe = {
         "initial": {"probe/auroc": 0.58, "probe/rankme": 4.0},
-        "latest": {"probe/auroc": 0.71, "probe/rankme": 9.0},
+        "latest": {"probe/auroc": 0.71, "probe/auroc_sd": 0.02, "probe/rankme": 9.0},  # the _sd: not a column
+        "change_sd": {"probe/auroc": 0.03},
     }
     (folder / ONLINE_PROBE_FILE).write_text(json.dumps(probe))
     cost = {"epochs": 4, "steps": 80, "minutes": 2.5, "scans_per_s": 150.0, "data_wait_fraction": 0.04}
@@ -153,7 +154,25 @@ def test_pretraining_table_shows_cost_and_the_online_probe_at_start_and_end_besi
     assert table.loc["mae", "AD auroc (10 per class)"] == "0.700 ± 0.050 (linear probe)"  # chosen, not the best 0.75
     assert pd.isna(table.loc["simclr", "epochs"])
     text = pretraining_markdown(table.reset_index())
-    assert "| mae | equal_time | 4 | 80 | 2.500 | 150 | 0.040 | 0.580 | 0.710 | 0.130 | 4 | 9 | 5 |" in text
+    assert "| mae | equal_time | 4 | 80 | 2.500 | 150 | 0.040 | 0.580 | 0.710 | 0.130 | 0.030 | 4 | 9 | 5 |" in text
+    assert not any("auroc_sd" in column for column in table.columns)
+
+
+def test_online_probe_record_keeps_the_spread_of_the_paired_change_over_label_draws():
+    """Whether pre-training beat its own initialisation beyond the spread of the draws (issue 22's rule)."""
+    from types import SimpleNamespace
+
+    from ichor.benchmark.pretraining import online_probe_record
+    from ichor.evaluation.online_probe import OnlineProbe
+
+    probe = OnlineProbe(target="diagnosis", draws=3, every_n_epochs=None)
+    probe.initial, probe.latest = {"probe/auroc": 0.5}, {"probe/auroc": 0.6}
+    probe.initial_draws = [{"auroc": 0.50}, {"auroc": 0.45}, {"auroc": 0.55}]
+    probe.latest_draws = [{"auroc": 0.60}, {"auroc": 0.65}, {"auroc": 0.55}]  # gains 0.10, 0.20, 0.00
+    record = online_probe_record(SimpleNamespace(callbacks=[probe]))
+    assert record["change_sd"]["probe/auroc"] == pytest.approx(0.1)
+    assert record["latest"] == {"probe/auroc": 0.6}
+    assert online_probe_record(SimpleNamespace(callbacks=[]))["change_sd"] == {}
 
 
 def test_equal_time_gives_every_method_the_same_wall_clock_limit_through_the_run_overrides():

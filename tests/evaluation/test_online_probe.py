@@ -148,3 +148,18 @@ def test_online_probe_works_for_every_pretrainer(tmp_path, method):
     assert set(trainer.callback_metrics) >= SCALARS
     assert probe._probed_at == trainer.global_step == 1  # stopped before epoch 5: the end still probed
     assert (tmp_path / "splits.csv").exists()
+
+
+@pytest.mark.parametrize(("every_n_epochs", "probed_after"), [(2, [1, 3]), (None, [])])
+def test_every_n_epochs_none_probes_only_before_training_and_at_the_end(every_n_epochs, probed_after):
+    """A benchmark under a time budget probes at both ends only: a probe mid-run would spend the budget."""
+    from types import SimpleNamespace
+
+    probe = OnlineProbe(target="diagnosis", every_n_epochs=every_n_epochs)
+    probed = []
+    probe.probe = lambda trainer, module: probed.append(trainer.current_epoch)  # type: ignore[method-assign]
+    for epoch in range(5):
+        probe.on_train_epoch_end(SimpleNamespace(current_epoch=epoch), None)
+    assert probed == probed_after
+    probe.on_train_start(SimpleNamespace(current_epoch=0), None)
+    assert probed == [*probed_after, 0]
