@@ -14,6 +14,12 @@ thousands: each inner fold is standardised once, ridge's whole alpha grid comes 
 and binary logistic regression is solved exactly by Newton's method in the row space of the fold's
 scans (where an L2-penalised optimum lies: at most as many dimensions as scans). The refit on all
 training scans at the chosen strength is scikit-learn's own.
+
+Covariates (the global CBF scalars) are kept apart from the features: after standardisation they
+are scaled up (``CovariateWeight``) so that their block has the prior variance of all features
+together. Under one shared penalty two scalars beside 192 features are shrunk away: on the demo
+benchmark the scalars alone separate AD from controls at AUROC 0.71, the features and scalars under
+one penalty at 0.52.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 from scipy.stats import pearsonr, spearmanr
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (
     average_precision_score,
@@ -39,6 +45,8 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, Str
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ichor.data.datamodule import GLOBAL_CBF_NAMES
+
 log = logging.getLogger(__name__)
 
 # Log-spaced grids, wide enough for a few to a few thousand standardised features and tens to
@@ -48,6 +56,29 @@ ALPHA_GRID = tuple(float(a) for a in np.logspace(-1, 5, 7))  # ridge: strength
 INNER_FOLDS = 5
 # Without enough scans for two inner folds, sklearn's default strength is used and reported.
 DEFAULT_REGULARISATION = 1.0
+
+
+class CovariateWeight(TransformerMixin, BaseEstimator):
+    """Scale the last ``covariates`` of D standardised columns by sqrt((D - covariates) / covariates).
+
+    A coefficient's L2 penalty on a column scaled by w is the penalty over w^2: the covariates'
+    block then has the prior variance of the features' whole block, whatever the feature width.
+    """
+
+    def __init__(self, covariates: int = 0) -> None:
+        self.covariates = covariates
+
+    def fit(self, x: np.ndarray, y: object = None) -> CovariateWeight:
+        width = np.shape(x)[1]
+        self.weight_ = np.sqrt(max(width - self.covariates, 1) / self.covariates) if self.covariates else 1.0
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        if not self.covariates:
+            return x
+        x = np.array(x, dtype=float)
+        x[:, -self.covariates :] *= self.weight_
+        return x
 
 
 @dataclass(frozen=True)
@@ -82,16 +113,18 @@ def fit_probe(
     grid: Sequence[float] | None = None,
     folds: int = INNER_FOLDS,
     seed: int = 0,
+    covariates: int = 0,
 ) -> LinearProbe:
     """Fit the linear probe on training scans ``x`` (N, D), ``y`` (N,), choosing C or alpha by inner CV.
 
     ``groups`` (N,), usually the subject, keeps all scans of a group in one inner fold. The
     inner score is the log loss (classification, a proper score that any number of classes
-    shares) or the squared error (regression, what ridge minimises).
+    shares) or the squared error (regression, what ridge minimises). The last ``covariates``
+    columns of ``x`` are kept apart from the features (``CovariateWeight``).
     """
     grid = list(grid or (C_GRID if classification else ALPHA_GRID))
     name = "logisticregression__C" if classification else "ridge__alpha"
-    model = _pipeline(classification, seed)
+    model = _pipeline(classification, seed, covariates)
     splitter = inner_splitter(y, groups, classification, folds, seed)
     if splitter is None:
         log.warning("linear probe: too few scans or subjects for inner cross-validation; strength fixed at 1")
@@ -113,7 +146,7 @@ def inner_scores(
     """(folds, grid) inner scores of ``model`` (``_pipeline``'s) at every grid value: GridSearchCV's ``split<i>_test_score``."""
     x, y = np.asarray(x, dtype=float), np.asarray(y)
     split = splitter.split(x, y, None if groups is None else np.asarray(groups))
-    return np.array([_fold_scores(x, y, train, test, model[-1], list(grid)) for train, test in split])
+    return np.array([_fold_scores(x, y, train, test, model, list(grid)) for train, test in split])
 
 
 def first_best(means: np.ndarray) -> int:
@@ -122,10 +155,10 @@ def first_best(means: np.ndarray) -> int:
 
 
 def _fold_scores(
-    x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, estimator: BaseEstimator, grid: list[float]
+    x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, model: Pipeline, grid: list[float]
 ) -> np.ndarray:
     """One inner fold's score at every grid value: GridSearchCV's neg log loss or neg mean squared error."""
-    scaler = StandardScaler().fit(x[train])
+    scaler, estimator = clone(model[:-1]).fit(x[train]), model[-1]
     x_train, x_test = scaler.transform(x[train]), scaler.transform(x[test])
     if isinstance(estimator, Ridge):
         predicted = ridge_path(x_train, y[train], x_test, grid)
@@ -236,10 +269,12 @@ def inner_splitter(
     return KFold(n, shuffle=True, random_state=seed) if groups is None else GroupKFold(n)
 
 
-def _pipeline(classification: bool, seed: int) -> Pipeline:
+def _pipeline(classification: bool, seed: int, covariates: int = 0) -> Pipeline:
     estimator: BaseEstimator = (
         LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed) if classification else Ridge()
     )
+    if covariates:
+        return make_pipeline(StandardScaler(), CovariateWeight(covariates), estimator)
     return make_pipeline(StandardScaler(), estimator)
 
 
@@ -248,14 +283,17 @@ def fit_and_score(
 ) -> dict[str, float]:
     """Fit on ``train`` rows (inner CV grouped by their subject), return ``test/<metric>`` values on ``test`` rows.
 
+    The global CBF scalars among ``features``' columns are the probe's covariates (kept apart).
     Also returns ``probe/regularisation`` (the chosen C or alpha) and ``probe/inner_folds``:
     outside ``test/``, so the benchmark's summaries leave them out.
     """
+    scalars = [column for column in features.columns if column in GLOBAL_CBF_NAMES]
+    features = features[[column for column in features.columns if column not in scalars] + scalars]
     x_train, x_test = features.loc[train["path"]].to_numpy(), features.loc[test["path"]].to_numpy()
     groups = train["subject"].to_numpy() if "subject" in train.columns else None
     cast = str if classification else float
     y_train, y_test = train[target].astype(cast).to_numpy(), test[target].astype(cast).to_numpy()
-    probe = fit_probe(x_train, y_train, classification, groups, seed=seed)
+    probe = fit_probe(x_train, y_train, classification, groups, seed=seed, covariates=len(scalars))
     chosen = {"probe/regularisation": probe.regularisation, "probe/inner_folds": float(probe.inner_folds)}
     if classification:
         scores = classification_scores(y_test, probe.predict(x_test), probe.predict_proba(x_test), probe.classes_)
@@ -271,11 +309,13 @@ def cross_validated_scores(
     groups: Sequence | np.ndarray | None = None,
     folds: int = INNER_FOLDS,
     seed: int = 0,
+    covariates: int = 0,
 ) -> dict[str, float]:
     """Scores of the probe on data without a test set: nested cross-validation, outer folds as the inner ones.
 
     Each outer fold's probe is fitted (with its own inner CV) on the other folds; the scores are
-    those of the pooled out-of-fold predictions, steadier than a mean over small folds.
+    those of the pooled out-of-fold predictions, steadier than a mean over small folds. The last
+    ``covariates`` columns of ``x`` are kept apart (``fit_probe``).
     """
     y = np.asarray(y)
     groups = None if groups is None else np.asarray(groups)
@@ -287,7 +327,7 @@ def cross_validated_scores(
     probabilities = np.zeros((len(y), len(classes)))
     for train, test in splitter.split(x, y, groups):
         probe = fit_probe(
-            x[train], y[train], classification, None if groups is None else groups[train], None, folds, seed
+            x[train], y[train], classification, None if groups is None else groups[train], None, folds, seed, covariates
         )
         predicted[test] = probe.predict(x[test])
         if classification:

@@ -85,7 +85,8 @@ def probe_scores(
     level by design, and are not the encoder's).
     """
     probed = features if scalars is None else np.concatenate([features, scalars], axis=1)
-    scores = cross_validated_scores(probed, labels, classification, subjects, folds, seed)
+    covariates = 0 if scalars is None else scalars.shape[1]
+    scores = cross_validated_scores(probed, labels, classification, subjects, folds, seed, covariates)
     sites = np.unique(studies)
     if len(sites) > 1:
         site = cross_validated_scores(features, studies, True, subjects, folds, seed)
