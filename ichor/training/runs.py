@@ -97,7 +97,13 @@ class IchorCLI(LightningCLI):
         kwargs.setdefault(
             "trainer_defaults", {"logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": RUNS_DIR}}}
         )
-        super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+        self.claimed: Path | None = None  # the version folder this run claimed
+        try:
+            super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+        except BaseException:
+            if self.claimed is not None and not any(self.claimed.iterdir()):
+                self.claimed.rmdir()  # a run that failed before writing anything leaves no empty version_N
+            raise
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType | Run) -> None:
         """A :class:`Run`, or Lightning's arguments without its warning that ``args`` and ``sys.argv``
@@ -166,6 +172,7 @@ class IchorCLI(LightningCLI):
             version = logger.init_args.get("version") if _is_tensorboard(logger) else None
             if version is None:  # a folder of its own, claimed before another run can take it
                 version = claim_version(folder)
+                self.claimed = folder / f"{VERSION_PREFIX}{version}"
                 if _is_tensorboard(logger):
                     logger.init_args.version = version
             version = version if isinstance(version, str) else f"{VERSION_PREFIX}{version}"

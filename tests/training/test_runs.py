@@ -70,6 +70,14 @@ def test_ckpt_path_last_without_an_earlier_run(tmp_path, monkeypatch, capsys, sy
     assert "--ckpt_path best: no elsewhere/pretrain_demo/version_*/checkpoints/best.ckpt" in capsys.readouterr().err
 
 
+def test_a_run_that_fails_before_writing_leaves_no_empty_version_folder(tmp_path, monkeypatch, capsys, cache):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs/pretrain_demo/version_0").mkdir(parents=True)  # an earlier run's folder stays
+    assert main(fit_args([], cache, "--data.init_args.manifests=[]")) == 1
+    assert "needs at least one manifest" in capsys.readouterr().err
+    assert [path.name for path in (tmp_path / "runs/pretrain_demo").iterdir()] == ["version_0"]
+
+
 def test_runs_started_at_once_claim_different_folders(tmp_path):
     claimed: list[int] = []
     (tmp_path / "version_0").mkdir()  # an earlier run
