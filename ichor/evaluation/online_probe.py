@@ -80,7 +80,8 @@ def probe_scores(
 ) -> dict[str, float]:
     """The callback's scalars (without ``probe/``) for one feature matrix: label probe, site probe, RankMe.
 
-    ``scalars`` (N, k), the global CBF scalars, join the features of the label probe; the site
+    ``scalars`` (N, k), the global CBF scalars, join the features of the label probe as its
+    covariates (kept apart: ``ichor.evaluation.linear.CovariateWeight``); the site
     probe and RankMe read the encoder's own features alone (the scalars carry each site's global
     level by design, and are not the encoder's).
     """
