@@ -9,8 +9,8 @@ Two rules make methods comparable (``BenchmarkConfig.compute``):
 
 Beside each exported encoder the benchmark keeps ``online_probe.json`` (the online probe's first
 and last scalars, ``initial`` and ``latest``, and ``change_sd``, the spread of their paired change
-over label draws: whether pre-training beat its own initialisation beyond it)
-and ``compute.json`` (epochs reached, minutes, median scans/s and data-wait fraction over the
+over label draws: whether pre-training beat its own initialisation beyond it; ``reference``, the
+same label probe on the global CBF scalars alone, what an encoder must add to) and ``compute.json`` (epochs reached, minutes, median scans/s and data-wait fraction over the
 training steps, read from the pre-trainer's own per-step ``train/scans_per_s`` and ``train/data_wait_fraction``).
 """
 
@@ -168,26 +168,31 @@ def _changes(recorded: dict | None, key: dict, where: Path) -> str:
 
 
 def online_probe_record(trainer: Any) -> dict[str, dict[str, float]]:
-    """The online probe's first and last scalars, and (over more than one label draw) the standard
-    deviation of each scalar's paired change across draws (empty without the callback)."""
+    """The online probe's first and last scalars, (over more than one label draw) the standard deviation
+    of each scalar's paired change across draws, and its global-CBF-alone reference (empty without the callback)."""
     from ichor.evaluation.online_probe import PREFIX, OnlineProbe, paired_gain
 
     probe = next((c for c in trainer.callbacks if isinstance(c, OnlineProbe)), None)
     if probe is None:
-        return {"initial": {}, "latest": {}, "change_sd": {}}
+        return {"initial": {}, "latest": {}, "change_sd": {}, "reference": {}}
     spread = {}
     if len(probe.latest_draws) > 1 and len(probe.initial_draws) == len(probe.latest_draws):
         spread = {
             f"{PREFIX}{name}": paired_gain(probe.initial_draws, probe.latest_draws, name)[1]
             for name in probe.latest_draws[0]
         }
-    return {"initial": dict(probe.initial), "latest": dict(probe.latest), "change_sd": spread}
+    return {
+        "initial": dict(probe.initial),
+        "latest": dict(probe.latest),
+        "change_sd": spread,
+        "reference": probe.reference,
+    }
 
 
 def pretraining_records(out: Path, methods: list[str], compute: str) -> pd.DataFrame:
     """One row per pre-trained method: epochs, minutes, scans/s, data wait, and each online-probe scalar
-    at initialisation, at the end and their change, with the change's spread over label draws (blank
-    where the run recorded none)."""
+    at initialisation, at the end and their change, with the change's spread over label draws, and the
+    label probe on the global CBF scalars alone (blank where the run recorded none)."""
     rows = []
     for method in methods:
         folder = pretrain_folder(out, compute, method)
@@ -201,5 +206,6 @@ def pretraining_records(out: Path, methods: list[str], compute: str) -> pd.DataF
             row[f"{name} change"] = latest[name] - initial.get(name, float("nan"))
             if name in spread:
                 row[f"{name} change sd"] = spread[name]
+        row |= probe.get("reference", {})  # the label probe on the global CBF scalars alone
         rows.append(row)
     return pd.DataFrame(rows)

@@ -14,14 +14,17 @@ scalars, at the training step):
   the study from the features (lower is more site-invariant), and its chance level, 1 / studies;
 - ``probe/rankme``: the effective rank of the centred encoder features (Garrido et al., ICML
   2023); a collapsing representation (every scan alike) drives it towards 1. Centred: a mean
-  vector that every scan shares is one large singular value, and would pass for collapse.
+  vector that every scan shares is one large singular value, and would pass for collapse;
+- ``probe/<metric>_global_cbf``, once, at the first probe (with ``global_cbf``): the same label
+  probe on the global CBF scalars alone, with no encoder. It is the reading an encoder must add
+  to: features that score below it cost the probe more than they give.
 
 With ``draws`` > 1 the cross-validation is repeated with as many fold seeds (label draws): each
 scalar is their mean, ``probe/<metric>_sd`` their spread. ``initial`` holds the first probe's
 scalars (the encoder as initialised; kept in the checkpoint, so a resumed run still knows them)
 and ``latest`` the last, ``initial_draws`` and ``latest_draws`` the same per draw: a recipe counts
 only if its probe after pre-training beats its own initialisation beyond the spread of the draws
-(:func:`paired_gain`).
+(:func:`paired_gain`). ``reference`` holds the scalars-alone reading.
 
 The anchors are nidl's ``ModelProbingCallback`` and lightly's online linear classifier. Set it in
 YAML::
@@ -114,8 +117,9 @@ class OnlineProbe(Callback):
             the end); None: only before and at the end, as a benchmark under a time budget does (a
             probe mid-run takes its time out of the budget, more often for a method with short epochs).
         pooling, blocks, regions: the frozen features (:func:`ichor.evaluation.pooling.encode`).
-        global_cbf: give both probes the scans' global CBF scalars beside the features (as the
-            benchmark does), which a relative or z-scored input no longer shows.
+        global_cbf: give the label probe the scans' global CBF scalars beside the features (as the
+            benchmark does), which a relative or z-scored input no longer shows, and score them
+            alone once (``reference``); the site probe and RankMe read the features alone.
         folds: outer and inner cross-validation folds (grouped by subject).
         draws: label draws: the cross-validation repeated with fold seeds ``seed``, ``seed + 1``, ...
         batch_size: scans per embedding batch.
@@ -166,14 +170,16 @@ class OnlineProbe(Callback):
         self.latest: dict[str, float] = {}
         self.initial_draws: list[dict[str, float]] = []
         self.latest_draws: list[dict[str, float]] = []
+        self.reference: dict[str, float] = {}  # the label probe on the global CBF scalars alone
         self._probed_at: int | None = None  # the training step of the last probe
 
     def state_dict(self) -> dict[str, Any]:
-        return {"initial": dict(self.initial), "initial_draws": list(self.initial_draws)}
+        return {"initial": dict(self.initial), "initial_draws": list(self.initial_draws), "reference": self.reference}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initial = dict(state_dict.get("initial", {}))
         self.initial_draws = list(state_dict.get("initial_draws", []))
+        self.reference = dict(state_dict.get("reference", {}))
 
     # ---------------------------------------------------------------- hooks
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -216,13 +222,25 @@ class OnlineProbe(Callback):
         if self.draws > 1:
             spread = {name: float(np.std([d[name] for d in draws], ddof=1)) for name in draws[0] if name != "rankme"}
             metrics |= {f"{PREFIX}{name}_sd": value for name, value in spread.items() if name != "site_chance"}
+        logged = dict(metrics)
+        if scalars is not None and not self.reference:
+            self.reference = self.scalars_alone(scalars, labels, subjects)
+            logged |= self.reference
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+            logger.log_metrics(logged, step=trainer.global_step)
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in logged.items()})
         self.initial, self.initial_draws = self.initial or metrics, self.initial_draws or draws
         self.latest, self.latest_draws = metrics, draws
         self._probed_at = trainer.global_step
         return metrics
+
+    def scalars_alone(self, scalars: np.ndarray, labels: np.ndarray, subjects: np.ndarray) -> dict[str, float]:
+        """``probe/<metric>_global_cbf``: the label probe on the global CBF scalars alone, same folds and draws."""
+        draws = [
+            cross_validated_scores(scalars, labels, self.classification, subjects, self.folds, seed)
+            for seed in range(self.seed, self.seed + self.draws)
+        ]
+        return {f"{PREFIX}{name}_global_cbf": float(np.mean([d[name] for d in draws])) for name in draws[0]}
 
     def probe_set(self, trainer: Trainer) -> tuple[DataLoader, pd.DataFrame]:
         """The probe set's loader and labelled rows, harmonised as the pre-training data (built once)."""

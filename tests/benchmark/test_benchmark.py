@@ -161,7 +161,7 @@ def test_demo_benchmark_runs_every_method_mode_budget_and_held_out_study(
         for method in methods:
             assert (out / rule / method / "encoder/encoder.json").is_file()
             record = json.loads((out / rule / method / "online_probe.json").read_text())
-            assert set(record) == {"initial", "latest", "change_sd"}
+            assert set(record) == {"initial", "latest", "change_sd", "reference"}
     assert (pd.read_csv(out / "benchmark_pretraining_equal_epochs.csv")["compute"] == "equal_epochs").all()
     second = pd.read_csv(out / "benchmark_summary_equal_epochs.csv")
     assert set(second["mode"]) == {*probes, "baseline", "oracle"}  # linear models only

@@ -136,6 +136,7 @@ def test_pretraining_table_shows_cost_and_the_online_probe_at_start_and_end_besi
         "initial": {"probe/auroc": 0.58, "probe/rankme": 4.0},
         "latest": {"probe/auroc": 0.71, "probe/auroc_sd": 0.02, "probe/rankme": 9.0},  # the _sd: not a column
         "change_sd": {"probe/auroc": 0.03},
+        "reference": {"probe/auroc_global_cbf": 0.62},  # the label probe on the global CBF scalars alone
     }
     (folder / ONLINE_PROBE_FILE).write_text(json.dumps(probe))
     cost = {"epochs": 4, "steps": 80, "minutes": 2.5, "scans_per_s": 150.0, "data_wait_fraction": 0.04}
@@ -152,9 +153,13 @@ def test_pretraining_table_shows_cost_and_the_online_probe_at_start_and_end_besi
     assert table.loc["mae", "epochs"] == 4 and table.loc["mae", "data_wait_fraction"] == 0.04
     assert table.loc["mae", "probe/auroc change"] == pytest.approx(0.13) and table.loc["mae", "probe/rankme end"] == 9
     assert table.loc["mae", "AD auroc (10 per class)"] == "0.700 ± 0.050 (linear probe)"  # chosen, not the best 0.75
+    assert table.loc["mae", "probe/auroc_global_cbf"] == 0.62
     assert pd.isna(table.loc["simclr", "epochs"])
     text = pretraining_markdown(table.reset_index())
-    assert "| mae | equal_time | 4 | 80 | 2.500 | 150 | 0.040 | 0.580 | 0.710 | 0.130 | 0.030 | 4 | 9 | 5 |" in text
+    assert (
+        "| mae | equal_time | 4 | 80 | 2.500 | 150 | 0.040 | 0.580 | 0.710 | 0.130 | 0.030 | 4 | 9 | 5 | 0.620 |"
+        in text
+    )
     assert not any("auroc_sd" in column for column in table.columns)
 
 
@@ -173,6 +178,8 @@ def test_online_probe_record_keeps_the_spread_of_the_paired_change_over_label_dr
     assert record["change_sd"]["probe/auroc"] == pytest.approx(0.1)
     assert record["latest"] == {"probe/auroc": 0.6}
     assert online_probe_record(SimpleNamespace(callbacks=[]))["change_sd"] == {}
+    probe.reference = {"probe/auroc_global_cbf": 0.55}
+    assert online_probe_record(SimpleNamespace(callbacks=[probe]))["reference"] == probe.reference
 
 
 def test_equal_time_gives_every_method_the_same_wall_clock_limit_through_the_run_overrides():

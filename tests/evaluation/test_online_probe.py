@@ -150,6 +150,32 @@ def test_online_probe_works_for_every_pretrainer(tmp_path, method):
     assert (tmp_path / "splits.csv").exists()
 
 
+def test_the_global_cbf_scalars_alone_are_logged_once_as_the_reading_an_encoder_must_add_to(tmp_path):
+    """With global_cbf the first probe also scores the scalars alone (no encoder): logged once, at step 0,
+    kept out of the encoder's own initial and latest scalars, and carried by a checkpoint."""
+    manifests = make_dataset(tmp_path / "data", subjects=8)  # CN/AD by CBF level: the scalars alone read it
+    data = small_datamodule(manifests, tmp_path / "cache", **GRID)
+    module = MAEPretrainer(backbone=Backbone("mae_vit_micro", patch_size=8, img_size=(16, 16, 16)))
+    probe = OnlineProbe(target="diagnosis", folds=2, every_n_epochs=1, draws=2)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=0, logger=logger, callbacks=[probe]
+    )
+    trainer.fit(module, data)
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    assert [event.step for event in events.Scalars("probe/auroc")] == [0, 1, 2]
+    (reference,) = events.Scalars("probe/auroc_global_cbf")
+    assert reference.step == 0 and reference.value == pytest.approx(probe.reference["probe/auroc_global_cbf"])
+    assert reference.value > 0.9
+    assert not any(name.endswith("_global_cbf") for name in {**probe.initial, **probe.latest})
+    resumed = OnlineProbe(target="diagnosis")
+    resumed.load_state_dict(probe.state_dict())
+    assert resumed.reference == probe.reference
+    blind = OnlineProbe(target="diagnosis", global_cbf=False)
+    assert blind.reference == {}  # without the scalars there is no reference to compute
+
+
 @pytest.mark.parametrize(("every_n_epochs", "probed_after"), [(2, [1, 3]), (None, [])])
 def test_every_n_epochs_none_probes_only_before_training_and_at_the_end(every_n_epochs, probed_after):
     """A benchmark under a time budget probes at both ends only: a probe mid-run would spend the budget."""
