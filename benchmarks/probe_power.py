@@ -25,6 +25,7 @@ import json
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,21 @@ def row(name: str, draws: list[dict], start: list[dict] | None = None) -> dict:
     return out
 
 
+def encoder_ends(run: Path, scratch: Path) -> tuple[Any, Any, dict[str, dict[str, torch.Tensor]]]:
+    """The pre-trainer and datamodule of a benchmark pre-training folder, and the weights at both ends: at
+    initialisation (rebuilt from the recorded run's seed: what its online probe read first) and at the end."""
+    recorded = json.loads((run / PRETRAIN_RECORD).read_text())["run"]
+    recorded_run = Run(*(tuple(recorded.get(part, ())) for part in ("configs", "overrides", "command_line")))
+    cli = build_run(recorded_run, scratch)
+    model, data = cli.model, cli.datamodule
+    model.backbone.img_size = tuple(data.harmonisation_settings()["shape"])
+    model.trainer = cli.trainer
+    model.setup("fit")
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    final = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    return model, data, {"initial": initial, "final": final}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a benchmark pre-training folder")
@@ -67,19 +83,8 @@ def main() -> None:
     parser.add_argument("--csv", type=Path)
     args = parser.parse_args()
 
-    recorded = json.loads((args.run / PRETRAIN_RECORD).read_text())["run"]
     with tempfile.TemporaryDirectory() as tmp:
-        cli = build_run(Run.of(recorded["configs"], *recorded["overrides"]), Path(tmp))
-        model, data = cli.model, cli.datamodule
-        model.backbone.img_size = tuple(data.harmonisation_settings()["shape"])
-        model.trainer = cli.trainer
-        model.setup("fit")  # the initial weights: built from the run's seed alone
-        weights = {
-            "initial": {k: v.clone() for k, v in model.state_dict().items()},
-            "final": torch.load(args.run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)[
-                "state_dict"
-            ],
-        }
+        model, data, weights = encoder_ends(args.run, Path(tmp))
         probe = OnlineProbe(target="diagnosis", manifests=[args.manifests])
         loader, rows = probe.probe_set(SimpleNamespace(datamodule=data))
         tables = {}
