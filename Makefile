@@ -45,15 +45,16 @@ $(POOL_STAMP): | $(STAMP)
 	$(BIN)/ichor synth --out $(POOL_DATA) --first-study 5 --studies 12 --subjects-per-study 125 --seed 0 --manifest-dir data_manifests/pool --overwrite
 	touch $@
 
-# The recipe-selection cohort: studies 17-18 of the demo's seed (other sites and people again), labelled.
+# The recipe-selection cohort: studies 17-20 of the demo's seed (other sites and people again), labelled.
 # The online probe scores pre-training recipes on it, so that no recipe is chosen on the benchmark's
-# own labelled cohorts (studies 1-4).
+# own labelled cohorts (studies 1-4). 4 studies of 50, not 2: on 2 (8 patients of a class per study)
+# the regional-mean floor read chance under the probe's protocol (benchmarks/probe_power.py).
 PROBE_DATA  ?= data/probe
-PROBE_STAMP := $(PROBE_DATA)/.generated
+PROBE_STAMP := $(PROBE_DATA)/.generated-17-20
 probe-data: $(PROBE_STAMP)
 
 $(PROBE_STAMP): | $(STAMP)
-	$(BIN)/ichor synth --out $(PROBE_DATA) --first-study 17 --studies 2 --subjects-per-study 50 --seed 0 --manifest-dir data_manifests/probe --overwrite
+	$(BIN)/ichor synth --out $(PROBE_DATA) --first-study 17 --studies 4 --subjects-per-study 50 --seed 0 --manifest-dir data_manifests/probe --overwrite
 	touch $@
 
 # Each fit writes runs/pretrain_demo/version_<N>/; export-encoder of the run folder takes the newest one's last.ckpt.

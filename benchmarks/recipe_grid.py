@@ -5,7 +5,7 @@ trainer) with four choices set: the loss target (plain or per-patch normalised),
 the patch size at 4 mm (6 or 8 voxels: 24 or 32 mm; patch 6 needs a grid divisible by 6) and the
 intensity normalisation (fixed scale, or relative to the brain mean with the global CBF scalars
 beside the features). Every recipe pre-trains on the `make demo-data` studies, and the online probe
-scores its frozen features on the selection cohort only (`make probe-data`: studies 17-18, never a
+scores its frozen features on the selection cohort only (`make probe-data`: studies 17-20, never a
 benchmark cohort), before the first step and after the last, over ``--draws`` label draws (repeated,
 subject-grouped cross-validation with the same folds at both ends).
 
