@@ -27,7 +27,13 @@ def test_the_initial_weights_are_rebuilt_from_the_recorded_run_and_the_final_rea
 ):
     config = {
         "seed_everything": 3,
-        "trainer": {"accelerator": "cpu", "max_steps": 2, "logger": False, "enable_progress_bar": False},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_steps": 2,
+            "logger": False,
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path),  # the split table and config.yaml: not the CWD
+        },
         "model": {
             "class_path": "ichor.pretrain.MAEPretrainer",
             "init_args": {"backbone": {"preset": "mae_vit_micro", "patch_size": 8}, "seed": 3},
