@@ -10,8 +10,8 @@ Two rules make methods comparable (``BenchmarkConfig.compute``):
 Beside each exported encoder the benchmark keeps ``online_probe.json`` (the online probe's first
 and last scalars, ``initial`` and ``latest``, and ``change_sd``, the spread of their paired change
 over label draws: whether pre-training beat its own initialisation beyond it; ``reference``, the
-same label probe on the global CBF scalars alone, what an encoder must add to) and ``compute.json`` (epochs reached, minutes, median scans/s and data-wait fraction over the
-training steps, read from the pre-trainer's own per-step ``train/scans_per_s`` and ``train/data_wait_fraction``).
+same label probe on the global CBF scalars alone, what an encoder must add to) and ``compute.json``
+(epochs reached, minutes, median scans/s and data-wait fraction over the training steps, read from the pre-trainer's own per-step ``train/scans_per_s`` and ``train/data_wait_fraction``).
 """
 
 from __future__ import annotations
